@@ -1,0 +1,97 @@
+"""Reading raw tables: generic CSV/Parquet (optionally .xz) into all-string lazy frames.
+
+Everything is read as strings so that a bad value never aborts the read: validation decides per row and
+quarantines what does not parse.
+"""
+from __future__ import annotations
+
+import io
+import lzma
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from tapestry.etl.schema import EVENT_COLUMNS, SchemaError
+
+ROW = "source_row"
+
+
+@dataclass
+class RawTables:
+    """A tenant's raw input, as all-string frames, each with a 0-based `source_row`.
+
+    `rejected` holds rows a native adapter could not even split into fields (reason `malformed_line`).
+    """
+    events: pl.LazyFrame
+    items: pl.LazyFrame | None = None
+    users: pl.LazyFrame | None = None
+    # Item-table columns to turn into entity nodes (None: every non-text column); user-table likewise.
+    item_entity_columns: list[str] | None = None
+    user_entity_columns: list[str] | None = None
+    rejected: list[pl.DataFrame] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def read_bytes(path: Path) -> bytes:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"input file not found: {path}")
+    if path.suffix == ".xz":
+        with lzma.open(path) as f:
+            return f.read()
+    return path.read_bytes()
+
+
+def _base_suffix(path: Path) -> str:
+    return Path(path.stem).suffix if path.suffix == ".xz" else path.suffix
+
+
+def read_table(path: Path, separator: str = ",") -> pl.LazyFrame:
+    """A CSV or Parquet file (plain or .xz) as an all-string LazyFrame with `source_row`."""
+    path = Path(path)
+    suffix = _base_suffix(path).lower()
+    if suffix == ".parquet":
+        if path.suffix == ".xz":
+            lf = pl.read_parquet(io.BytesIO(read_bytes(path))).lazy()
+        else:
+            if not path.exists():
+                raise FileNotFoundError(f"input file not found: {path}")
+            lf = pl.scan_parquet(path)
+        lf = lf.with_columns(pl.all().cast(pl.String))
+    elif suffix in (".csv", ".tsv", ".txt"):
+        sep = "\t" if suffix == ".tsv" else separator
+        if path.suffix == ".xz":
+            lf = pl.read_csv(io.BytesIO(read_bytes(path)), separator=sep, infer_schema=False).lazy()
+        else:
+            if not path.exists():
+                raise FileNotFoundError(f"input file not found: {path}")
+            lf = pl.scan_csv(path, separator=sep, infer_schema=False)
+    else:
+        raise SchemaError(f"unsupported file type for {path}: use .csv, .tsv, .parquet (optionally .xz)")
+    return lf.with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int64))
+
+
+def require_columns(lf: pl.LazyFrame, required: tuple[str, ...], what: str) -> None:
+    names = lf.collect_schema().names()
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise SchemaError(f"{what} table is missing required column(s) {missing}; it has {names}")
+
+
+def generic_tables(events: Path, items: Path | None = None, users: Path | None = None) -> RawTables:
+    """The generic layout: an event table plus optional item and user entity tables."""
+    ev = read_table(events)
+    require_columns(ev, EVENT_COLUMNS, "events")
+    it = read_table(items) if items else None
+    if it is not None:
+        require_columns(it, ("item_id",), "items")
+    us = read_table(users) if users else None
+    if us is not None:
+        require_columns(us, ("user_id",), "users")
+    sources = {"events": str(events)}
+    if items:
+        sources["items"] = str(items)
+    if users:
+        sources["users"] = str(users)
+    return RawTables(events=ev, items=it, users=us, sources=sources)

@@ -1,0 +1,70 @@
+"""Row-level validation of the event table: every row is either valid (typed) or quarantined with a reason."""
+from __future__ import annotations
+
+import polars as pl
+
+from tapestry.config import ETLConfig
+from tapestry.etl import schema as S
+from tapestry.etl.sources import ROW
+
+
+def _blank(col: str) -> pl.Expr:
+    return pl.col(col).is_null() | (pl.col(col).str.strip_chars() == "")
+
+
+def _parse_timestamp(col: str) -> pl.Expr:
+    """Integer unix seconds, or an ISO-8601 date-time (naive = UTC) converted to unix seconds."""
+    s = pl.col(col).str.strip_chars()
+    as_int = s.cast(pl.Int64, strict=False)
+    as_dt = s.str.to_datetime(strict=False, time_zone="UTC", time_unit="us").dt.epoch("s")
+    return pl.coalesce(as_int, as_dt)
+
+
+def validate_events(events: pl.LazyFrame, cfg: ETLConfig) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """Split all-string events into (valid typed rows, quarantined raw rows with `reason`).
+
+    Valid columns: user_id, item_id (stripped strings), event_type, timestamp (i64 s), weight (f32, default 1),
+    session_id (str or null), source_row. good + quarantined == input, always.
+    """
+    names = events.collect_schema().names()
+    if "weight" not in names:
+        events = events.with_columns(pl.lit(None, dtype=pl.String).alias("weight"))
+    if "session_id" not in names:
+        events = events.with_columns(pl.lit(None, dtype=pl.String).alias("session_id"))
+
+    ts = _parse_timestamp("timestamp")
+    weight = pl.col("weight").str.strip_chars().cast(pl.Float64, strict=False)
+    etype = pl.col("event_type").str.strip_chars().str.to_lowercase()
+    reason = (
+        pl.when(_blank("user_id")).then(pl.lit(S.MISSING_USER_ID))
+        .when(_blank("item_id")).then(pl.lit(S.MISSING_ITEM_ID))
+        .when(_blank("timestamp")).then(pl.lit(S.MISSING_TIMESTAMP))
+        .when(ts.is_null()).then(pl.lit(S.BAD_TIMESTAMP))
+        .when((ts < cfg.min_timestamp) | (ts > cfg.max_timestamp)).then(pl.lit(S.TIMESTAMP_OUT_OF_RANGE))
+        .when(etype.is_null() | ~etype.is_in(list(cfg.event_types))).then(pl.lit(S.UNKNOWN_EVENT_TYPE))
+        .when(~_blank("weight") & (weight.is_null() | ~weight.is_finite())).then(pl.lit(S.BAD_WEIGHT))
+        .otherwise(None)
+    )
+    tagged = events.with_columns(reason.alias("reason"))
+    quarantined = tagged.filter(pl.col("reason").is_not_null()).with_columns(pl.lit("events").alias("source"))
+    good = tagged.filter(pl.col("reason").is_null()).select(
+        pl.col("user_id").str.strip_chars(),
+        pl.col("item_id").str.strip_chars(),
+        etype.alias("event_type"),
+        ts.alias("timestamp"),
+        weight.fill_null(1.0).cast(pl.Float32).alias("weight"),
+        pl.when(_blank("session_id")).then(None).otherwise(pl.col("session_id").str.strip_chars())
+        .alias("session_id"),
+        pl.col(ROW),
+    )
+    return good, quarantined
+
+
+def validate_entities(table: pl.LazyFrame, id_col: str, source: str) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """Entity-table rows need their id; the rest of their columns are optional attributes."""
+    tagged = table.with_columns(
+        pl.when(_blank(id_col)).then(pl.lit(S.MISSING_ENTITY_ID)).otherwise(None).alias("reason")
+    )
+    bad = tagged.filter(pl.col("reason").is_not_null()).with_columns(pl.lit(source).alias("source"))
+    good = tagged.filter(pl.col("reason").is_null()).drop("reason").with_columns(pl.col(id_col).str.strip_chars())
+    return good, bad

@@ -1,0 +1,135 @@
+"""Client for the ``recommend`` ensemble (tensor contract: docs/architecture.md, "The serving ensemble")."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+from tritonclient.utils import InferenceServerException
+
+OUTPUTS = ("ITEM_IDS", "SCORES", "TITLES", "STRATEGY")
+
+
+@dataclass
+class RecommendationResult:
+    item_ids: list[str] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    titles: list[str] = field(default_factory=list)
+    strategy: str = ""
+
+
+class RecommendError(Exception):
+    """A request the server (or the transport) rejected.
+
+    ``status`` is the server's status as a string: the HTTP code for HTTP (``"400"``), the gRPC code name for gRPC
+    (``"INVALID_ARGUMENT"``); ``None`` when unknown. ``message`` is the server's message.
+    """
+
+    def __init__(self, message: str, status: str | None = None, protocol: str | None = None) -> None:
+        super().__init__(f"[{status}] {message}" if status else message)
+        self.message = message
+        self.status = status
+        self.protocol = protocol
+
+    @property
+    def invalid_argument(self) -> bool:
+        return self.status in ("400", "INVALID_ARGUMENT")
+
+    @classmethod
+    def from_triton(cls, exc: InferenceServerException, protocol: str) -> "RecommendError":
+        status = exc.status()
+        if status is not None:
+            status = str(status).removeprefix("StatusCode.")  # grpc.StatusCode.INVALID_ARGUMENT -> INVALID_ARGUMENT
+        return cls(exc.message() or str(exc), status=status, protocol=protocol)
+
+
+def _to_str(x) -> str:
+    return x.decode("utf-8") if isinstance(x, (bytes, bytearray)) else str(x)
+
+
+class RecommendClient:
+    """``RecommendClient("127.0.0.1:8000")`` (HTTP) or ``RecommendClient("127.0.0.1:8001", protocol="grpc")``."""
+
+    def __init__(self, url: str, protocol: str = "http", timeout: float = 10.0, model_name: str = "recommend"):
+        if protocol not in ("http", "grpc"):
+            raise ValueError(f"protocol must be 'http' or 'grpc', not {protocol!r}")
+        for scheme in ("http://", "grpc://"):
+            url = url.removeprefix(scheme)
+        self.url, self.protocol, self.timeout, self.model_name = url, protocol, float(timeout), model_name
+        if protocol == "http":
+            import tritonclient.http as tc
+
+            self._client = tc.InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout)
+        else:
+            import tritonclient.grpc as tc
+
+            self._client = tc.InferenceServerClient(url)
+        self._tc = tc
+
+    def _input(self, name: str, array: np.ndarray, datatype: str):
+        inp = self._tc.InferInput(name, list(array.shape), datatype)
+        if self.protocol == "http":
+            inp.set_data_from_numpy(array, binary_data=True)
+        else:
+            inp.set_data_from_numpy(array)
+        return inp
+
+    def recommend(
+        self, tenant: str, user_id: str, k: int = 10, exclude_item_ids: Iterable[str] = ()
+    ) -> RecommendationResult:
+        if int(k) < 1:
+            raise ValueError(f"k must be >= 1, not {k}")
+        exclude = [str(i).encode("utf-8") for i in exclude_item_ids] or [b""]
+        inputs = [
+            self._input("TENANT", np.array([tenant.encode("utf-8")], dtype=np.object_), "BYTES"),
+            self._input("USER_ID", np.array([str(user_id).encode("utf-8")], dtype=np.object_), "BYTES"),
+            self._input("K", np.array([int(k)], dtype=np.int32), "INT32"),
+            self._input("EXCLUDE_ITEM_IDS", np.array(exclude, dtype=np.object_), "BYTES"),
+        ]
+        if self.protocol == "http":
+            outputs = [self._tc.InferRequestedOutput(n, binary_data=True) for n in OUTPUTS]
+            kwargs = {}
+        else:
+            outputs = [self._tc.InferRequestedOutput(n) for n in OUTPUTS]
+            kwargs = {"client_timeout": self.timeout}
+        try:
+            res = self._client.infer(self.model_name, inputs, outputs=outputs, **kwargs)
+        except InferenceServerException as e:
+            raise RecommendError.from_triton(e, self.protocol) from e
+        strategy = res.as_numpy("STRATEGY").reshape(-1)
+        return RecommendationResult(
+            item_ids=[_to_str(x) for x in res.as_numpy("ITEM_IDS").reshape(-1)],
+            scores=[float(x) for x in res.as_numpy("SCORES").reshape(-1)],
+            titles=[_to_str(x) for x in res.as_numpy("TITLES").reshape(-1)],
+            strategy=_to_str(strategy[0]) if strategy.size else "",
+        )
+
+    def wait_until_ready(self, timeout: float = 30.0, interval: float = 0.1) -> None:
+        """Block until the server and the model are ready; ``TimeoutError`` after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while True:
+            try:
+                if self._client.is_server_ready() and self._client.is_model_ready(self.model_name):
+                    return
+            except Exception as e:  # noqa: BLE001 - connection refused etc. while the server comes up
+                last = e
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"model {self.model_name!r} at {self.url} ({self.protocol}) not ready after {timeout}s"
+                    + (f": {last}" if last else "")
+                )
+            time.sleep(interval)
+
+    def close(self) -> None:
+        client, self._client = getattr(self, "_client", None), None
+        if client is not None:
+            client.close()
+
+    def __enter__(self) -> "RecommendClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
