@@ -31,7 +31,9 @@ def _split_lines(path: Path, separator: str, names: list[str], encoding: str, so
                  min_fields: int | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Split a delimited text file into named string columns; lines with the wrong field count are rejected."""
     text = read_bytes(path).decode(encoding)
-    lines = pl.DataFrame({"line": text.splitlines()}).with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int64))
+    # Split on "\n" only: str.splitlines() also breaks at \x85, \x0c, \x1c-\x1e, which latin-1 text may contain.
+    lines = pl.DataFrame({"line": [ln.removesuffix("\r") for ln in text.split("\n")]})
+    lines = lines.with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int64))
     lines = lines.filter(pl.col("line").str.strip_chars() != "")  # a trailing blank line is not a record
     parts = lines.with_columns(pl.col("line").str.split(separator).alias("_f"))
     n = pl.col("_f").list.len()

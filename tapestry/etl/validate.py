@@ -12,12 +12,21 @@ def _blank(col: str) -> pl.Expr:
     return pl.col(col).is_null() | (pl.col(col).str.strip_chars() == "")
 
 
+# Explicit ISO-8601 forms, tried per row. (Letting polars infer the format would infer it once, from the first
+# value in the column, and reject every row written differently, e.g. `...Z` after a naive date-time.)
+_ISO_FORMATS = (
+    "%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%#z",   # with `Z` or a `+hh:mm` offset
+    "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f",           # naive = UTC
+    "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d",
+)
+
+
 def _parse_timestamp(col: str) -> pl.Expr:
     """Integer unix seconds, or an ISO-8601 date-time (naive = UTC) converted to unix seconds."""
     s = pl.col(col).str.strip_chars()
     as_int = s.cast(pl.Int64, strict=False)
-    as_dt = s.str.to_datetime(strict=False, time_zone="UTC", time_unit="us").dt.epoch("s")
-    return pl.coalesce(as_int, as_dt)
+    as_dt = [s.str.to_datetime(f, strict=False, time_zone="UTC", time_unit="us").dt.epoch("s") for f in _ISO_FORMATS]
+    return pl.coalesce(as_int, *as_dt)
 
 
 def validate_events(events: pl.LazyFrame, cfg: ETLConfig) -> tuple[pl.LazyFrame, pl.LazyFrame]:
@@ -41,8 +50,9 @@ def validate_events(events: pl.LazyFrame, cfg: ETLConfig) -> tuple[pl.LazyFrame,
         .when(_blank("timestamp")).then(pl.lit(S.MISSING_TIMESTAMP))
         .when(ts.is_null()).then(pl.lit(S.BAD_TIMESTAMP))
         .when((ts < cfg.min_timestamp) | (ts > cfg.max_timestamp)).then(pl.lit(S.TIMESTAMP_OUT_OF_RANGE))
-        .when(etype.is_null() | ~etype.is_in(list(cfg.event_types))).then(pl.lit(S.UNKNOWN_EVENT_TYPE))
-        .when(~_blank("weight") & (weight.is_null() | ~weight.is_finite())).then(pl.lit(S.BAD_WEIGHT))
+        .when(etype.is_null() | ~etype.is_in([t.lower() for t in cfg.event_types])).then(pl.lit(S.UNKNOWN_EVENT_TYPE))
+        # Finite as f32 too (it is stored as f32): 1e39 is a finite f64 but would be written as inf.
+        .when(~_blank("weight") & (weight.is_null() | ~weight.cast(pl.Float32).is_finite())).then(pl.lit(S.BAD_WEIGHT))
         .otherwise(None)
     )
     tagged = events.with_columns(reason.alias("reason"))

@@ -98,6 +98,8 @@ class RecommendClient:
             res = self._client.infer(self.model_name, inputs, outputs=outputs, **kwargs)
         except InferenceServerException as e:
             raise RecommendError.from_triton(e, self.protocol) from e
+        except OSError as e:  # the HTTP client raises connection errors / timeouts as they are
+            raise RecommendError(f"{type(e).__name__}: {e}", status=None, protocol=self.protocol) from e
         strategy = res.as_numpy("STRATEGY").reshape(-1)
         return RecommendationResult(
             item_ids=[_to_str(x) for x in res.as_numpy("ITEM_IDS").reshape(-1)],

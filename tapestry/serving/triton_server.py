@@ -1,15 +1,16 @@
 """Start and stop the real ``tritonserver`` binary bundled in the ``nvidia-pytriton`` wheel (CPU hosts).
 
-GPU hosts run the NGC Triton container instead; this launcher is for the local binary. See
-``/work/shared/notes/triton-on-cpu.md`` for the facts it is built on.
+GPU hosts run the NGC Triton container instead; this launcher is for the local binary only.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import glob
 import importlib.util
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -28,7 +29,7 @@ from typing import Mapping, Sequence
 
 SHM_DIR = "/dev/shm"
 SHM_PREFIX = "triton_python_backend_shm_region_"
-_LIVE: set["TritonServer"] = set()
+_LIVE: set["TritonServer"] = set()  # started and not yet stopped; stopped at interpreter exit
 _LIVE_LOCK = threading.Lock()
 
 
@@ -46,42 +47,38 @@ class TritonBundle:
 
 
 def find_triton_bundle(python_version: tuple[int, int] | None = None) -> TritonBundle:
-    """Locate the tritonserver binary, python backend and stub inside the installed ``pytriton`` package."""
+    """Locate the binary, the python backend and the stub inside the installed ``pytriton`` package."""
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
-        raise TritonServerError(
-            "nvidia-pytriton is not installed (no 'pytriton' package); `pip install nvidia-pytriton==0.7.0`"
-        )
+        raise TritonServerError("nvidia-pytriton is not installed (no 'pytriton' package): pip install nvidia-pytriton")
     pkg = Path(list(spec.submodule_search_locations)[0])
-    root = pkg / "tritonserver"
-    major, minor = python_version or sys.version_info[:2]
+    root, (major, minor) = pkg / "tritonserver", python_version or sys.version_info[:2]
+    libs = pkg.parent / "nvidia_pytriton.libs"
     bundle = TritonBundle(
         binary=root / "bin" / "tritonserver",
         python_backend_lib=root / "backends" / "python" / "libtriton_python.so",
         backend_utils=root / "backends" / "python" / "triton_python_backend_utils.py",
         stub=root / "python_backend_stubs" / f"{major}.{minor}" / "triton_python_backend_stub",
-        libs_dir=(pkg.parent / "nvidia_pytriton.libs") if (pkg.parent / "nvidia_pytriton.libs").is_dir() else None,
+        libs_dir=libs if libs.is_dir() else None,
     )
     if not bundle.stub.is_file():
-        stubs = sorted(p.name for p in (root / "python_backend_stubs").glob("*") if p.is_dir())
+        have = sorted(p.name for p in (root / "python_backend_stubs").glob("*") if p.is_dir())
         raise TritonServerError(
             f"nvidia-pytriton at {pkg} has no python backend stub for Python {major}.{minor} "
-            f"(expected {bundle.stub}; available: {', '.join(stubs) or 'none'})"
+            f"(expected {bundle.stub}; available: {', '.join(have) or 'none'})"
         )
-    for what in (bundle.binary, bundle.python_backend_lib, bundle.backend_utils):
-        if not what.is_file():
-            raise TritonServerError(f"nvidia-pytriton at {pkg} is incomplete: missing {what}")
+    for path in (bundle.binary, bundle.python_backend_lib, bundle.backend_utils):
+        if not path.is_file():
+            raise TritonServerError(f"nvidia-pytriton at {pkg} is incomplete: {path} is missing")
     return bundle
 
 
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct free TCP ports on 127.0.0.1 (the sockets are held open together so they differ)."""
-    socks = []
+    """``n`` distinct free TCP ports on 127.0.0.1 (the sockets are held together so the ports differ)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
     try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        for s in socks:
             s.bind(("127.0.0.1", 0))
-            socks.append(s)
         return [s.getsockname()[1] for s in socks]
     finally:
         for s in socks:
@@ -99,94 +96,60 @@ def _http_status(url: str, timeout: float = 1.0) -> int | None:
 
 
 class TritonServer:
-    """A local ``tritonserver`` process serving ``model_repository``.
+    """A local ``tritonserver`` process on ``model_repository``; ``with TritonServer(repo) as s: ... s.http_url``.
 
-    >>> with TritonServer("model_repository") as server:   # doctest: +SKIP
-    ...     RecommendClient(server.http_url).recommend("t1", "u1")
+    Ports are picked free at each ``start()`` unless given. ``model_control_mode="explicit"`` loads
+    ``load_models`` (default ``["*"]``) at startup. The log goes to ``log_path`` (default: inside the server's
+    temp dir, which ``stop()`` removes).
     """
 
     def __init__(
-        self,
-        model_repository: str | os.PathLike,
-        *,
-        http_port: int | None = None,
-        grpc_port: int | None = None,
-        metrics_port: int | None = None,
-        log_path: str | os.PathLike | None = None,
-        exit_timeout_secs: int = 10,
-        disable_auto_complete_config: bool = True,
-        model_control_mode: str = "none",
-        load_models: Sequence[str] | None = None,
-        log_verbose: int = 0,
-        extra_args: Sequence[str] = (),
+        self, model_repository: str | os.PathLike, *, http_port: int | None = None, grpc_port: int | None = None,
+        metrics_port: int | None = None, log_path: str | os.PathLike | None = None, exit_timeout_secs: int = 10,
+        disable_auto_complete_config: bool = True, model_control_mode: str = "none",
+        load_models: Sequence[str] | None = None, log_verbose: int = 0, extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
     ) -> None:
         if model_control_mode not in ("none", "explicit", "poll"):
-            raise ValueError(f"model_control_mode must be none|explicit|poll, not {model_control_mode!r}")
+            raise ValueError(f"model_control_mode must be none, explicit or poll, not {model_control_mode!r}")
         self.model_repository = Path(model_repository).resolve()
         self._port_args = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
         self._ports = dict(self._port_args)
-        self._log_path_arg = Path(log_path) if log_path is not None else None
+        self._log_arg = Path(log_path) if log_path is not None else None
+        self._log_path, self._log_offset = self._log_arg, 0
         self.exit_timeout_secs = int(exit_timeout_secs)
         self.disable_auto_complete_config = disable_auto_complete_config
         self.model_control_mode = model_control_mode
         self.load_models = list(load_models) if load_models is not None else ["*"]
-        self.log_verbose = int(log_verbose)
-        self.extra_args = list(extra_args)
-        self.extra_env = dict(env or {})
+        self.log_verbose, self.extra_args, self.extra_env = int(log_verbose), list(extra_args), dict(env or {})
         self._proc: subprocess.Popen | None = None
         self._tmpdir: Path | None = None
-        self._log_path: Path | None = self._log_path_arg
-        self._log_offset = 0
-        self._shm_prefix = ""
-        self._shm_before: set[str] = set()
+        self._shm_prefix, self._shm_before = "", set()
         self._lock = threading.RLock()
 
-    # ------------------------------------------------------------------ properties
-    def _port(self, kind: str) -> int:
-        port = self._ports[kind]
-        if port is None:
+    def _url(self, kind: str) -> str:
+        if self._ports[kind] is None:
             raise TritonServerError("server not started: no port chosen yet")
-        return port
+        return f"127.0.0.1:{self._ports[kind]}"
 
-    @property
-    def http_url(self) -> str:
-        return f"127.0.0.1:{self._port('http')}"
+    http_url = property(lambda self: self._url("http"), doc='"127.0.0.1:<port>"')
+    grpc_url = property(lambda self: self._url("grpc"), doc='"127.0.0.1:<port>"')
+    metrics_url = property(lambda self: self._url("metrics"), doc='"127.0.0.1:<port>" (GET /metrics)')
 
-    @property
-    def grpc_url(self) -> str:
-        return f"127.0.0.1:{self._port('grpc')}"
+    pid = property(lambda self: self._proc.pid if self._proc is not None else None, doc="server pid (None if stopped)")
+    log_path = property(lambda self: self._log_path, doc="the server's log file (stdout + stderr)")
+    running = property(lambda self: self._proc is not None and not self._exited(), doc="started and not exited")
 
-    @property
-    def metrics_url(self) -> str:
-        return f"127.0.0.1:{self._port('metrics')}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def log_path(self) -> Path | None:
-        return self._log_path
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and not self._exited()
-
-    # ------------------------------------------------------------------ lifecycle
-    def _command(self, backend_dir: Path) -> list[str]:
+    def _command(self, bundle: TritonBundle, backend_dir: Path) -> list[str]:
+        p = self._ports
         cmd = [
-            str(self._bundle.binary),
-            f"--model-repository={self.model_repository}",
-            f"--backend-directory={backend_dir}",
-            "--http-address=127.0.0.1", f"--http-port={self._ports['http']}",
-            "--grpc-address=127.0.0.1", f"--grpc-port={self._ports['grpc']}",
-            "--metrics-address=127.0.0.1", f"--metrics-port={self._ports['metrics']}",
-            "--pinned-memory-pool-byte-size=0",
-            "--allow-gpu-metrics=false",
-            f"--exit-timeout-secs={self.exit_timeout_secs}",
+            str(bundle.binary), f"--model-repository={self.model_repository}", f"--backend-directory={backend_dir}",
+            "--http-address=127.0.0.1", f"--http-port={p['http']}", "--grpc-address=127.0.0.1",
+            f"--grpc-port={p['grpc']}", "--metrics-address=127.0.0.1", f"--metrics-port={p['metrics']}",
+            "--pinned-memory-pool-byte-size=0", "--allow-gpu-metrics=false",
+            f"--exit-timeout-secs={self.exit_timeout_secs}", f"--model-control-mode={self.model_control_mode}",
+            # A prefix of our own makes the python backend's /dev/shm regions unambiguously ours to clean up.
             f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
-            f"--model-control-mode={self.model_control_mode}",
             f"--log-verbose={self.log_verbose}",
         ]
         if self.disable_auto_complete_config:
@@ -195,125 +158,105 @@ class TritonServer:
             cmd += [f"--load-model={m}" for m in self.load_models]
         return cmd + self.extra_args
 
-    def _environ(self) -> dict[str, str]:
+    def _environ(self, bundle: TritonBundle) -> dict[str, str]:
         env = dict(os.environ)
-        # The stub's embedded interpreter finds its prefix through `python3` on PATH: the venv must come first.
-        env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")]).rstrip(os.pathsep)
-        libdirs = [sysconfig.get_config_var("LIBDIR") or "", str(self._bundle.libs_dir or "")]
-        env["LD_LIBRARY_PATH"] = os.pathsep.join([d for d in libdirs if d] + [env.get("LD_LIBRARY_PATH", "")])
-        env["LD_LIBRARY_PATH"] = env["LD_LIBRARY_PATH"].rstrip(os.pathsep)
+        # The stub's embedded interpreter finds its prefix through `python3` on PATH: our interpreter's bin first.
+        env["PATH"] = os.pathsep.join(filter(None, [os.path.dirname(sys.executable), env.get("PATH")]))
+        libdirs = [sysconfig.get_config_var("LIBDIR"), str(bundle.libs_dir or ""), env.get("LD_LIBRARY_PATH")]
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, libdirs))
         env.update(self.extra_env)
         return env
 
     def start(self, timeout: float = 60.0) -> "TritonServer":
-        """Start the server and wait until ``/v2/health/ready`` answers 200; raise with the log tail on failure."""
+        """Start and wait until ``GET /v2/health/ready`` is 200; on failure stop and raise with the log tail."""
         with self._lock:
             if self._proc is not None:
                 raise TritonServerError(f"server already started (pid {self._proc.pid})")
             if not self.model_repository.is_dir():
                 raise TritonServerError(f"model repository {self.model_repository} is not a directory")
-            self._bundle = find_triton_bundle()
-            self._tmpdir = Path(tempfile.mkdtemp(prefix="tapestry-triton-"))
-            backend_dir = self._tmpdir / "backends"
-            (backend_dir / "python").mkdir(parents=True)
-            for src in (self._bundle.python_backend_lib, self._bundle.backend_utils, self._bundle.stub):
-                (backend_dir / "python" / src.name).symlink_to(src)
-            free = iter(free_ports(3))
-            self._ports = {k: (v if v is not None else next(free)) for k, v in self._port_args.items()}
-            self._log_path = self._log_path_arg or self._tmpdir / "tritonserver.log"
-            self._log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._shm_prefix = f"{SHM_PREFIX}tapestry{os.getpid()}-{secrets.token_hex(4)}-"
-            self._shm_before = set(glob.glob(os.path.join(SHM_DIR, SHM_PREFIX + "*")))
+            bundle = find_triton_bundle()
             try:
+                self._tmpdir = Path(tempfile.mkdtemp(prefix="tapestry-triton-"))
+                backend_dir = self._tmpdir / "backends"
+                (backend_dir / "python").mkdir(parents=True)
+                for src in (bundle.python_backend_lib, bundle.backend_utils, bundle.stub):
+                    (backend_dir / "python" / src.name).symlink_to(src)
+                free = iter(free_ports(3))
+                self._ports = {k: (v if v is not None else next(free)) for k, v in self._port_args.items()}
+                self._log_path = self._log_arg or self._tmpdir / "tritonserver.log"
+                self._log_path.parent.mkdir(parents=True, exist_ok=True)
+                self._shm_prefix = f"{SHM_PREFIX}tapestry{os.getpid()}-{secrets.token_hex(4)}-"
+                self._shm_before = set(glob.glob(os.path.join(SHM_DIR, SHM_PREFIX + "*")))
                 with open(self._log_path, "ab") as log:
                     self._log_offset = log.tell()
                     self._proc = subprocess.Popen(
-                        self._command(backend_dir), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                        env=self._environ(), cwd=self._tmpdir, start_new_session=True,
+                        self._command(bundle, backend_dir), stdout=log, stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL, env=self._environ(bundle), cwd=self._tmpdir, start_new_session=True,
                     )
+                with _LIVE_LOCK:
+                    _LIVE.add(self)
             except BaseException:
                 self.stop()
                 raise
-            with _LIVE_LOCK:
-                _LIVE.add(self)
-        deadline = time.monotonic() + timeout
-        ready_url = f"http://{self.http_url}/v2/health/ready"
         try:
-            self._wait_ready(ready_url, deadline, timeout)
+            self._wait_ready(f"http://{self.http_url}/v2/health/ready", timeout)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _wait_ready(self, ready_url: str, deadline: float, timeout: float) -> None:
+    def _wait_ready(self, ready_url: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
         while True:
             if self._exited():
-                proc, tail = self._proc, self.log_tail()
-                self.stop()
-                code = proc.returncode if proc is not None else None
-                raise TritonServerError(f"tritonserver exited during startup (exit code {code}); log tail:\n{tail}")
+                proc, report = self._proc, self._failure_report()
+                self.stop()  # reaps it
+                raise TritonServerError(f"tritonserver exited during startup (exit code {proc.returncode}){report}")
             if _http_status(ready_url, timeout=0.5) == 200:
                 return
             if time.monotonic() > deadline:
-                tail = self.log_tail()
-                self.stop()
-                raise TritonServerError(f"tritonserver not ready after {timeout:.0f}s; log tail:\n{tail}")
+                raise TritonServerError(f"tritonserver not ready after {timeout:g} s{self._failure_report()}")
             time.sleep(0.05)
 
     def _exited(self) -> bool:
-        """True once the server process has exited, *without* reaping it (its pid/pgid stay reserved)."""
+        """Whether the process has exited, *without* reaping it, so its pid and process group stay reserved."""
         proc = self._proc
         if proc is None or proc.returncode is not None:
             return True
         try:
-            info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
         except ChildProcessError:
             return True
-        return info is not None
-
-    def _wait_exited(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not self._exited():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.02)
-        return True
 
     def stop(self, timeout: float | None = None) -> None:
-        """SIGTERM, wait (bounded, default exit_timeout_secs + 5 s), then SIGKILL the process group. Idempotent."""
+        """SIGTERM, wait up to ``timeout`` (default exit_timeout_secs + 5 s), then SIGKILL. Idempotent."""
         with self._lock:
             proc = self._proc
             if proc is not None:
                 try:
                     if not self._exited():
                         os.kill(proc.pid, signal.SIGTERM)
-                        self._wait_exited(self.exit_timeout_secs + 5 if timeout is None else timeout)
+                        deadline = time.monotonic() + (self.exit_timeout_secs + 5 if timeout is None else timeout)
+                        while not self._exited() and time.monotonic() < deadline:
+                            time.sleep(0.02)
                     if proc.returncode is None:
-                        # Not reaped yet, so the pgid is still reserved: this reaches only our server (if stuck)
-                        # and stub processes it left behind.
-                        try:
+                        # Not reaped yet, so its process group id is still ours: this reaches only the server
+                        # (if stuck) and any stub process it left behind.
+                        with contextlib.suppress(ProcessLookupError, PermissionError):
                             os.killpg(proc.pid, signal.SIGKILL)
-                        except (ProcessLookupError, PermissionError):
-                            pass
                         proc.wait(timeout=30)
                 finally:
                     self._proc = None
                     with _LIVE_LOCK:
                         _LIVE.discard(self)
-            self._remove_shm()
+            if self._shm_prefix:  # only regions with this run's own prefix that were not there before it
+                for path in set(glob.glob(os.path.join(SHM_DIR, glob.escape(self._shm_prefix) + "*"))):
+                    if path not in self._shm_before:
+                        with contextlib.suppress(OSError):
+                            os.unlink(path)
             if self._tmpdir is not None:
                 shutil.rmtree(self._tmpdir, ignore_errors=True)
                 self._tmpdir = None
-
-    def _remove_shm(self) -> None:
-        if not self._shm_prefix:
-            return
-        for path in glob.glob(os.path.join(SHM_DIR, glob.escape(self._shm_prefix) + "*")):
-            if path not in self._shm_before:
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
 
     def __enter__(self) -> "TritonServer":
         return self.start()
@@ -321,24 +264,29 @@ class TritonServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    # ------------------------------------------------------------------ queries
     def model_ready(self, name: str, version: str | int | None = None) -> bool:
         path = f"/v2/models/{name}" + (f"/versions/{version}" if version is not None else "") + "/ready"
         return _http_status(f"http://{self.http_url}{path}") == 200
 
-    def log_tail(self, max_chars: int = 6000) -> str:
-        """The end of this run's server log (what it wrote since the last start)."""
+    def log_text(self) -> str:
+        """This run's server log (since the last ``start()``)."""
         if self._log_path is None or not self._log_path.exists():
-            return "<no log>"
+            return ""
         with open(self._log_path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(self._log_offset, size - max_chars))
+            f.seek(self._log_offset)
             return f.read().decode("utf-8", "replace")
 
-    def __repr__(self) -> str:
-        state = f"pid={self.pid}, http={self.http_url}" if self._proc is not None else "stopped"
-        return f"TritonServer({str(self.model_repository)!r}, {state})"
+    def log_tail(self, max_chars: int = 4000) -> str:
+        """The end of this run's log, with table borders dropped and runs of spaces collapsed."""
+        lines = [re.sub(r"  +", " ", ln.rstrip()) for ln in self.log_text().splitlines()]
+        return "\n".join(ln for ln in lines if not re.fullmatch(r"\+[-+]*", ln))[-max_chars:]
+
+    def _failure_report(self) -> str:
+        errors = [ln[:800] for ln in self.log_text().splitlines() if re.match(r"E\d{4} ", ln)]
+        errors = [ln for ln in errors if "CudaDriverHelper" not in ln]  # printed by every start without a GPU
+        report = "\nerrors in the log:\n" + "\n".join(errors) if errors else ""
+        where = f" ({self._log_path})" if self._log_arg else ""
+        return f"{report}\nlog tail{where}:\n{self.log_tail()}"
 
 
 @atexit.register
@@ -346,7 +294,5 @@ def _stop_all() -> None:
     with _LIVE_LOCK:
         servers = list(_LIVE)
     for server in servers:
-        try:
+        with contextlib.suppress(Exception):  # best effort at interpreter exit
             server.stop(timeout=5)
-        except Exception:  # noqa: BLE001 - best effort at interpreter exit
-            pass

@@ -1,0 +1,232 @@
+"""`tapestry` command line: etl -> train -> evaluate -> export -> serve -> recommend (and `demo` for all of it)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tapestry.artifacts import atomic_write_json, latest_version, tenant_dir
+from tapestry.config import ETLConfig, TrainConfig, datasets_dir, validate_tenant
+
+DATASETS = ("ml-1m", "ml-100k")
+
+
+def ml1m_ratings_default(directory: Path) -> Path:
+    """The full ratings.dat when the user has it; else the real partial copy in ../shared (users 1-2999)."""
+    env = os.environ.get("TAPESTRY_ML1M_RATINGS")
+    if env:
+        return Path(env)
+    for name in ("ratings.dat", "ratings.dat.xz"):
+        if (directory / name).exists():
+            return directory / name
+    return directory / "partial" / "ratings.users-0001-2999.dat.xz"
+
+
+def load_tables(args):
+    from tapestry.etl.movielens import movielens_1m, movielens_100k
+    from tapestry.etl.sources import generic_tables
+
+    if args.events:
+        return generic_tables(Path(args.events), args.items and Path(args.items), args.users and Path(args.users))
+    dataset = args.dataset or "ml-1m"
+    directory = Path(args.data_dir) if args.data_dir else datasets_dir() / dataset
+    if dataset == "ml-1m":
+        return movielens_1m(directory, Path(args.ratings) if args.ratings else ml1m_ratings_default(directory))
+    return movielens_100k(directory, Path(args.ratings) if args.ratings else None)
+
+
+def cmd_etl(args) -> None:
+    from tapestry.etl import run_etl
+
+    cfg = ETLConfig()
+    if args.event_types:
+        cfg.event_types = tuple(t.strip().lower() for t in args.event_types.split(","))
+    run_etl(load_tables(args), args.tenant, args.root, cfg)
+
+
+def train_config(args) -> TrainConfig:
+    cfg = TrainConfig()
+    if getattr(args, "quick", False):
+        # A smoke-sized run: seconds, not minutes. Quality is not the point.
+        cfg.lightgcn.epochs, cfg.sasrec.epochs, cfg.rerank.epochs = 1, 2, 5
+    return cfg
+
+
+def cmd_train(args) -> None:
+    from tapestry.training.pipeline import run_train
+
+    run_train(args.tenant, args.root, train_config(args))
+
+
+def print_metrics(metrics: dict) -> None:
+    rows = [(name, m["test"]) for name, m in metrics.items() if isinstance(m, dict) and "test" in m]
+    if not rows:
+        return
+    keys = [k for k in rows[0][1] if k != "num_users"]
+    print(f"{'model (test, full ranking)':<28}" + "".join(f"{k:>12}" for k in keys))
+    for name, m in rows:
+        print(f"{name:<28}" + "".join(f"{m.get(k, float('nan')):>12.4f}" for k in keys))
+
+
+def cmd_evaluate(args) -> None:
+    from tapestry.training.pipeline import evaluate_models
+
+    metrics = evaluate_models(args.tenant, args.root)
+    out = Path(args.output) if args.output else latest_version(args.tenant, "models", args.root) / "evaluation.json"
+    atomic_write_json(out, metrics)
+    print_metrics(metrics)
+    print(f"[evaluate] written to {out}")
+
+
+def cmd_export(args) -> None:
+    from tapestry.ensembles import run_export
+
+    run_export(args.tenant, args.root, max_k=args.max_k)
+
+
+def _serve_state(tenant: str, root) -> Path:
+    return tenant_dir(tenant, root) / "serve.json"
+
+
+def cmd_serve(args) -> None:
+    from tapestry.serving.triton_server import TritonServer
+
+    state = _serve_state(args.tenant, args.root)
+    if args.detach:
+        log = tenant_dir(args.tenant, args.root) / "serve.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        state.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "tapestry.cli", "serve", "--tenant", args.tenant]
+        if args.root:
+            cmd += ["--root", str(args.root)]
+        proc = subprocess.Popen(cmd, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + args.timeout
+        while not state.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"server did not start; see {log}:\n" + log.read_text()[-3000:])
+            time.sleep(0.2)
+        print(f"[serve] started in the background: {json.loads(state.read_text())}")
+        return
+    export = latest_version(args.tenant, "export", args.root)
+    server = TritonServer(export / "model_repository", http_port=args.http_port, grpc_port=args.grpc_port)
+    server.start(timeout=args.timeout)
+    atomic_write_json(state, {"pid": os.getpid(), "http_url": server.http_url, "grpc_url": server.grpc_url,
+                              "metrics_url": server.metrics_url, "export": str(export)})
+    print(f"[serve] tenant={args.tenant} Triton ready: HTTP {server.http_url}, gRPC {server.grpc_url} ({export})",
+          flush=True)
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    try:
+        while not stopping and server._proc is not None and server._proc.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        state.unlink(missing_ok=True)
+        server.stop()
+        print("[serve] stopped", flush=True)
+
+
+def cmd_stop(args) -> None:
+    state = _serve_state(args.tenant, args.root)
+    if not state.exists():
+        print(f"[stop] no server running for tenant {args.tenant}")
+        return
+    pid = json.loads(state.read_text())["pid"]
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        state.unlink(missing_ok=True)
+        return
+    deadline = time.monotonic() + 30
+    while state.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    print(f"[stop] server for tenant {args.tenant} stopped")
+
+
+def print_recommendations(result, user: str, protocol: str) -> None:
+    print(f"top {len(result.item_ids)} for user {user} ({result.strategy}, via Triton {protocol}):")
+    for rank, (iid, title, score) in enumerate(zip(result.item_ids, result.titles, result.scores), 1):
+        print(f"  {rank:>2}. {iid:>8}  {score:8.3f}  {title}")
+
+
+def cmd_recommend(args) -> None:
+    from tapestry.serving.client import RecommendClient, RecommendError
+
+    url = args.url
+    if not url:
+        state = _serve_state(args.tenant, args.root)
+        if not state.exists():
+            raise SystemExit(f"no server running for tenant {args.tenant}: run `tapestry serve --tenant "
+                             f"{args.tenant} --detach` first, or pass --url")
+        url = json.loads(state.read_text())["grpc_url" if args.protocol == "grpc" else "http_url"]
+    exclude = [x for x in (args.exclude or "").split(",") if x]
+    try:
+        with RecommendClient(url, protocol=args.protocol) as client:
+            result = client.recommend(args.tenant, args.user, k=args.k, exclude_item_ids=exclude)
+    except RecommendError as e:
+        raise SystemExit(f"recommend failed: {e}")
+    print_recommendations(result, args.user, args.protocol)
+
+
+def cmd_demo(args) -> None:
+    from tapestry.demo import run_demo
+
+    run_demo(args.tenant, args.root, dataset=args.dataset or "ml-1m", quick=args.quick)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tapestry", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name, fn, help_):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--tenant", required=True, type=validate_tenant, help="tenant id ([A-Za-z0-9_-])")
+        sp.add_argument("--root", type=Path, default=None, help="artifact root (default $TAPESTRY_HOME or ./artifacts)")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    e = add("etl", cmd_etl, "validate, encode and split a tenant's raw data")
+    e.add_argument("--dataset", choices=DATASETS, help="a MovieLens data set under the datasets dir")
+    e.add_argument("--data-dir", help="directory of the MovieLens files (default: <datasets>/<dataset>)")
+    e.add_argument("--ratings", help="ratings file override (ML-1M default: full ratings.dat if present, else partial)")
+    e.add_argument("--events", help="generic event table (CSV/Parquet, optionally .xz)")
+    e.add_argument("--items", help="generic item table")
+    e.add_argument("--users", help="generic user table")
+    e.add_argument("--event-types", help="comma-separated event vocabulary (default: built-in list)")
+    t = add("train", cmd_train, "train LightGCN, SASRec (graph-initialised) and the reranker; evaluate")
+    t.add_argument("--quick", action="store_true", help="tiny epochs, for smoke tests")
+    v = add("evaluate", cmd_evaluate, "full-ranking Recall/NDCG/MRR of the latest models")
+    v.add_argument("--output", help="JSON path (default: <models>/evaluation.json)")
+    x = add("export", cmd_export, "FAISS index + Triton model repository")
+    x.add_argument("--max-k", type=int, default=100)
+    s = add("serve", cmd_serve, "run the real Triton server on the latest export")
+    s.add_argument("--detach", action="store_true", help="start in the background and return when ready")
+    s.add_argument("--http-port", type=int)
+    s.add_argument("--grpc-port", type=int)
+    s.add_argument("--timeout", type=float, default=120.0)
+    add("stop", cmd_stop, "stop a detached server")
+    r = add("recommend", cmd_recommend, "ask the served ensemble for recommendations")
+    r.add_argument("--user", required=True)
+    r.add_argument("-k", type=int, default=10)
+    r.add_argument("--protocol", choices=("http", "grpc"), default="http")
+    r.add_argument("--exclude", help="comma-separated item ids never to return")
+    r.add_argument("--url", help="host:port (default: from the running `tapestry serve`)")
+    d = add("demo", cmd_demo, "ETL -> train -> evaluate -> export -> serve -> recommend, with timings")
+    d.add_argument("--dataset", choices=DATASETS)
+    d.add_argument("--quick", action="store_true")
+    return p
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""`tapestry export`: the latest trained models -> <root>/<tenant>/export/vNNNN/{model_repository, artifacts}.
+
+model_repository/ is a copy of the templates in triton_models/ (their ARTIFACT_DIR parameter points at
+../artifacts); artifacts/ holds what the stages read: users.parquet (online features: full time-ordered history
+and attribute indices), items.parquet, sasrec.pt, items.faiss, popularity.npy, rerank.npz, manifest.json.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import polars as pl
+
+from tapestry.artifacts import atomic_write_json, latest_version, new_version
+from tapestry.config import PROJECT_ROOT, validate_tenant
+from tapestry.training.data import InteractionData
+from tapestry.training.reranker import FeatureReranker
+
+TEMPLATES = PROJECT_ROOT / "triton_models"
+DEFAULT_MAX_K = 100
+
+
+@dataclass
+class ExportResult:
+    path: Path
+
+    @property
+    def model_repository(self) -> Path:
+        return self.path / "model_repository"
+
+    @property
+    def artifact_dir(self) -> Path:
+        return self.path / "artifacts"
+
+
+def _online_users(etl_dir: Path, user_attrs: np.ndarray) -> pl.DataFrame:
+    """Per known user: the full time-ordered item history (all splits: serving sees everything) and attrs."""
+    events = pl.read_parquet(etl_dir / "events.parquet").with_row_index("_order")
+    hist = events.group_by("user_idx").agg(pl.col("item_idx").sort_by("timestamp", "_order").alias("history"))
+    users = pl.read_parquet(etl_dir / "user_map.parquet").join(hist, on="user_idx", how="left")
+    attrs = [np.flatnonzero(user_attrs[u]).tolist() if u < len(user_attrs) else []
+             for u in users["user_idx"].to_list()]
+    return users.with_columns(
+        pl.col("history").fill_null(pl.lit([], dtype=pl.List(pl.Int64))),
+        pl.Series("attrs", attrs, dtype=pl.List(pl.Int64)),
+    )
+
+
+def build_faiss_index(item_embeddings: np.ndarray) -> faiss.Index:
+    """Exact inner-product index over items 1..n, with FAISS ids equal to item indices (row 0 is padding)."""
+    emb = np.ascontiguousarray(item_embeddings[1:], dtype=np.float32)
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(emb.shape[1]))
+    index.add_with_ids(emb, np.arange(1, len(item_embeddings), dtype=np.int64))
+    return index
+
+
+def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K, num_candidates: int | None = None,
+               log=print) -> ExportResult:
+    from tapestry.training.sasrec import SASRec
+    from tapestry.training.sasrec_recommender import SASRecRecommender
+
+    validate_tenant(tenant)
+    t0 = time.perf_counter()
+    models_dir = latest_version(tenant, "models", root)
+    etl_dir = Path((models_dir / "etl_version.txt").read_text().strip())
+    data = InteractionData.load(etl_dir)
+    sasrec = SASRecRecommender.load(models_dir / "sasrec.pt")
+    reranker = FeatureReranker.load(models_dir / "rerank.npz")
+    item_emb = sasrec.model.item_embeddings().detach().cpu().float().numpy()
+    train_cfg = __import__("json").loads((models_dir / "config.json").read_text())
+    num_candidates = num_candidates or train_cfg.get("rerank", {}).get("num_candidates", 100)
+
+    all_events = pl.read_parquet(etl_dir / "events.parquet")
+    popularity = np.zeros(data.num_items, dtype=np.float32)
+    vc = all_events.group_by("item_idx").len()
+    popularity[vc["item_idx"].to_numpy()] = vc["len"].to_numpy()
+
+    with new_version(tenant, "export", root) as v:
+        art = v.tmp / "artifacts"
+        art.mkdir()
+        _online_users(etl_dir, reranker.tables.user_attrs).write_parquet(art / "users.parquet")
+        data.items.write_parquet(art / "items.parquet")
+        SASRec.save_module(sasrec.model, art / "sasrec.pt")
+        faiss.write_index(build_faiss_index(item_emb), str(art / "items.faiss"))
+        np.save(art / "popularity.npy", popularity)
+        shutil.copy2(models_dir / "rerank.npz", art / "rerank.npz")
+        atomic_write_json(art / "manifest.json", {
+            "tenant": tenant,
+            "models_version": str(models_dir),
+            "etl_version": str(etl_dir),
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "max_len": int(sasrec.model.max_len),
+            "embedding_dim": int(item_emb.shape[1]),
+            "num_items": int(data.num_items),
+            "num_users": int(data.num_users),
+            "num_user_attrs": int(reranker.tables.user_attrs.shape[1]),
+            "num_candidates": int(num_candidates),
+            "max_k": int(max_k),
+        })
+        shutil.copytree(TEMPLATES, v.tmp / "model_repository",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    log(f"[export] tenant={tenant} {v.path.name}: {data.num_items - 1:,} items in FAISS (dim {item_emb.shape[1]}), "
+        f"{data.num_users - 1:,} users in the feature store ({time.perf_counter() - t0:.1f}s) -> {v.path}")
+    return ExportResult(v.path)

@@ -1,0 +1,60 @@
+"""Stage 1: raw user id -> encoded history, seen set, exclude set and user attributes (the online feature store).
+
+The embedded default store is the exported `users.parquet`, held in memory. The tenant in the request must match
+the tenant the repository was exported for: a request never reads another tenant's features.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from tapestry.serving.stage import RequestError, Stage, as_str, export_manifest
+
+
+class FeatureLookup(Stage):
+    name = "feature_lookup"
+    inputs = ("TENANT", "USER_ID", "EXCLUDE_ITEM_IDS")
+    outputs = ("USER_IDX", "HISTORY", "SEEN", "EXCLUDE", "USER_ATTRS")
+
+    def __init__(self, tenant: str, max_len: int, users: pl.DataFrame, item_ids: list[str], num_attrs: int):
+        self.tenant = tenant
+        self.max_len = max_len
+        self.num_attrs = num_attrs
+        self._users = {uid: (idx, np.asarray(h, dtype=np.int64), np.asarray(a, dtype=np.int64))
+                       for uid, idx, h, a in users.select("user_id", "user_idx", "history", "attrs").iter_rows()}
+        self._items = {iid: i for i, iid in enumerate(item_ids) if i > 0}
+
+    @classmethod
+    def from_artifacts(cls, artifact_dir: Path) -> "FeatureLookup":
+        artifact_dir = Path(artifact_dir)
+        m = export_manifest(artifact_dir)
+        items = pl.read_parquet(artifact_dir / "items.parquet").sort("item_idx")
+        item_ids = [""] * (int(items["item_idx"].max()) + 1)
+        for idx, iid in items.select("item_idx", "item_id").iter_rows():
+            item_ids[idx] = iid
+        return cls(m["tenant"], m["max_len"], pl.read_parquet(artifact_dir / "users.parquet"), item_ids,
+                   m["num_user_attrs"])
+
+    def __call__(self, t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tenant = as_str(t["TENANT"].reshape(-1)[0])
+        if tenant != self.tenant:
+            raise RequestError(f"tenant '{tenant}' is not served by this model repository")
+        user_id = as_str(t["USER_ID"].reshape(-1)[0]).strip()
+        idx, history, attrs = self._users.get(user_id, (0, np.zeros(0, np.int64), np.zeros(0, np.int64)))
+        recent = history[-self.max_len:]
+        padded = np.zeros(self.max_len, dtype=np.int64)
+        if recent.size:
+            padded[-recent.size:] = recent  # left padding: the newest item is always the last position
+        exclude = [self._items.get(as_str(x).strip(), 0) for x in t["EXCLUDE_ITEM_IDS"].reshape(-1)]
+        user_attrs = np.zeros(self.num_attrs, dtype=np.float32)
+        user_attrs[attrs] = 1.0
+        # SEEN and EXCLUDE always carry a leading 0 (the padding id) so they are never zero-sized tensors.
+        return {
+            "USER_IDX": np.array([idx], dtype=np.int64),
+            "HISTORY": padded,
+            "SEEN": np.concatenate([[0], np.unique(history)]).astype(np.int64),
+            "EXCLUDE": np.array(sorted({0, *exclude}), dtype=np.int64),
+            "USER_ATTRS": user_attrs,
+        }

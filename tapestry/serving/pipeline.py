@@ -1,0 +1,54 @@
+"""The ensemble, in process: the same stage objects, chained over one tensor namespace like the Triton ensemble.
+
+Used by tests (Triton's answer must equal this one), by offline evaluation of the served path, and as a
+no-server fallback.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tapestry.serving.client import RecommendationResult
+from tapestry.serving.feature_lookup import FeatureLookup
+from tapestry.serving.filtering import CandidateFilter
+from tapestry.serving.rerank import Rerank
+from tapestry.serving.retrieval import Retrieval
+from tapestry.serving.stage import Stage, as_str, bytes_array
+from tapestry.serving.user_encoder import UserEncoder
+
+STAGE_ORDER = (FeatureLookup, UserEncoder, Retrieval, CandidateFilter, Rerank)
+
+
+def request_tensors(tenant: str, user_id: str, k: int, exclude_item_ids=()) -> dict[str, np.ndarray]:
+    exclude = list(exclude_item_ids) or [""]
+    return {
+        "TENANT": bytes_array([tenant]),
+        "USER_ID": bytes_array([str(user_id)]),
+        "K": np.array([k], dtype=np.int32),
+        "EXCLUDE_ITEM_IDS": bytes_array(exclude),
+    }
+
+
+class RecommendPipeline:
+    def __init__(self, stages: list[Stage]):
+        self.stages = stages
+
+    @classmethod
+    def from_artifacts(cls, artifact_dir: Path) -> "RecommendPipeline":
+        return cls([stage.from_artifacts(Path(artifact_dir)) for stage in STAGE_ORDER])
+
+    def run(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        env = dict(tensors)
+        for stage in self.stages:
+            env.update(stage({name: env[name] for name in stage.inputs}))
+        return env
+
+    def recommend(self, tenant: str, user_id: str, k: int = 10, exclude_item_ids=()) -> RecommendationResult:
+        out = self.run(request_tensors(tenant, user_id, k, exclude_item_ids))
+        return RecommendationResult(
+            item_ids=[as_str(x) for x in out["ITEM_IDS"]],
+            scores=[float(x) for x in out["SCORES"]],
+            titles=[as_str(x) for x in out["TITLES"]],
+            strategy=as_str(out["STRATEGY"][0]),
+        )

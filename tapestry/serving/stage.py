@@ -1,0 +1,43 @@
+"""What every serving stage shares: named numpy tensors in, named numpy tensors out.
+
+The same stage objects run inside Triton's python backend (through tapestry.serving.triton_adapter) and in the
+in-process pipeline (tapestry.serving.pipeline), so Triton's answer and the in-process answer are the same code.
+BYTES tensors are numpy object arrays of `bytes`.
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+
+class RequestError(ValueError):
+    """The request is wrong (unknown tenant, bad K, ...): Triton answers INVALID_ARGUMENT / HTTP 400."""
+
+
+class Stage:
+    name: str = ""
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+
+    def __call__(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@lru_cache(maxsize=8)
+def _manifest_cached(path: str) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def export_manifest(artifact_dir: Path) -> dict:
+    return _manifest_cached(str(Path(artifact_dir) / "manifest.json"))
+
+
+def as_str(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def bytes_array(values) -> np.ndarray:
+    return np.array([v if isinstance(v, bytes) else str(v).encode("utf-8") for v in values], dtype=np.object_)

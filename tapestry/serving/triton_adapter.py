@@ -1,0 +1,60 @@
+"""Turns a Stage into a Triton python-backend model class; the model.py files in triton_models/ are one line.
+
+Artifacts are found through the model config parameter ARTIFACT_DIR, resolved relative to the model repository's
+root (the exported layout is <export>/model_repository + <export>/artifacts, so the default is "../artifacts"),
+or through the TAPESTRY_ARTIFACT_DIR environment variable.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tapestry.serving.stage import RequestError, Stage
+
+STAGE_ERROR = "{stage} failed: {kind}: {msg}"
+
+
+def resolve_artifact_dir(model_dir: str, params: dict) -> Path:
+    env = os.environ.get("TAPESTRY_ARTIFACT_DIR")
+    if env:
+        return Path(env)
+    raw = params.get("ARTIFACT_DIR", {}).get("string_value", "../artifacts")
+    path = Path(raw)
+    return path if path.is_absolute() else (Path(model_dir).parent / path).resolve()
+
+
+def triton_model(stage_cls: type[Stage]):
+    class TritonPythonModel:
+        def initialize(self, args):
+            import triton_python_backend_utils as pb_utils
+
+            self.pb = pb_utils
+            cfg = json.loads(args["model_config"])
+            self.stage = stage_cls.from_artifacts(
+                resolve_artifact_dir(args["model_repository"], cfg.get("parameters", {})))
+            self.out_dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in cfg["output"]}
+
+        def execute(self, requests):
+            pb = self.pb
+            responses = []
+            for request in requests:
+                try:
+                    tensors = {}
+                    for name in self.stage.inputs:
+                        tensor = pb.get_input_tensor_by_name(request, name)
+                        if tensor is None:
+                            raise RequestError(f"missing input tensor {name}")
+                        tensors[name] = tensor.as_numpy()
+                    out = self.stage(tensors)
+                    responses.append(pb.InferenceResponse(output_tensors=[
+                        pb.Tensor(name, out[name].astype(self.out_dtypes[name])) for name in self.stage.outputs]))
+                except RequestError as e:
+                    responses.append(pb.InferenceResponse(error=pb.TritonError(str(e), pb.TritonError.INVALID_ARG)))
+                except Exception as e:  # noqa: BLE001 - report, never crash the stub
+                    msg = STAGE_ERROR.format(stage=self.stage.name, kind=type(e).__name__, msg=e)
+                    responses.append(pb.InferenceResponse(error=pb.TritonError(msg, pb.TritonError.INTERNAL)))
+            return responses
+
+    TritonPythonModel.__name__ = f"TritonPythonModel[{stage_cls.__name__}]"
+    return TritonPythonModel

@@ -1,0 +1,133 @@
+"""The small API every recommender shares (modelled on the `implicit` library).
+
+    model = LightGCNRecommender(epochs=5).fit(data, graph)
+    scores = model.score(user_idx, histories)        # [B, num_items], column 0 = -inf
+    items, scores = model.recommend(user_idx, history, k=10)
+    model.save(path); same = Recommender.load(path)
+
+Conventions shared by all models:
+- item index 0 is padding / out-of-vocabulary: `score` always returns -inf there, so it is never recommended;
+- `score` returns a tensor on the model's device (evaluation on GPU never round-trips through the CPU);
+- a saved file is a plain dict of tensors and Python scalars (`torch.load(weights_only=True)` can read it),
+  written atomically (temp file + os.replace) so a reader never sees half a model.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from tapestry.config import resolve_device
+
+FORMAT = "tapestry.recommender/1"
+
+
+class Recommender(ABC):
+    """Subclasses implement `fit`, `score`, `_init_kwargs` and `_get_state` / `_set_state`."""
+
+    # Every concrete subclass is registered by name so `Recommender.load` can rebuild whatever a file holds.
+    _registry: ClassVar[dict[str, type["Recommender"]]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        Recommender._registry[cls.__name__] = cls
+
+    def __init__(self, device: str = "auto", progress: bool | None = None):
+        self.device_name = device
+        self.device = resolve_device(device)
+        # None = tqdm's own choice (a bar on a terminal, silent in logs and CI); True/False force it.
+        self.progress = progress
+        self.num_items: int | None = None
+        self.history_: list[float] = []      # per-epoch training loss, for logs and tests
+
+    # ---- the API --------------------------------------------------------------------------------------------
+    @abstractmethod
+    def fit(self, data, graph=None) -> "Recommender":
+        """Train on `data.train` (an InteractionData); `graph` is build_hetero_graph(data) where used."""
+
+    @abstractmethod
+    def score(self, user_idx: np.ndarray, histories: list[np.ndarray]) -> torch.Tensor:
+        """Scores [B, num_items] for users `user_idx` (B,) with item histories (time order). Higher is better."""
+
+    def recommend(self, user_idx: int, history: np.ndarray, k: int = 10,
+                  exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (item_idx, score), best first. Never returns index 0; with exclude_seen never the history.
+
+        Fewer than k items come back only when fewer than k candidates exist.
+        """
+        history = np.asarray(history, dtype=np.int64)
+        scores = self.score(np.array([user_idx], dtype=np.int64), [history])[0].float().clone()
+        scores[0] = -torch.inf
+        if exclude_seen and history.size:
+            scores[torch.as_tensor(history, device=scores.device)] = -torch.inf
+        finite = int(torch.isfinite(scores).sum())
+        top = torch.topk(scores, min(k, finite))
+        return top.indices.cpu().numpy(), top.values.cpu().numpy()
+
+    # ---- persistence ----------------------------------------------------------------------------------------
+    def _init_kwargs(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild an untrained twin (plain Python values)."""
+        return {}
+
+    @abstractmethod
+    def _get_state(self) -> dict[str, Any]:
+        """Learned state as CPU tensors / Python scalars."""
+
+    @abstractmethod
+    def _set_state(self, state: dict[str, Any]) -> None:
+        """Inverse of `_get_state`; tensors arrive on the CPU and must be moved to `self.device`."""
+
+    def save(self, path: str | Path) -> Path:
+        if self.num_items is None:
+            raise RuntimeError(f"{type(self).__name__} is not fitted; nothing to save")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"format": FORMAT, "class": type(self).__name__, "kwargs": self._init_kwargs(),
+                   "state": self._get_state()}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(payload, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> "Recommender":
+        """Rebuild a saved model. `Recommender.load` accepts any model; `LightGCNRecommender.load` only its own."""
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a tapestry recommender file")
+        klass = Recommender._registry.get(payload["class"])
+        if klass is None:
+            raise ValueError(f"{path} holds unknown recommender class {payload['class']!r}")
+        if not issubclass(klass, cls):
+            raise TypeError(f"{path} holds a {payload['class']}, not a {cls.__name__}")
+        model = klass(**{**payload["kwargs"], "device": device})
+        model._set_state(payload["state"])
+        return model
+
+    # ---- helpers for subclasses -----------------------------------------------------------------------------
+    def _epoch_bar(self, epochs: int, desc: str):
+        from tqdm.auto import tqdm
+
+        return tqdm(range(epochs), desc=desc, unit="epoch", leave=False,
+                    disable=None if self.progress is None else not self.progress)
+
+    def _mask_padding(self, scores: torch.Tensor) -> torch.Tensor:
+        scores[:, 0] = -torch.inf
+        return scores
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._init_kwargs().items())
+        return f"{type(self).__name__}({args})"
