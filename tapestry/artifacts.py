@@ -16,6 +16,10 @@ from typing import Any
 from tapestry.config import artifacts_root, validate_tenant
 
 
+# The command that produces each stage's artifacts, for error messages.
+STAGE_COMMANDS = {"etl": "etl", "models": "train", "export": "export"}
+
+
 def tenant_dir(tenant: str, root: Path | None = None) -> Path:
     return Path(root or artifacts_root()) / validate_tenant(tenant)
 
@@ -45,7 +49,8 @@ def latest_version(tenant: str, stage: str, root: Path | None = None) -> Path:
     versions = _versions(sd)
     if not versions:
         raise FileNotFoundError(
-            f"no '{stage}' artifacts for tenant '{tenant}' under {sd}; run `tapestry {stage}` for this tenant first"
+            f"no '{stage}' artifacts for tenant '{tenant}' under {sd}; run `tapestry {STAGE_COMMANDS.get(stage, stage)} "
+            f"--tenant {tenant}` first"
         )
     return sd / f"v{versions[-1]:04d}"
 

@@ -5,6 +5,7 @@ quarantines what does not parse.
 """
 from __future__ import annotations
 
+import csv
 import io
 import lzma
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-from tapestry.etl.schema import EVENT_COLUMNS, SchemaError
+from tapestry.etl.schema import EVENT_COLUMNS, MALFORMED_LINE, SchemaError
 
 ROW = "source_row"
 
@@ -47,8 +48,13 @@ def _base_suffix(path: Path) -> str:
     return Path(path.stem).suffix if path.suffix == ".xz" else path.suffix
 
 
-def read_table(path: Path, separator: str = ",") -> pl.LazyFrame:
-    """A CSV or Parquet file (plain or .xz) as an all-string LazyFrame with `source_row`."""
+def read_table(path: Path, separator: str = ",", source: str = "events",
+               rejected: list[pl.DataFrame] | None = None) -> pl.LazyFrame:
+    """A CSV or Parquet file (plain or .xz) as an all-string LazyFrame with `source_row`.
+
+    CSV lines that cannot be parsed (wrong field count, broken quoting) are appended to `rejected` with reason
+    `malformed_line` instead of failing the whole read.
+    """
     path = Path(path)
     suffix = _base_suffix(path).lower()
     if suffix == ".parquet":
@@ -61,15 +67,36 @@ def read_table(path: Path, separator: str = ",") -> pl.LazyFrame:
         lf = lf.with_columns(pl.all().cast(pl.String))
     elif suffix in (".csv", ".tsv", ".txt"):
         sep = "\t" if suffix == ".tsv" else separator
-        if path.suffix == ".xz":
-            lf = pl.read_csv(io.BytesIO(read_bytes(path)), separator=sep, infer_schema=False).lazy()
-        else:
-            if not path.exists():
-                raise FileNotFoundError(f"input file not found: {path}")
-            lf = pl.scan_csv(path, separator=sep, infer_schema=False)
+        data = read_bytes(path)
+        try:
+            lf = pl.read_csv(io.BytesIO(data), separator=sep, infer_schema=False).lazy()
+        except pl.exceptions.ComputeError:
+            # A ragged line or a stray quote: parse line by line and reject only the bad lines.
+            return _read_csv_tolerant(data, sep, source, rejected)
     else:
         raise SchemaError(f"unsupported file type for {path}: use .csv, .tsv, .parquet (optionally .xz)")
     return lf.with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int64))
+
+
+def _read_csv_tolerant(data: bytes, sep: str, source: str, rejected: list[pl.DataFrame] | None) -> pl.LazyFrame:
+    text = data.decode("utf-8", errors="replace")
+    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=sep, strict=False))
+    if not rows:
+        return pl.LazyFrame()
+    header, body = rows[0], rows[1:]
+    good, bad = [], []
+    for i, row in enumerate(body):
+        if not row:
+            continue
+        (good if len(row) == len(header) else bad).append((i, row))
+    frame = pl.DataFrame({ROW: [i for i, _ in good], **{c: [r[j] for _, r in good] for j, c in enumerate(header)}},
+                         schema={ROW: pl.Int64, **{c: pl.String for c in header}})
+    if bad and rejected is not None:
+        rejected.append(pl.DataFrame({ROW: [i for i, _ in bad], "raw_line": [sep.join(r) for _, r in bad],
+                                      "source": source, "reason": MALFORMED_LINE},
+                                     schema={ROW: pl.Int64, "raw_line": pl.String, "source": pl.String,
+                                             "reason": pl.String}))
+    return frame.lazy()
 
 
 def require_columns(lf: pl.LazyFrame, required: tuple[str, ...], what: str) -> None:
@@ -81,12 +108,13 @@ def require_columns(lf: pl.LazyFrame, required: tuple[str, ...], what: str) -> N
 
 def generic_tables(events: Path, items: Path | None = None, users: Path | None = None) -> RawTables:
     """The generic layout: an event table plus optional item and user entity tables."""
-    ev = read_table(events)
+    rejected: list[pl.DataFrame] = []
+    ev = read_table(events, source="events", rejected=rejected)
     require_columns(ev, EVENT_COLUMNS, "events")
-    it = read_table(items) if items else None
+    it = read_table(items, source="items", rejected=rejected) if items else None
     if it is not None:
         require_columns(it, ("item_id",), "items")
-    us = read_table(users) if users else None
+    us = read_table(users, source="users", rejected=rejected) if users else None
     if us is not None:
         require_columns(us, ("user_id",), "users")
     sources = {"events": str(events)}
@@ -94,4 +122,4 @@ def generic_tables(events: Path, items: Path | None = None, users: Path | None =
         sources["items"] = str(items)
     if users:
         sources["users"] = str(users)
-    return RawTables(events=ev, items=it, users=us, sources=sources)
+    return RawTables(events=ev, items=it, users=us, rejected=rejected, sources=sources)

@@ -90,7 +90,8 @@ def test_ml100k_age_buckets(ml100k):
 
 def test_age_bucket_boundaries():
     ages = [1, 17, 18, 24, 25, 34, 35, 44, 45, 49, 50, 55, 56, 90]
-    got = pl.DataFrame({"a": [str(a) for a in ages] + ["x", None]}).select(_age_bucket(pl.col("a")).alias("a"))["a"].to_list()
+    frame = pl.DataFrame({"a": [str(a) for a in ages] + ["x", None]})
+    got = frame.select(_age_bucket(pl.col("a")).alias("a"))["a"].to_list()
     assert got == [_bucket(a) for a in ages] + [None, None]
 
 

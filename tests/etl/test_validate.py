@@ -144,7 +144,8 @@ def test_iso_timestamps_become_unix_seconds_and_event_types_are_lowercased(tmp_p
 @pytest.mark.parametrize("order", [1, -1])
 def test_mixed_iso_forms_parse_regardless_of_order(order):
     """The format must not be inferred once from the first value: `Z`, offset and naive forms mix freely."""
-    values = ["2021-03-04T05:06:07Z", "2021-03-04T05:06:07", "2021-03-04T06:06:07+01:00", "2021-03-04 05:06:07"][::order]
+    values = ["2021-03-04T05:06:07Z", "2021-03-04T05:06:07", "2021-03-04T06:06:07+01:00", "2021-03-04 05:06:07"]
+    values = values[::order]
     lf = pl.LazyFrame({"user_id": ["u"] * 4, "item_id": ["i"] * 4, "event_type": ["view"] * 4, "timestamp": values,
                        "source_row": list(range(4))})
     good, bad = validate_events(lf, ETLConfig())
@@ -254,3 +255,21 @@ def test_tsv_is_read_with_tabs(tmp_path):
     path.write_text("user_id\titem_id\tevent_type\ttimestamp\nu,1\tx\tview\t1600000000\n")
     good, _ = validate_events(read_table(path), ETLConfig())
     assert good.collect()["user_id"].to_list() == ["u,1"]
+
+
+def test_ragged_csv_lines_are_quarantined_not_fatal(tmp_path):
+    from tapestry.config import ETLConfig
+    from tapestry.etl import run_etl
+    from tapestry.etl.sources import generic_tables
+
+    src = tmp_path / "ragged.csv"
+    src.write_text("user_id,item_id,event_type,timestamp\n"
+                   "u1,i1,view,1600000000\n"
+                   "u1,i2,view,1600000001,extra\n"
+                   "u2,i3,view,1600000003\n")
+    res = run_etl(generic_tables(src), "rag", root=tmp_path / "art", cfg=ETLConfig(min_user_events=1),
+                  log=lambda *a: None)
+    q = pl.read_parquet(res.path / "quarantine.parquet")
+    assert q.select("source_row", "reason").rows() == [(1, "malformed_line")]
+    assert "extra" in q["raw_line"][0]
+    assert res.manifest["counts"]["valid_rows"] == 2

@@ -9,6 +9,7 @@ import sys
 import socket
 import subprocess
 import textwrap
+import urllib.error
 import urllib.request
 from pathlib import Path
 
