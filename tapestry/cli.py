@@ -122,7 +122,7 @@ def cmd_serve(args) -> None:
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     try:
-        while not stopping and server._proc is not None and server._proc.poll() is None:
+        while not stopping and server.running:
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass

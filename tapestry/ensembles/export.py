@@ -60,7 +60,7 @@ def build_faiss_index(item_embeddings: np.ndarray) -> faiss.Index:
 
 def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K, num_candidates: int | None = None,
                log=print) -> ExportResult:
-    from tapestry.training.sasrec import SASRec
+    from tapestry.serving.user_encoder import save_sasrec_module
     from tapestry.training.sasrec_recommender import SASRecRecommender
 
     validate_tenant(tenant)
@@ -84,7 +84,7 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
         art.mkdir()
         _online_users(etl_dir, reranker.tables.user_attrs).write_parquet(art / "users.parquet")
         data.items.write_parquet(art / "items.parquet")
-        SASRec.save_module(sasrec.model, art / "sasrec.pt")
+        save_sasrec_module(sasrec.model, art / "sasrec.pt")
         faiss.write_index(build_faiss_index(item_emb), str(art / "items.faiss"))
         np.save(art / "popularity.npy", popularity)
         shutil.copy2(models_dir / "rerank.npz", art / "rerank.npz")

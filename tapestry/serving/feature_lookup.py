@@ -16,7 +16,7 @@ from tapestry.serving.stage import RequestError, Stage, as_str, export_manifest
 class FeatureLookup(Stage):
     name = "feature_lookup"
     inputs = ("TENANT", "USER_ID", "EXCLUDE_ITEM_IDS")
-    outputs = ("USER_IDX", "HISTORY", "SEEN", "EXCLUDE", "USER_ATTRS")
+    outputs = ("HISTORY", "SEEN", "EXCLUDE", "USER_ATTRS")
 
     def __init__(self, tenant: str, max_len: int, users: pl.DataFrame, item_ids: list[str], num_attrs: int):
         self.tenant = tenant
@@ -42,7 +42,7 @@ class FeatureLookup(Stage):
         if tenant != self.tenant:
             raise RequestError(f"tenant '{tenant}' is not served by this model repository")
         user_id = as_str(t["USER_ID"].reshape(-1)[0]).strip()
-        idx, history, attrs = self._users.get(user_id, (0, np.zeros(0, np.int64), np.zeros(0, np.int64)))
+        _, history, attrs = self._users.get(user_id, (0, np.zeros(0, np.int64), np.zeros(0, np.int64)))
         recent = history[-self.max_len:]
         padded = np.zeros(self.max_len, dtype=np.int64)
         if recent.size:
@@ -52,7 +52,6 @@ class FeatureLookup(Stage):
         user_attrs[attrs] = 1.0
         # SEEN and EXCLUDE always carry a leading 0 (the padding id) so they are never zero-sized tensors.
         return {
-            "USER_IDX": np.array([idx], dtype=np.int64),
             "HISTORY": padded,
             "SEEN": np.concatenate([[0], np.unique(history)]).astype(np.int64),
             "EXCLUDE": np.array(sorted({0, *exclude}), dtype=np.int64),

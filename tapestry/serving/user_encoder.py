@@ -9,7 +9,34 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tapestry.artifacts import atomic_write_bytes
 from tapestry.serving.stage import Stage
+
+
+def sasrec_kwargs(model) -> dict:
+    """The constructor arguments of a SASRec module, read back from the module itself."""
+    return {"num_items": model.item_emb.num_embeddings, "hidden_dim": model.hidden_dim,
+            "num_blocks": len(model.blocks), "num_heads": model.blocks[0].num_heads if len(model.blocks) else 1,
+            "max_len": model.max_len, "dropout": model.emb_drop.p}
+
+
+def save_sasrec_module(model, path: Path) -> None:
+    """The inference-only part of SASRec (kwargs + weights), written atomically for the serving side."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"kwargs": sasrec_kwargs(model),
+                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def load_sasrec_module(path: Path):
+    from tapestry.training.sasrec import SASRec
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = SASRec(**state["kwargs"])
+    model.load_state_dict(state["state_dict"])
+    return model.eval()
 
 
 class UserEncoder(Stage):
@@ -22,11 +49,9 @@ class UserEncoder(Stage):
 
     @classmethod
     def from_artifacts(cls, artifact_dir: Path) -> "UserEncoder":
-        from tapestry.training.sasrec import SASRec
-
         # One request is a handful of small matmuls: extra threads only add contention between model instances.
         torch.set_num_threads(1)
-        return cls(SASRec.load_module(Path(artifact_dir) / "sasrec.pt"))
+        return cls(load_sasrec_module(Path(artifact_dir) / "sasrec.pt"))
 
     @torch.inference_mode()
     def __call__(self, t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

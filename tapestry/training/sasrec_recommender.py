@@ -58,7 +58,7 @@ class SASRecRecommender(Recommender):
             if self.item_init is not None:
                 init = self.item_init.detach().float().to(self.device)
                 real = init[1:]
-                target_std = float(model.item_emb.weight[1:].std())
+                target_std = float(model.item_emb.weight[1:].detach().std())
                 model.init_item_embeddings(init * (target_std / float(real.std().clamp_min(1e-12))))
                 self.initialised_from_graph = True
             # Adam with beta2 = 0.98 as in the SASRec paper; no weight decay (dropout regularises).
@@ -66,28 +66,33 @@ class SASRecRecommender(Recommender):
             model.train()
             bar = self._epoch_bar(self.epochs, "sasrec")
             for _ in bar:
-                perm = torch.randperm(windows.shape[0])
-                total, count = 0.0, 0
-                for start in range(0, windows.shape[0], self.batch_size):
-                    batch = windows[perm[start:start + self.batch_size]].to(self.device)
-                    # Trim columns that are padding for the whole batch: less work, identical outputs.
-                    first = int((batch > 0).int().argmax(1).min())
-                    batch = batch[:, first:]
-                    inputs, targets = batch[:, :-1], batch[:, 1:]
-                    hidden = model(inputs)
-                    real = targets > 0
-                    h = hidden[real]                                              # [P, D]
-                    # Full softmax over real items 1..N-1 (index 0 is padding, never a target).
-                    logits = h @ model.item_emb.weight[1:].T
-                    loss = F.cross_entropy(logits, targets[real] - 1)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total, count = total + float(loss.detach()) * h.shape[0], count + h.shape[0]
-                self.history_.append(total / max(count, 1))
+                self.history_.append(self._train_epoch(model, opt, windows))
                 bar.set_postfix(loss=f"{self.history_[-1]:.4f}")
         model.eval()
         return self
+
+    def _train_epoch(self, model: SASRec, opt: torch.optim.Optimizer, windows: torch.Tensor) -> float:
+        """One pass over the users in random order; returns the mean loss per predicted position."""
+        model.train()
+        perm = torch.randperm(windows.shape[0])
+        total, count = 0.0, 0
+        for start in range(0, windows.shape[0], self.batch_size):
+            batch = windows[perm[start:start + self.batch_size]].to(self.device)
+            # Trim columns that are padding for the whole batch: less work, identical outputs.
+            first = int((batch > 0).int().argmax(1).min())
+            batch = batch[:, first:]
+            inputs, targets = batch[:, :-1], batch[:, 1:]
+            hidden = model(inputs)
+            real = targets > 0
+            h = hidden[real]                                                      # [P, D]
+            # Full softmax over real items 1..N-1 (index 0 is padding, never a target).
+            logits = h @ model.item_emb.weight[1:].T
+            loss = F.cross_entropy(logits, targets[real] - 1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, count = total + float(loss.detach()) * h.shape[0], count + h.shape[0]
+        return total / max(count, 1)
 
     def item_embeddings(self) -> torch.Tensor:
         return self.model.item_embeddings().detach()

@@ -37,3 +37,7 @@ def test_ensemble_steps_are_in_pipeline_order_and_fully_wired():
         assert not missing, f"{stage.name} needs {missing} before it runs"
         available |= set(stage.outputs)
     assert set(_section(text, "output")) <= available
+    # Triton refuses an ensemble with a tensor that nothing consumes.
+    consumed = set(_section(text, "output")).union(*(stage.inputs for stage in STAGE_ORDER))
+    produced = set().union(*(stage.outputs for stage in STAGE_ORDER))
+    assert produced <= consumed, f"unused tensors: {produced - consumed}"

@@ -1,0 +1,100 @@
+"""SASRec module properties the serving side relies on: causality, padding invariance, defined padding output."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tapestry.training.sasrec import SASRec, left_pad
+
+NUM_ITEMS, DIM, MAX_LEN = 50, 16, 12
+
+
+@pytest.fixture
+def model() -> SASRec:
+    torch.manual_seed(0)
+    m = SASRec(NUM_ITEMS, hidden_dim=DIM, num_blocks=2, num_heads=2, max_len=MAX_LEN, dropout=0.2)
+    # Untrained LayerNorms/biases are symmetric; perturb them so the tests see a generic network.
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        m.item_emb.weight[0].zero_()
+    return m.eval()
+
+
+def test_causal_later_items_do_not_change_earlier_outputs(model):
+    seqs = torch.randint(1, NUM_ITEMS, (3, MAX_LEN))
+    changed = seqs.clone()
+    changed[:, 7] = (changed[:, 7] % (NUM_ITEMS - 1)) + 1          # a different real item at position 7
+    a, b = model(seqs), model(changed)
+    torch.testing.assert_close(a[:, :7], b[:, :7])
+    assert not torch.allclose(a[:, 7:], b[:, 7:])                 # ...and it does change position 7 onwards
+
+
+def test_padding_width_does_not_change_outputs(model):
+    history = [np.array([5, 9, 3, 17, 2])]
+    narrow = torch.from_numpy(left_pad(history, MAX_LEN))                   # [1, 5], no padding at all
+    wide = torch.from_numpy(left_pad(history, MAX_LEN, width=MAX_LEN))      # [1, 12], 7 padding columns
+    assert narrow.shape == (1, 5) and wide.shape == (1, MAX_LEN)
+    torch.testing.assert_close(model(narrow), model(wide)[:, -5:])
+    torch.testing.assert_close(model.encode(narrow), model.encode(wide))
+
+
+def test_batch_neighbours_do_not_change_a_users_vector(model):
+    short, long = np.array([4, 8]), np.arange(1, 20)
+    alone = model.encode(torch.from_numpy(left_pad([short], MAX_LEN)))
+    batched = model.encode(torch.from_numpy(left_pad([short, long], MAX_LEN)))
+    torch.testing.assert_close(alone[0], batched[0])
+
+
+def test_padding_positions_are_zero_and_all_padding_is_finite(model):
+    seqs = torch.zeros(2, MAX_LEN, dtype=torch.long)
+    seqs[1, -3:] = torch.tensor([1, 2, 3])
+    out = model(seqs)
+    assert torch.isfinite(out).all()
+    assert not out[0].any()                     # all padding: the defined output is the zero vector
+    assert not out[1, :-3].any() and out[1, -3:].abs().sum() > 0
+    assert not model.encode(seqs[:1]).any()
+
+
+def test_all_padding_rows_give_finite_gradients_in_training(model):
+    model.train()
+    seqs = torch.zeros(2, MAX_LEN, dtype=torch.long)
+    seqs[1, -4:] = torch.tensor([7, 8, 9, 10])
+    loss = (model(seqs) @ model.item_embeddings().T).logsumexp(-1).sum()
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_longer_sequences_use_the_last_max_len_items(model):
+    seqs = torch.randint(1, NUM_ITEMS, (2, MAX_LEN + 5))
+    torch.testing.assert_close(model(seqs), model(seqs[:, -MAX_LEN:]))
+
+
+def test_init_item_embeddings_copies(model):
+    weights = torch.randn(NUM_ITEMS, DIM)
+    model.init_item_embeddings(weights)
+    assert torch.equal(model.item_embeddings()[1:], weights[1:])
+    assert not model.item_embeddings()[0].any()              # padding row stays zero
+    weights.add_(1.0)                                         # a copy, not a view of the caller's tensor
+    assert not torch.equal(model.item_embeddings()[1:], weights[1:])
+    with pytest.raises(ValueError, match="shape"):
+        model.init_item_embeddings(torch.randn(NUM_ITEMS, DIM + 1))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_torchscript_matches_eager_single_thread(model):
+    seqs = torch.from_numpy(left_pad([np.array([3, 1, 4, 1, 5]), np.array([9]), np.array([], np.int64)], MAX_LEN))
+    scripted = torch.jit.script(model)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                  # as inside Triton's python backend
+    try:
+        torch.testing.assert_close(scripted.encode(seqs), model.encode(seqs))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_left_pad():
+    out = left_pad([np.array([1, 2, 3]), np.array([], np.int64), np.arange(1, 8)], max_len=4)
+    assert out.tolist() == [[0, 1, 2, 3], [0, 0, 0, 0], [4, 5, 6, 7]]
+    assert left_pad([np.array([], np.int64)], max_len=4).shape == (1, 1)
