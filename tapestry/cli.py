@@ -50,11 +50,7 @@ def cmd_etl(args) -> None:
 
 
 def train_config(args) -> TrainConfig:
-    cfg = TrainConfig()
-    if getattr(args, "quick", False):
-        # A smoke-sized run: seconds, not minutes. Quality is not the point.
-        cfg.lightgcn.epochs, cfg.sasrec.epochs, cfg.rerank.epochs = 1, 2, 5
-    return cfg
+    return TrainConfig.quick() if getattr(args, "quick", False) else TrainConfig()
 
 
 def cmd_train(args) -> None:
@@ -225,7 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
-    args.fn(args)
+    try:
+        args.fn(args)
+    except (FileNotFoundError, ValueError) as e:
+        # Expected user errors (missing artifacts or inputs, bad schema, bad settings): a message, no traceback.
+        raise SystemExit(f"tapestry {args.command}: error: {e}")
 
 
 if __name__ == "__main__":

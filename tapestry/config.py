@@ -86,6 +86,15 @@ class TrainConfig:
     init_sasrec_from_graph: bool = True
     device: str = "auto"          # "auto" picks CUDA when present, else CPU: the same code path either way
 
+    @classmethod
+    def quick(cls) -> "TrainConfig":
+        """Smoke-sized: every stage runs for real in seconds; quality is not the point (tests, `--quick`)."""
+        return cls(
+            lightgcn=LightGCNConfig(embedding_dim=16, num_layers=1, epochs=1, batch_size=8192),
+            sasrec=SASRecConfig(hidden_dim=16, num_blocks=1, num_heads=1, max_len=20, epochs=1, batch_size=256),
+            rerank=RerankConfig(num_candidates=30, epochs=2),
+        )
+
 
 def resolve_device(name: str = "auto"):
     import torch

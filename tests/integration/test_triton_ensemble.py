@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tapestry.config import LightGCNConfig, RerankConfig, SASRecConfig, TrainConfig, datasets_dir
+from tapestry.config import TrainConfig, datasets_dir
 from tapestry.ensembles import run_export
 from tapestry.etl import run_etl
 from tapestry.etl.movielens import movielens_100k
@@ -20,19 +20,11 @@ TENANT = "ml100k"
 QUIET = {"log": lambda *a, **k: None}
 
 
-def tiny_config() -> TrainConfig:
-    return TrainConfig(
-        lightgcn=LightGCNConfig(embedding_dim=16, num_layers=1, epochs=1, batch_size=8192),
-        sasrec=SASRecConfig(hidden_dim=16, num_blocks=1, num_heads=1, max_len=20, epochs=1, batch_size=256),
-        rerank=RerankConfig(num_candidates=30, epochs=2),
-    )
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("artifacts")
     etl = run_etl(movielens_100k(datasets_dir() / "ml-100k"), TENANT, root, **QUIET)
-    run_train(TENANT, root, tiny_config(), **QUIET)
+    run_train(TENANT, root, TrainConfig.quick(), **QUIET)
     export = run_export(TENANT, root, max_k=50, **QUIET)
     users = pl.read_parquet(etl.path / "user_map.parquet")["user_id"].to_list()
     return export, users
