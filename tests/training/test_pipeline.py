@@ -39,11 +39,13 @@ def test_metrics_json(trained):
     result, _, _ = trained
     metrics = json.loads((result.path / "metrics.json").read_text())
     assert metrics == result.metrics
-    assert set(metrics) == {"popularity", "lightgcn", "sasrec"}
-    for m in metrics.values():
+    assert set(metrics) == {"popularity", "lightgcn", "sasrec", "sasrec+rerank"}
+    assert (result.path / "rerank.npz").exists()
+    for name, m in metrics.items():
         assert set(m) == {"valid", "test", "fit_seconds"} and m["fit_seconds"] >= 0
         for split in ("valid", "test"):
-            assert set(m[split]) == {"recall@10", "ndcg@10", "mrr", "num_users"}
+            extra = {"num_candidates"} if name == "sasrec+rerank" else set()
+            assert set(m[split]) == {"recall@10", "ndcg@10", "mrr", "num_users"} | extra
             assert m[split]["num_users"] == 200 and 0 <= m[split]["ndcg@10"] <= m[split]["recall@10"] <= 1
 
 

@@ -1,0 +1,72 @@
+"""Export writes a complete, tenant-scoped repository whose artifacts agree with the trained models."""
+import json
+import shutil
+
+import faiss
+import numpy as np
+import polars as pl
+import pytest
+
+from tapestry.config import TrainConfig
+from tapestry.ensembles import run_export
+from tapestry.serving.pipeline import RecommendPipeline
+from tapestry.serving.user_encoder import load_sasrec_module
+from tapestry.training.pipeline import run_train
+from tapestry.training.sasrec_recommender import SASRecRecommender
+
+QUIET = {"log": lambda *a, **k: None}
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_etl, tmp_path_factory):
+    root = tmp_path_factory.mktemp("export-root")
+    # Reuse the session's tiny ETL version under this root's tenant.
+    shutil.copytree(tiny_etl, root / "tiny" / "etl" / tiny_etl.name)
+    trained = run_train("tiny", root, TrainConfig.quick(), **QUIET)
+    return run_export("tiny", root, max_k=20, **QUIET), trained
+
+
+def test_repository_and_artifacts_are_complete(exported):
+    export, _ = exported
+    for model in ("feature_lookup", "user_encoder", "retrieval", "filter", "rerank", "recommend"):
+        assert (export.model_repository / model / "config.pbtxt").exists()
+    for name in ("users.parquet", "items.parquet", "sasrec.pt", "items.faiss", "popularity.npy", "rerank.npz"):
+        assert (export.artifact_dir / name).exists(), name
+    manifest = json.loads((export.artifact_dir / "manifest.json").read_text())
+    assert manifest["tenant"] == "tiny" and manifest["max_k"] == 20
+    assert export.path.parent.parent.name == "tiny", "exports live under their tenant"
+    assert not list(export.path.parent.glob(".tmp-*")), "no temp directories left behind"
+
+
+def test_faiss_index_holds_sasrec_item_vectors_under_item_ids(exported):
+    export, trained = exported
+    sasrec = SASRecRecommender.load(trained.path / "sasrec.pt")
+    emb = sasrec.model.item_embeddings().detach().numpy()
+    index = faiss.read_index(str(export.artifact_dir / "items.faiss"))
+    assert index.ntotal == emb.shape[0] - 1
+    for item in (1, emb.shape[0] // 2, emb.shape[0] - 1):
+        np.testing.assert_allclose(index.reconstruct(item), emb[item], rtol=1e-6)
+    served = load_sasrec_module(export.artifact_dir / "sasrec.pt")
+    np.testing.assert_array_equal(served.item_embeddings().detach().numpy(), emb)
+
+
+def test_feature_store_history_is_the_full_time_ordered_event_log(exported, tiny_etl):
+    export, _ = exported
+    users = pl.read_parquet(export.artifact_dir / "users.parquet")
+    events = pl.read_parquet(tiny_etl / "events.parquet")
+    u = int(users["user_idx"][3])
+    expected = events.filter(pl.col("user_idx") == u)["item_idx"].to_list()  # events.parquet is time-sorted
+    assert users.filter(pl.col("user_idx") == u)["history"][0].to_list() == expected
+
+
+def test_in_process_pipeline_never_recommends_seen_items(exported):
+    export, _ = exported
+    pipe = RecommendPipeline.from_artifacts(export.artifact_dir)
+    users = pl.read_parquet(export.artifact_dir / "users.parquet")
+    items = pl.read_parquet(export.artifact_dir / "items.parquet")
+    for row in users.head(20).iter_rows(named=True):
+        seen = set(items.filter(pl.col("item_idx").is_in(row["history"]))["item_id"].to_list())
+        result = pipe.recommend("tiny", row["user_id"], k=10)
+        assert result.strategy == "personalized"
+        assert not seen & set(result.item_ids)
+        assert result.scores == sorted(result.scores, reverse=True)
