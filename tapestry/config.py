@@ -48,12 +48,14 @@ class ETLConfig:
 
 @dataclass
 class LightGCNConfig:
+    # Defaults tuned for the demo budget (ML-1M users 1-2999, 2 CPU cores): ~45 s. One full-graph propagation
+    # per batch, so fewer, larger batches with a higher lr beat the paper's 2048 / 1e-3 within minutes.
     embedding_dim: int = 64
     num_layers: int = 2
-    epochs: int = 8
+    epochs: int = 20
     batch_size: int = 8192
-    lr: float = 5e-3
-    weight_decay: float = 1e-4
+    lr: float = 2e-2
+    weight_decay: float = 1e-4        # BPR L2 on the batch's layer-0 embeddings
     seed: int = 0
 
 
@@ -62,11 +64,11 @@ class SASRecConfig:
     hidden_dim: int = 64          # must equal LightGCN's embedding_dim to initialise from it
     num_blocks: int = 2
     num_heads: int = 1
-    max_len: int = 100
+    max_len: int = 100            # 200 costs 1.7x per epoch on ML-1M for no gain per minute of training
     dropout: float = 0.2
-    epochs: int = 20
+    epochs: int = 26              # ~8 s/epoch on ML-1M (2 CPU cores) with the full softmax
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 4e-3              # full-softmax CE tolerates a higher lr than the paper's 1e-3 (BCE)
     seed: int = 0
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tapestry.artifacts import (atomic_write_json, atomic_write_text, latest_version, new_version, read_json,
+from tapestry.artifacts import (atomic_write_bytes, atomic_write_json, atomic_write_text, latest_version, new_version, read_json,
                                 stage_dir)
 
 
@@ -22,7 +22,7 @@ def test_failed_atomic_write_keeps_old_content_and_no_temp_files(tmp_path):
     target = tmp_path / "out.txt"
     atomic_write_text(target, "old")
     with pytest.raises(TypeError):
-        atomic_write_text(target, 123)  # write() of a non-str fails after the temp file exists
+        atomic_write_bytes(target, 123)  # write() of a non-bytes fails after the temp file exists
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
     with pytest.raises(TypeError):

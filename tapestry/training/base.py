@@ -13,8 +13,7 @@ Conventions shared by all models:
 """
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,6 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from tapestry.artifacts import atomic_write_bytes
 from tapestry.config import resolve_device
 
 FORMAT = "tapestry.recommender/1"
@@ -43,7 +43,7 @@ class Recommender(ABC):
         # None = tqdm's own choice (a bar on a terminal, silent in logs and CI); True/False force it.
         self.progress = progress
         self.num_items: int | None = None
-        self.history_: list[float] = []      # per-epoch training loss, for logs and tests
+        self.loss_history_: list[float] = []      # per-epoch training loss, for logs and tests
 
     # ---- the API --------------------------------------------------------------------------------------------
     @abstractmethod
@@ -89,17 +89,9 @@ class Recommender(ABC):
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"format": FORMAT, "class": type(self).__name__, "kwargs": self._init_kwargs(),
                    "state": self._get_state()}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        atomic_write_bytes(path, buf.getvalue())
         return path
 
     @classmethod

@@ -67,8 +67,9 @@ def _rng_devices(device: torch.device) -> list[int]:
 
 
 class LightGCNRecommender(Recommender):
-    def __init__(self, embedding_dim: int = 64, num_layers: int = 2, epochs: int = 8, batch_size: int = 8192,
-                 lr: float = 5e-3, weight_decay: float = 1e-4, seed: int = 0, device: str = "auto",
+    # Defaults = tapestry.config.LightGCNConfig's.
+    def __init__(self, embedding_dim: int = 64, num_layers: int = 2, epochs: int = 20, batch_size: int = 8192,
+                 lr: float = 2e-2, weight_decay: float = 1e-4, seed: int = 0, device: str = "auto",
                  progress: bool | None = None):
         super().__init__(device, progress)
         self.embedding_dim, self.num_layers, self.epochs = embedding_dim, num_layers, epochs
@@ -119,8 +120,8 @@ class LightGCNRecommender(Recommender):
                     loss.backward()
                     opt.step()
                     total, steps = total + float(loss.detach()), steps + 1
-                self.history_.append(total / max(steps, 1))
-                bar.set_postfix(loss=f"{self.history_[-1]:.4f}")
+                self.loss_history_.append(total / max(steps, 1))
+                bar.set_postfix(loss=f"{self.loss_history_[-1]:.4f}")
 
         model.eval()
         with torch.no_grad():

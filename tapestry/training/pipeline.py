@@ -89,7 +89,7 @@ def run_train(tenant: str, root: Path | None = None, cfg: TrainConfig | None = N
     def fit_and_evaluate(name: str, model: Recommender) -> None:
         with _Stage(log, f"fit {name}") as s:
             model.fit(data, graph)
-            s.detail = f"final loss {model.history_[-1]:.4f}" if model.history_ else ""
+            s.detail = f"final loss {model.loss_history_[-1]:.4f}" if model.loss_history_ else ""
         with _Stage(log, f"evaluate {name}") as e:
             metrics[name] = _evaluate_both(model, data)
             e.detail = f"valid {_fmt(metrics[name]['valid'])} | test {_fmt(metrics[name]['test'])}"

@@ -19,7 +19,7 @@ def _candidates(model, data, users: np.ndarray, histories: list[np.ndarray], n: 
         u = users[start:start + batch_size]
         h = [histories[x] for x in u]
         with torch.no_grad():
-            scores = model.score(u, h).float().clone()
+            scores = model.score(u, h).float().cpu().clone()  # score() stays on the model device
         for row, hist in enumerate(h):
             scores[row, torch.as_tensor(hist, dtype=torch.long)] = float("-inf")
         scores[:, 0] = float("-inf")

@@ -23,8 +23,9 @@ from tapestry.training.sasrec import SASRec, left_pad
 
 
 class SASRecRecommender(Recommender):
+    # Defaults = tapestry.config.SASRecConfig's.
     def __init__(self, hidden_dim: int = 64, num_blocks: int = 2, num_heads: int = 1, max_len: int = 100,
-                 dropout: float = 0.2, epochs: int = 20, batch_size: int = 128, lr: float = 1e-3, seed: int = 0,
+                 dropout: float = 0.2, epochs: int = 26, batch_size: int = 128, lr: float = 4e-3, seed: int = 0,
                  item_init: torch.Tensor | None = None, device: str = "auto", progress: bool | None = None):
         super().__init__(device, progress)
         self.hidden_dim, self.num_blocks, self.num_heads, self.max_len = hidden_dim, num_blocks, num_heads, max_len
@@ -66,8 +67,8 @@ class SASRecRecommender(Recommender):
             model.train()
             bar = self._epoch_bar(self.epochs, "sasrec")
             for _ in bar:
-                self.history_.append(self._train_epoch(model, opt, windows))
-                bar.set_postfix(loss=f"{self.history_[-1]:.4f}")
+                self.loss_history_.append(self._train_epoch(model, opt, windows))
+                bar.set_postfix(loss=f"{self.loss_history_[-1]:.4f}")
         model.eval()
         return self
 

@@ -40,7 +40,7 @@ class TestLightGCN(RecommenderMixin):
         assert not model.item_embeddings()[0].any()                 # OOV / padding row is defined as zero
 
     def test_training_loss_goes_down(self, model):
-        assert model.history_[-1] < 0.8 * model.history_[0]
+        assert model.loss_history_[-1] < 0.8 * model.loss_history_[0]
 
 
 class TestSASRec(RecommenderMixin):
