@@ -14,6 +14,7 @@ Output `<root>/<tenant>/models/vNNNN/` (written atomically via new_version):
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from tapestry.training.evaluate import evaluate
 from tapestry.training.lightgcn import LightGCNRecommender
 from tapestry.training.popularity import PopularityRecommender
 from tapestry.training.rerank_fit import evaluate_reranked, fit_reranker
+from tapestry.training.reranker import FeatureReranker
 from tapestry.training.sasrec_recommender import SASRecRecommender
 
 # Saved model files, in training order. The reranker is saved separately (its own format).
@@ -57,7 +59,7 @@ class _Stage:
 
 
 def _fmt(m: dict) -> str:
-    return " ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "num_users")
+    return " ".join(f"{k}={v:.4f}" for k, v in m.items() if k not in ("num_users", "num_candidates"))
 
 
 def _evaluate_both(model: Recommender, data: InteractionData) -> dict:
@@ -142,4 +144,14 @@ def evaluate_models(tenant: str, root: Path | None = None, k: int = 10, log=prin
             model = Recommender.load(path)      # "auto": wherever this machine can run it
             out[name] = {split: evaluate(model, data, split, k=k) for split in ("valid", "test")}
             s.detail = f"valid {_fmt(out[name]['valid'])} | test {_fmt(out[name]['test'])}"
+    if (model_dir / RERANK_FILE).exists() and (model_dir / MODEL_FILES["sasrec"]).exists():
+        cfg = json.loads((model_dir / "config.json").read_text())
+        n = cfg.get("rerank", {}).get("num_candidates", 100)
+        with _Stage(log, "evaluate sasrec+rerank") as s:
+            sasrec, reranker = Recommender.load(model_dir / MODEL_FILES["sasrec"]), FeatureReranker.load(
+                model_dir / RERANK_FILE)
+            # The valid split is in-sample for the reranker (it was fitted there); test is the honest number.
+            out["sasrec+rerank"] = {split: evaluate_reranked(sasrec, reranker, data, k=k, num_candidates=n,
+                                                             split=split) for split in ("valid", "test")}
+            s.detail = f"test {_fmt(out['sasrec+rerank']['test'])}"
     return out
