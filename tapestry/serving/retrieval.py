@@ -26,7 +26,6 @@ class Retrieval(Stage):
     @classmethod
     def from_artifacts(cls, artifact_dir: Path) -> "Retrieval":
         artifact_dir = Path(artifact_dir)
-        faiss.omp_set_num_threads(1)
         index = faiss.read_index(str(artifact_dir / "items.faiss"))
         return cls(index, np.load(artifact_dir / "popularity.npy"),
                    export_manifest(artifact_dir)["num_candidates"])

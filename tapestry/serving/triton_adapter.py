@@ -30,6 +30,13 @@ def triton_model(stage_cls: type[Stage]):
             import triton_python_backend_utils as pb_utils
 
             self.pb = pb_utils
+            # Each model instance is its own stub process and one request is a few small matmuls: more threads
+            # per process only add contention between the five models on the same cores.
+            import faiss
+            import torch
+
+            torch.set_num_threads(1)
+            faiss.omp_set_num_threads(1)
             cfg = json.loads(args["model_config"])
             self.stage = stage_cls.from_artifacts(
                 resolve_artifact_dir(args["model_repository"], cfg.get("parameters", {})))

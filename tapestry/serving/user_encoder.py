@@ -49,8 +49,6 @@ class UserEncoder(Stage):
 
     @classmethod
     def from_artifacts(cls, artifact_dir: Path) -> "UserEncoder":
-        # One request is a handful of small matmuls: extra threads only add contention between model instances.
-        torch.set_num_threads(1)
         return cls(load_sasrec_module(Path(artifact_dir) / "sasrec.pt"))
 
     @torch.inference_mode()
