@@ -64,6 +64,10 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
     from tapestry.training.sasrec_recommender import SASRecRecommender
 
     validate_tenant(tenant)
+    if not (TEMPLATES / "recommend" / "config.pbtxt").exists():
+        # The templates live in the source tree (triton_models/); a non-editable install does not carry them.
+        raise FileNotFoundError(f"Triton model templates not found under {TEMPLATES}: install tapestry from its "
+                                "source checkout (`pip install -e .`, as `make install` does)")
     t0 = time.perf_counter()
     models_dir = latest_version(tenant, "models", root)
     etl_dir = Path((models_dir / "etl_version.txt").read_text().strip())
