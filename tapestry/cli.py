@@ -100,7 +100,8 @@ def cmd_serve(args) -> None:
         cmd = [sys.executable, "-m", "tapestry.cli", "serve", "--tenant", args.tenant]
         if args.root:
             cmd += ["--root", str(args.root)]
-        proc = subprocess.Popen(cmd, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        with open(log, "ab") as log_file:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + args.timeout
         while not state.exists():
             if proc.poll() is not None or time.monotonic() > deadline:

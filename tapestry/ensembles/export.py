@@ -6,6 +6,7 @@ and attribute indices), items.parquet, sasrec.pt, items.faiss, popularity.npy, r
 """
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -75,7 +76,7 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
     sasrec = SASRecRecommender.load(models_dir / "sasrec.pt")
     reranker = FeatureReranker.load(models_dir / "rerank.npz")
     item_emb = sasrec.model.item_embeddings().detach().cpu().float().numpy()
-    train_cfg = __import__("json").loads((models_dir / "config.json").read_text())
+    train_cfg = json.loads((models_dir / "config.json").read_text())
     num_candidates = num_candidates or train_cfg.get("rerank", {}).get("num_candidates", 100)
 
     all_events = pl.read_parquet(etl_dir / "events.parquet")

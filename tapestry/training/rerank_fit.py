@@ -13,7 +13,7 @@ from tqdm import tqdm
 from tapestry.training.reranker import FeatureReranker, RerankTables
 
 
-def _candidates(model, data, users: np.ndarray, histories: list[np.ndarray], n: int, batch_size: int = 512):
+def _candidates(model, users: np.ndarray, histories: list[np.ndarray], n: int, batch_size: int = 512):
     """Yield (user, history, candidates, scores) with seen items removed, best first."""
     for start in range(0, len(users), batch_size):
         u = users[start:start + batch_size]
@@ -37,7 +37,7 @@ def fit_reranker(model, data, num_candidates: int = 100, epochs: int = 30, lr: f
     targets = dict(zip(data.valid["user_idx"].to_list(), data.valid["item_idx"].to_list()))
     users = np.array(sorted(targets), dtype=np.int64)
     examples = []
-    for u, hist, cands, scores in tqdm(_candidates(model, data, users, histories, num_candidates),
+    for u, hist, cands, scores in tqdm(_candidates(model, users, histories, num_candidates),
                                        total=len(users), desc="rerank features", leave=False):
         hit = np.flatnonzero(cands == targets[int(u)])
         if hit.size:
@@ -54,7 +54,7 @@ def evaluate_reranked(model, reranker: FeatureReranker, data, k: int = 10, num_c
     targets = dict(zip(frame["user_idx"].to_list(), frame["item_idx"].to_list()))
     users = np.array(sorted(targets), dtype=np.int64)
     recall = ndcg = mrr = 0.0
-    for u, hist, cands, scores in _candidates(model, data, users, histories, num_candidates):
+    for u, hist, cands, scores in _candidates(model, users, histories, num_candidates):
         final = reranker.score(reranker.features(cands, scores, hist, reranker.tables.user_attrs[u]))
         ranked = cands[np.argsort(-final, kind="stable")]
         pos = np.flatnonzero(ranked == targets[int(u)])

@@ -17,26 +17,9 @@ import pytest
 
 from tapestry.serving.triton_server import SHM_DIR, SHM_PREFIX, TritonServer, TritonServerError, find_triton_bundle
 
-pytestmark = pytest.mark.integration
+from .toy_repository import TOY_RECOMMEND_CONFIG
 
-CONFIG = """
-name: "recommend"
-backend: "python"
-max_batch_size: 0
-input [
-  { name: "TENANT" data_type: TYPE_STRING dims: [ 1 ] },
-  { name: "USER_ID" data_type: TYPE_STRING dims: [ 1 ] },
-  { name: "K" data_type: TYPE_INT32 dims: [ 1 ] },
-  { name: "EXCLUDE_ITEM_IDS" data_type: TYPE_STRING dims: [ -1 ] }
-]
-output [
-  { name: "ITEM_IDS" data_type: TYPE_STRING dims: [ -1 ] },
-  { name: "SCORES" data_type: TYPE_FP32 dims: [ -1 ] },
-  { name: "TITLES" data_type: TYPE_STRING dims: [ -1 ] },
-  { name: "STRATEGY" data_type: TYPE_STRING dims: [ 1 ] }
-]
-instance_group [ { kind: KIND_CPU, count: 1 } ]
-"""
+pytestmark = pytest.mark.integration
 
 MODEL_PY = textwrap.dedent(
     '''
@@ -75,7 +58,7 @@ BROKEN_MODEL_PY = textwrap.dedent(
 
 def write_repo(root: Path, model_py: str = MODEL_PY) -> Path:
     (root / "recommend" / "1").mkdir(parents=True)
-    (root / "recommend" / "config.pbtxt").write_text(CONFIG)
+    (root / "recommend" / "config.pbtxt").write_text(TOY_RECOMMEND_CONFIG)
     (root / "recommend" / "1" / "model.py").write_text(model_py)
     return root
 
