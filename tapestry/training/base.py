@@ -5,6 +5,12 @@
     items, scores = model.recommend(user_idx, history, k=10)
     model.save(path); same = Recommender.load(path)
 
+Hyper-parameters live in one documented dataclass per model (`Config`, the TorchRec habit): the constructor takes
+it whole or as keyword overrides, `model.cfg` holds the result, and a saved file stores `asdict(cfg)`, so every
+default is written exactly once.
+
+    LightGCNRecommender(LightGCNConfig(epochs=5))  ==  LightGCNRecommender(epochs=5)
+
 Conventions shared by all models:
 - item index 0 is padding / out-of-vocabulary: `score` always returns -inf there, so it is never recommended;
 - `score` returns a tensor on the model's device (evaluation on GPU never round-trips through the CPU);
@@ -13,6 +19,7 @@ Conventions shared by all models:
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -28,16 +35,31 @@ FORMAT = "tapestry.recommender/1"
 
 
 class Recommender(ABC):
-    """Subclasses implement `fit`, `score`, `_init_kwargs` and `_get_state` / `_set_state`."""
+    """Subclasses set `Config` and implement `fit`, `score` and `_get_state` / `_set_state`."""
 
     # Every concrete subclass is registered by name so `Recommender.load` can rebuild whatever a file holds.
     _registry: ClassVar[dict[str, type["Recommender"]]] = {}
+    Config: ClassVar[type | None] = None      # the model's hyper-parameter dataclass (None: it has none)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         Recommender._registry[cls.__name__] = cls
 
-    def __init__(self, device: str = "auto", progress: bool | None = None):
+    def __init__(self, config=None, *, device: str = "auto", progress: bool | None = None, **overrides):
+        if self.Config is None:
+            if config is not None or overrides:
+                raise TypeError(f"{type(self).__name__} takes no hyper-parameters, got {config or overrides}")
+            self.cfg = None
+        else:
+            base = config if config is not None else self.Config()
+            if not isinstance(base, self.Config):
+                raise TypeError(f"{type(self).__name__} expects a {self.Config.__name__}, got {type(base).__name__}")
+            names = {f.name for f in dataclasses.fields(self.Config)}
+            unknown = sorted(set(overrides) - names)
+            if unknown:
+                raise TypeError(f"{type(self).__name__} got unknown hyper-parameter(s) {unknown}; "
+                                f"{self.Config.__name__} has {sorted(names)}")
+            self.cfg = dataclasses.replace(base, **overrides)
         self.device_name = device
         self.device = resolve_device(device)
         # None = tqdm's own choice (a bar on a terminal, silent in logs and CI); True/False force it.
@@ -69,10 +91,16 @@ class Recommender(ABC):
         top = torch.topk(scores, min(k, finite))
         return top.indices.cpu().numpy(), top.values.cpu().numpy()
 
+    def bind(self, upstream: dict[str, "Recommender"]) -> None:
+        """Called by the training pipeline before `fit` with the models trained so far (by registry name).
+
+        Models that read another model's output (e.g. graph item vectors) take it here; the default reads nothing.
+        """
+
     # ---- persistence ----------------------------------------------------------------------------------------
     def _init_kwargs(self) -> dict[str, Any]:
         """Constructor arguments that rebuild an untrained twin (plain Python values)."""
-        return {}
+        return dataclasses.asdict(self.cfg) if self.cfg is not None else {}
 
     @abstractmethod
     def _get_state(self) -> dict[str, Any]:
