@@ -1,0 +1,127 @@
+"""SASRec (Kang & McAuley 2018): a causal self-attention encoder over a user's item sequence.
+
+Input convention (shared with serving): sequences are LEFT-padded with 0 to at most `max_len` columns, the most
+recent item in the last column. Positions are counted from the right edge of the `max_len` window, so a
+sequence gives the same outputs whether it arrives padded to `max_len` or to any shorter width, and padded keys
+are masked out of attention: outputs at real positions depend only on the real items before them.
+
+Defined behaviour for padding: every padded position outputs the zero vector. An all-padding sequence therefore
+encodes to zeros, which scores every item 0 (no preference, never NaN); serving treats empty histories as cold
+users and never relies on that vector.
+
+Plain tensor code only (no Python-side data structures in `forward`), so `torch.jit.script(model)` works and the
+module runs unchanged inside Triton's python backend.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CausalSelfAttentionBlock(nn.Module):
+    """Pre-LayerNorm transformer block: x + Attn(LN(x)), then x + FFN(LN(x)), dropout on both branches.
+
+    No dropout on the attention probabilities themselves: on CPU it doubles the attention cost (measured
+    0.04 s -> 0.09 s per block and batch of 128 x 200) for no gain we could measure next to residual dropout.
+    """
+
+    def __init__(self, dim: int, num_heads: int, dropout: float):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"hidden_dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.ln_attn = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.ln_ffn = nn.LayerNorm(dim)
+        # SASRec's point-wise feed-forward keeps the hidden width (no 4x expansion): cheap and enough here.
+        self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        b, length, dim = x.shape
+        q, k, v = self.qkv(self.ln_attn(x)).chunk(3, dim=-1)
+        q = q.view(b, length, self.num_heads, dim // self.num_heads).transpose(1, 2)
+        k = k.view(b, length, self.num_heads, dim // self.num_heads).transpose(1, 2)
+        v = v.view(b, length, self.num_heads, dim // self.num_heads).transpose(1, 2)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, length, dim)))
+        return x + self.drop(self.ffn(self.ln_ffn(x)))
+
+
+class SASRec(nn.Module):
+    def __init__(self, num_items: int, hidden_dim: int = 64, num_blocks: int = 2, num_heads: int = 1,
+                 max_len: int = 100, dropout: float = 0.2):
+        super().__init__()
+        self.num_items = num_items
+        self.hidden_dim = hidden_dim
+        self.max_len = max_len
+        self.scale = math.sqrt(hidden_dim)    # as in the paper: item vectors are scaled before adding positions
+        # One table for input and output: the score of item i is <h, item_emb[i]> (weight tying, as in SASRec).
+        self.item_emb = nn.Embedding(num_items, hidden_dim, padding_idx=0)
+        self.pos_emb = nn.Embedding(max_len, hidden_dim)
+        self.emb_drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList([CausalSelfAttentionBlock(hidden_dim, num_heads, dropout)
+                                     for _ in range(num_blocks)])
+        self.final_ln = nn.LayerNorm(hidden_dim)
+        # Xavier-normal embeddings, the original implementation's choice (std ~0.02 for thousands of items).
+        nn.init.xavier_normal_(self.item_emb.weight)
+        nn.init.xavier_normal_(self.pos_emb.weight)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    def forward(self, seqs: torch.Tensor) -> torch.Tensor:
+        """seqs [B, L] item indices, left-padded with 0 -> hidden states [B, L, D] (zeros at padding)."""
+        seqs = seqs[:, -self.max_len:]
+        length = seqs.shape[1]
+        valid = (seqs > 0).unsqueeze(-1)                                            # [B, L, 1]
+        pos = torch.arange(self.max_len - length, self.max_len, device=seqs.device)
+        x = self.item_emb(seqs) * self.scale + self.pos_emb(pos).unsqueeze(0)
+        x = self.emb_drop(x) * valid
+        # Query i may attend to key j <= i that is a real item. The diagonal is always allowed so a padded query
+        # never has an empty row (softmax over nothing = NaN); its output is zeroed below anyway.
+        causal = torch.ones(length, length, dtype=torch.bool, device=seqs.device).tril()
+        eye = torch.eye(length, dtype=torch.bool, device=seqs.device)
+        key_ok = (seqs > 0).unsqueeze(1) | eye.unsqueeze(0)                          # [B, L(query), L(key)]
+        attn_mask = (causal.unsqueeze(0) & key_ok).unsqueeze(1)                      # [B, 1, L, L]
+        for block in self.blocks:
+            x = block(x, attn_mask) * valid
+        return self.final_ln(x) * valid
+
+    @torch.jit.export
+    def encode(self, seqs: torch.Tensor) -> torch.Tensor:
+        """The user vector [B, D]: the hidden state at the last (most recent) position."""
+        return self.forward(seqs)[:, -1, :]
+
+    @torch.jit.export
+    def item_embeddings(self) -> torch.Tensor:
+        """[num_items, D], the shared input/output table (row 0 = padding = zeros)."""
+        return self.item_emb.weight
+
+    def init_item_embeddings(self, weights: torch.Tensor) -> None:
+        """Start from given item vectors (e.g. LightGCN's). Copied as is; row 0 stays zero (padding)."""
+        if tuple(weights.shape) != tuple(self.item_emb.weight.shape):
+            raise ValueError(f"item init has shape {tuple(weights.shape)}, "
+                             f"expected {tuple(self.item_emb.weight.shape)} (num_items, hidden_dim)")
+        with torch.no_grad():
+            self.item_emb.weight.copy_(weights.to(self.item_emb.weight))
+            self.item_emb.weight[0].zero_()
+
+
+def left_pad(histories: list[np.ndarray], max_len: int, width: int | None = None) -> np.ndarray:
+    """The last `max_len` items of each history, right-aligned in an int64 array [B, width] padded with 0.
+
+    `width` defaults to the longest (capped) history, at least 1; any width gives the same model outputs.
+    """
+    lengths = [min(len(h), max_len) for h in histories]
+    width = width or max(max(lengths, default=0), 1)
+    out = np.zeros((len(histories), width), dtype=np.int64)
+    for row, (h, n) in enumerate(zip(histories, lengths)):
+        n = min(n, width)
+        if n:
+            out[row, width - n:] = np.asarray(h, dtype=np.int64)[-n:]
+    return out
