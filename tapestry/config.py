@@ -47,32 +47,6 @@ class ETLConfig:
 
 
 @dataclass
-class LightGCNConfig:
-    # Defaults tuned for the demo budget (ML-1M users 1-2999, 2 CPU cores): ~45 s. One full-graph propagation
-    # per batch, so fewer, larger batches with a higher lr beat the paper's 2048 / 1e-3 within minutes.
-    embedding_dim: int = 64
-    num_layers: int = 2
-    epochs: int = 20
-    batch_size: int = 8192
-    lr: float = 2e-2
-    weight_decay: float = 1e-4        # BPR L2 on the batch's layer-0 embeddings
-    seed: int = 0
-
-
-@dataclass
-class SASRecConfig:
-    hidden_dim: int = 64          # must equal LightGCN's embedding_dim to initialise from it
-    num_blocks: int = 2
-    num_heads: int = 1
-    max_len: int = 100            # 200 costs 1.7x per epoch on ML-1M for no gain per minute of training
-    dropout: float = 0.2
-    epochs: int = 26              # ~8 s/epoch on ML-1M (2 CPU cores) with the full softmax
-    batch_size: int = 128
-    lr: float = 4e-3              # full-softmax CE tolerates a higher lr than the paper's 1e-3 (BCE)
-    seed: int = 0
-
-
-@dataclass
 class RerankConfig:
     num_candidates: int = 100
     epochs: int = 30
@@ -80,22 +54,24 @@ class RerankConfig:
     seed: int = 0
 
 
+# The default `tapestry train` line-up, in training order (a model may read one trained before it). Names are
+# tapestry.training.registry entries; `serve` names the sequential model whose encoder and item table are exported.
+DEFAULT_MODELS = ("popularity", "lightgcn", "sasrec", "sasrec_lightgcn_init")
+
+
 @dataclass
 class TrainConfig:
-    lightgcn: LightGCNConfig = field(default_factory=LightGCNConfig)
-    sasrec: SASRecConfig = field(default_factory=SASRecConfig)
+    models: tuple[str, ...] = DEFAULT_MODELS
+    params: dict[str, dict] = field(default_factory=dict)   # per-model hyper-parameter overrides, by name
+    serve: str = "sasrec_lightgcn_init"   # the model exported for serving (a SASRec-family model)
     rerank: RerankConfig = field(default_factory=RerankConfig)
-    init_sasrec_from_graph: bool = True
+    quick: bool = False           # smoke-sized: every stage runs for real in seconds (tests, `--quick`)
     device: str = "auto"          # "auto" picks CUDA when present, else CPU: the same code path either way
 
     @classmethod
-    def quick(cls) -> "TrainConfig":
-        """Smoke-sized: every stage runs for real in seconds; quality is not the point (tests, `--quick`)."""
-        return cls(
-            lightgcn=LightGCNConfig(embedding_dim=16, num_layers=1, epochs=1, batch_size=8192),
-            sasrec=SASRecConfig(hidden_dim=16, num_blocks=1, num_heads=1, max_len=20, epochs=1, batch_size=256),
-            rerank=RerankConfig(num_candidates=30, epochs=2),
-        )
+    def smoke(cls, **kwargs) -> "TrainConfig":
+        """Smoke-sized (`tapestry train --quick`): quality is not the point."""
+        return cls(quick=True, rerank=RerankConfig(num_candidates=30, epochs=2), **kwargs)
 
 
 def resolve_device(name: str = "auto"):

@@ -36,7 +36,7 @@ def run_demo(tenant: str, root: Path | None = None, dataset: str = "ml-1m", quic
         tables = (movielens_1m(directory, ml1m_ratings_default(directory)) if dataset == "ml-1m"
                   else movielens_100k(directory))
         etl = run_etl(tables, tenant, root)
-    cfg = TrainConfig.quick() if quick else TrainConfig()
+    cfg = TrainConfig.smoke() if quick else TrainConfig()
     with _timed(timings, "train"):
         run_train(tenant, root, cfg)
     with _timed(timings, "evaluate"):

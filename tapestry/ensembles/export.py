@@ -62,7 +62,8 @@ def build_faiss_index(item_embeddings: np.ndarray) -> faiss.Index:
 def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K, num_candidates: int | None = None,
                log=print) -> ExportResult:
     from tapestry.serving.user_encoder import save_sasrec_module
-    from tapestry.training.sasrec_recommender import SASRecRecommender
+    from tapestry.training import registry
+    from tapestry.training.sasrec import SASRecRecommender
 
     validate_tenant(tenant)
     if not (TEMPLATES / "recommend" / "config.pbtxt").exists():
@@ -73,10 +74,15 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
     models_dir = latest_version(tenant, "models", root)
     etl_dir = Path((models_dir / "etl_version.txt").read_text().strip())
     data = InteractionData.load(etl_dir)
-    sasrec = SASRecRecommender.load(models_dir / "sasrec.pt")
+    train_cfg = json.loads((models_dir / "config.json").read_text())
+    served = train_cfg.get("serve")
+    if not served or not (models_dir / "rerank.npz").exists():
+        raise ValueError(f"{models_dir} has no served model and reranker (trained with serve={served!r} on a split "
+                         "without validation?): nothing to export")
+    # The served model must be SASRec-family: its module is the user encoder and its item table feeds FAISS.
+    sasrec = SASRecRecommender.load(models_dir / registry.get(served).filename)
     reranker = FeatureReranker.load(models_dir / "rerank.npz")
     item_emb = sasrec.model.item_embeddings().detach().cpu().float().numpy()
-    train_cfg = json.loads((models_dir / "config.json").read_text())
     num_candidates = num_candidates or train_cfg.get("rerank", {}).get("num_candidates", 100)
 
     all_events = pl.read_parquet(etl_dir / "events.parquet")
@@ -96,6 +102,7 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
         atomic_write_json(art / "manifest.json", {
             "tenant": tenant,
             "models_version": str(models_dir),
+            "served_model": served,
             "etl_version": str(etl_dir),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "max_len": int(sasrec.model.max_len),

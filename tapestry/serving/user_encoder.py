@@ -17,7 +17,7 @@ def sasrec_kwargs(model) -> dict:
     """The constructor arguments of a SASRec module, read back from the module itself."""
     return {"num_items": model.item_emb.num_embeddings, "hidden_dim": model.hidden_dim,
             "num_blocks": len(model.blocks), "num_heads": model.blocks[0].num_heads if len(model.blocks) else 1,
-            "max_len": model.max_len, "dropout": model.emb_drop.p}
+            "max_len": model.max_len, "dropout": model.emb_drop.p, "side_dim": model.side_dim, "fusion": model.fusion}
 
 
 def save_sasrec_module(model, path: Path) -> None:
@@ -31,7 +31,7 @@ def save_sasrec_module(model, path: Path) -> None:
 
 
 def load_sasrec_module(path: Path):
-    from tapestry.training.sasrec import SASRec
+    from tapestry.models.sequential.sasrec import SASRec
 
     state = torch.load(path, map_location="cpu", weights_only=True)
     model = SASRec(**state["kwargs"])

@@ -19,6 +19,7 @@ Conventions shared by all models:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 from abc import ABC, abstractmethod
@@ -32,6 +33,17 @@ from tapestry.artifacts import atomic_write_bytes
 from tapestry.config import resolve_device
 
 FORMAT = "tapestry.recommender/1"
+
+
+@contextlib.contextmanager
+def seeded(device: torch.device, seed: int):
+    """Fork the global RNGs (CPU, and the CUDA device in use) and seed them: fits are reproducible and leave
+    the caller's random state untouched."""
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 class Recommender(ABC):

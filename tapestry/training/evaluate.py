@@ -1,9 +1,19 @@
-"""Full-ranking leave-one-out evaluation: every user's held-out item is ranked against the whole catalogue.
+"""Full-ranking evaluation: every evaluated user's held-out item(s) ranked against the whole catalogue.
 
 Protocol: for split "valid" the model sees the train history; for "test" it sees train + valid (the valid item
 is then known, as it would be in production). The history items and index 0 (padding / OOV) are excluded from
 the ranking, mirroring `recommend(exclude_seen=True)`. No negative sampling: sampled metrics are known to
 mis-rank models (Krichene & Rendle 2020).
+
+Two shapes of held-out data, one code path:
+- leave-one-out (one target per user: ML-1M, Amazon Beauty): Recall@k = hit rate, NDCG@k = 1/log2(rank + 2),
+  plus MRR; ties ranked pessimistically (tapestry.training.metrics);
+- a fixed split with several targets per user (Gowalla): Recall@k = hits / |targets|, NDCG@k = DCG / ideal DCG
+  over min(|targets|, k) positions, as the LightGCN / NGCF code computes them.
+
+Slices (besides "overall"): "cold_items" = targets with at most `cold_item_max` training interactions (0 = never
+seen in training); "cold_users" = users whose history has at most `cold_user_max` events. A slice's metrics
+average over its (user, target) pairs for leave-one-out and over its users for multi-target data.
 """
 from __future__ import annotations
 
@@ -13,12 +23,27 @@ import torch
 from tapestry.training.metrics import mrr, ndcg_at_k, ranks_from_scores, recall_at_k
 
 HISTORY_SPLITS = {"valid": ("train",), "test": ("train", "valid")}
+COLD_ITEM_MAX = 5       # training interactions
+COLD_USER_MAX = 5       # history events
+
+
+def _check_split(split: str) -> None:
+    if split not in HISTORY_SPLITS:
+        raise ValueError(f"split must be one of {sorted(HISTORY_SPLITS)}, got {split!r}")
+
+
+def _history_mask(scores: torch.Tensor, hist: list[np.ndarray]) -> torch.Tensor:
+    mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    rows = np.repeat(np.arange(len(hist)), [len(h) for h in hist])
+    cols = np.concatenate(hist) if hist else np.zeros(0, dtype=np.int64)
+    mask[torch.as_tensor(rows, device=scores.device), torch.as_tensor(cols, device=scores.device, dtype=torch.long)] = True
+    mask[:, 0] = True
+    return mask
 
 
 def evaluation_ranks(model, data, split: str = "test", batch_size: int = 256, histories=None) -> np.ndarray:
-    """0-based pessimistic rank of each evaluated user's target (users in `data.<split>` order)."""
-    if split not in HISTORY_SPLITS:
-        raise ValueError(f"split must be one of {sorted(HISTORY_SPLITS)}, got {split!r}")
+    """0-based pessimistic rank of each row's target (rows in `data.<split>` order; one target per row)."""
+    _check_split(split)
     frame = getattr(data, split)
     users = frame["user_idx"].to_numpy()
     targets = frame["item_idx"].to_numpy()
@@ -29,12 +54,8 @@ def evaluation_ranks(model, data, split: str = "test", batch_size: int = 256, hi
         u = users[start:start + batch_size]
         hist = [histories[x] for x in u]
         scores = model.score(u, hist)
-        mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
-        rows = np.repeat(np.arange(len(u)), [len(h) for h in hist])
-        cols = np.concatenate(hist) if hist else np.zeros(0, dtype=np.int64)
-        mask[torch.as_tensor(rows, device=scores.device), torch.as_tensor(cols, device=scores.device)] = True
-        mask[:, 0] = True
-        out.append(ranks_from_scores(scores, targets[start:start + batch_size], mask).cpu().numpy())
+        out.append(ranks_from_scores(scores, targets[start:start + batch_size], _history_mask(scores, hist))
+                   .cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
@@ -43,6 +64,68 @@ def metrics_from_ranks(ranks: np.ndarray, k: int = 10) -> dict:
             "num_users": int(len(ranks))}
 
 
+def multi_target_metrics(model, data, split: str = "test", k: int = 20, batch_size: int = 256,
+                         histories=None, users: np.ndarray | None = None) -> dict:
+    """Recall@k / NDCG@k over users with several held-out items each (the LightGCN protocol)."""
+    _check_split(split)
+    frame = getattr(data, split)
+    grouped = frame.group_by("user_idx").agg("item_idx").sort("user_idx")
+    all_users = grouped["user_idx"].to_numpy()
+    target_lists = grouped["item_idx"].to_list()
+    if users is not None:
+        keep = np.isin(all_users, users)
+        all_users = all_users[keep]
+        target_lists = [t for t, kp in zip(target_lists, keep) if kp]
+    if histories is None:
+        histories = data.sequences(HISTORY_SPLITS[split])
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    recalls, ndcgs = [], []
+    for start in range(0, len(all_users), batch_size):
+        u = all_users[start:start + batch_size]
+        hist = [histories[x] for x in u]
+        scores = model.score(u, hist).float()
+        scores = scores.masked_fill(_history_mask(scores, hist), -torch.inf)
+        top = torch.topk(scores, min(k, scores.shape[1]), dim=1).indices.cpu().numpy()
+        for row, targets in zip(top, target_lists[start:start + batch_size]):
+            hits = np.isin(row, np.asarray(targets)).astype(np.float64)
+            recalls.append(hits.sum() / len(targets))
+            ndcgs.append((hits * discounts[:len(hits)]).sum() / discounts[:min(len(targets), k)].sum())
+    n = len(recalls)
+    return {f"recall@{k}": float(np.mean(recalls)) if n else 0.0, f"ndcg@{k}": float(np.mean(ndcgs)) if n else 0.0,
+            "num_users": n}
+
+
+def is_multi_target(data, split: str = "test") -> bool:
+    frame = getattr(data, split)
+    return frame.height > frame["user_idx"].n_unique()
+
+
 def evaluate(model, data, split: str = "test", k: int = 10, batch_size: int = 256) -> dict:
-    """{"recall@k", "ndcg@k", "mrr", "num_users"} for `model` on `data`'s `split` ("valid" or "test")."""
+    """Overall metrics for `model` on `data`'s `split`: {"recall@k", "ndcg@k", ["mrr"], "num_users"}."""
+    if is_multi_target(data, split):
+        return multi_target_metrics(model, data, split, k, batch_size)
     return metrics_from_ranks(evaluation_ranks(model, data, split, batch_size), k)
+
+
+def evaluate_slices(model, data, split: str = "test", k: int = 10, batch_size: int = 256,
+                    cold_item_max: int = COLD_ITEM_MAX, cold_user_max: int = COLD_USER_MAX) -> dict:
+    """{"overall": {...}, "cold_items": {...}, "cold_users": {...}}, each with the metrics of `evaluate`."""
+    _check_split(split)
+    histories = data.sequences(HISTORY_SPLITS[split])
+    frame = getattr(data, split)
+    users = frame["user_idx"].to_numpy()
+    hist_len = np.array([len(h) for h in histories])
+    popularity = data.item_popularity()
+    if is_multi_target(data, split):
+        overall = multi_target_metrics(model, data, split, k, batch_size, histories)
+        cold_user_ids = np.unique(users[hist_len[users] <= cold_user_max])
+        # A user is in the cold-item slice when one of their targets is cold; scored on all their targets.
+        cold_item_users = np.unique(users[popularity[frame["item_idx"].to_numpy()] <= cold_item_max])
+        return {"overall": overall,
+                "cold_items": multi_target_metrics(model, data, split, k, batch_size, histories, cold_item_users),
+                "cold_users": multi_target_metrics(model, data, split, k, batch_size, histories, cold_user_ids)}
+    ranks = evaluation_ranks(model, data, split, batch_size, histories)
+    targets = frame["item_idx"].to_numpy()
+    return {"overall": metrics_from_ranks(ranks, k),
+            "cold_items": metrics_from_ranks(ranks[popularity[targets] <= cold_item_max], k),
+            "cold_users": metrics_from_ranks(ranks[hist_len[users] <= cold_user_max], k)}

@@ -1,15 +1,16 @@
 """`tapestry train` / `tapestry evaluate`: latest ETL version -> graph -> models -> versioned models directory.
 
-Stages (one log line each, with wall time): load data, build graph, popularity, LightGCN, SASRec (started from
-LightGCN's item vectors when `init_sasrec_from_graph`), the feature reranker (fitted on the
-validation split over SASRec's candidates), evaluation, write.
+Which models train, in which order and with which hyper-parameters comes from TrainConfig (`models`, `params`)
+and tapestry.training.registry; nothing here names a model class. A model may read models trained before it
+(`Recommender.bind`), e.g. SASRec fused with LightGCN's or HGT's item vectors. The reranker is then fitted on
+the validation split over the candidates of `cfg.serve` (the sequential model the export serves).
 
 Output `<root>/<tenant>/models/vNNNN/` (written atomically via new_version):
-    popularity.pt, lightgcn.pt, sasrec.pt   Recommender.save files (load any with Recommender.load)
-    rerank.npz                              FeatureReranker.save (weights + feature tables)
-    config.json                             dataclasses.asdict(TrainConfig)
-    metrics.json                            {model: {"valid": {...}, "test": {...}, "fit_seconds": s}}
-    etl_version.txt                         the ETL version directory trained on
+    <name>.pt           Recommender.save files, one per trained model (load any with Recommender.load)
+    rerank.npz          FeatureReranker.save (weights + feature tables)
+    config.json         dataclasses.asdict(TrainConfig) + "resolved": every model's full hyper-parameters
+    metrics.json        {model: {"valid": {...}, "test": {...}, "slices": {cold_items, cold_users}, "fit_seconds"}}
+    etl_version.txt     the ETL version directory trained on
 """
 from __future__ import annotations
 
@@ -22,17 +23,14 @@ from pathlib import Path
 from tapestry.artifacts import atomic_write_json, atomic_write_text, latest_version, new_version
 from tapestry.config import TrainConfig, validate_tenant
 from tapestry.graph.hetero import build_hetero_graph
+from tapestry.training import registry
 from tapestry.training.base import Recommender
 from tapestry.training.data import InteractionData
-from tapestry.training.evaluate import evaluate
-from tapestry.training.lightgcn import LightGCNRecommender
-from tapestry.training.popularity import PopularityRecommender
+from tapestry.training.evaluate import evaluate, evaluate_slices, is_multi_target
 from tapestry.training.rerank_fit import evaluate_reranked, fit_reranker
 from tapestry.training.reranker import FeatureReranker
-from tapestry.training.sasrec_recommender import SASRecRecommender
+from tapestry.timing import Stage
 
-# Saved model files, in training order. The reranker is saved separately (its own format).
-MODEL_FILES = {"popularity": "popularity.pt", "lightgcn": "lightgcn.pt", "sasrec": "sasrec.pt"}
 RERANK_FILE = "rerank.npz"
 
 
@@ -42,85 +40,96 @@ class TrainResult:
     metrics: dict       # as in metrics.json
 
 
-class _Stage:
-    """`with _Stage(log, "name") as s:` logs one line with the wall time when the block ends."""
-
-    def __init__(self, log, name: str):
-        self.log, self.name, self.detail = log, name, ""
-
-    def __enter__(self):
-        self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        self.seconds = time.perf_counter() - self.t0
-        if exc_type is None:
-            self.log(f"[train] {self.name}: {self.detail}{' ' if self.detail else ''}({self.seconds:.1f}s)")
-
-
 def _fmt(m: dict) -> str:
     return " ".join(f"{k}={v:.4f}" for k, v in m.items() if k not in ("num_users", "num_candidates"))
 
 
-def _evaluate_both(model: Recommender, data: InteractionData) -> dict:
-    return {"valid": evaluate(model, data, "valid"), "test": evaluate(model, data, "test")}
+def metric_k(data: InteractionData) -> int:
+    """The cut-off of the data set's standard protocol: @20 for multi-target splits (Gowalla), else @10."""
+    return 20 if is_multi_target(data, "test") else 10
+
+
+def _evaluate_model(model: Recommender, data: InteractionData, k: int) -> dict:
+    slices = evaluate_slices(model, data, "test", k=k)
+    return {"valid": evaluate(model, data, "valid", k=k), "test": slices.pop("overall"), "slices": slices}
+
+
+def _check_config(cfg: TrainConfig) -> None:
+    """Fail before minutes of training, not after: unknown names, wrong order, a served model that is absent."""
+    for name in cfg.models:
+        registry.get(name)
+    for name in cfg.params:
+        if name not in cfg.models:
+            raise ValueError(f"params given for {name!r}, which is not in models {list(cfg.models)}")
+    if cfg.serve and cfg.serve not in cfg.models:
+        raise ValueError(f"serve={cfg.serve!r} is not among the trained models {list(cfg.models)}")
+    for i, name in enumerate(cfg.models):
+        model = registry.build(name, cfg.params.get(name), quick=cfg.quick, device="cpu")
+        c = model.cfg
+        for source in (getattr(c, "item_init_from", None), getattr(c, "graph_from", None)):
+            if source is not None and source not in cfg.models[:i]:
+                raise ValueError(f"{name} reads {source!r}, which must come before it in models {list(cfg.models)}")
+        if getattr(c, "item_init_from", None):
+            width = registry.build(c.item_init_from, cfg.params.get(c.item_init_from), quick=cfg.quick,
+                                   device="cpu").cfg.embedding_dim
+            if width != c.hidden_dim:
+                raise ValueError(f"{name}: item_init_from={c.item_init_from!r} needs its embedding_dim ({width}) "
+                                 f"== hidden_dim ({c.hidden_dim})")
 
 
 def run_train(tenant: str, root: Path | None = None, cfg: TrainConfig | None = None, log=print) -> TrainResult:
     validate_tenant(tenant)
     cfg = cfg or TrainConfig()
-    lg, sr = cfg.lightgcn, cfg.sasrec
-    # Fail before minutes of training, not after: the hybrid needs matching embedding widths.
-    if cfg.init_sasrec_from_graph and lg.embedding_dim != sr.hidden_dim:
-        raise ValueError(f"init_sasrec_from_graph needs lightgcn.embedding_dim ({lg.embedding_dim}) == "
-                         f"sasrec.hidden_dim ({sr.hidden_dim})")
+    _check_config(cfg)
     t_all = time.perf_counter()
     etl_dir = latest_version(tenant, "etl", root)
 
-    with _Stage(log, "load") as s:
+    with Stage(log, "load") as s:
         data = InteractionData.load(etl_dir)
         s.detail = (f"{etl_dir} ({data.num_users - 1:,} users, {data.num_items - 1:,} items, "
                     f"{data.train.height:,} train events)")
-    with _Stage(log, "graph") as s:
+    with Stage(log, "graph") as s:
         graph = build_hetero_graph(data)
         s.detail = f"{sum(graph[nt].num_nodes for nt in graph.node_types):,} nodes, {graph.num_edges:,} edges"
+    k = metric_k(data)
 
     models: dict[str, Recommender] = {}
     metrics: dict[str, dict] = {}
-
-    def fit_and_evaluate(name: str, model: Recommender) -> None:
-        with _Stage(log, f"fit {name}") as s:
+    for name in cfg.models:
+        model = registry.build(name, cfg.params.get(name), quick=cfg.quick, device=cfg.device)
+        model.bind(models)
+        with Stage(log, f"fit {name}") as s:
             model.fit(data, graph)
             s.detail = f"final loss {model.loss_history_[-1]:.4f}" if model.loss_history_ else ""
-        with _Stage(log, f"evaluate {name}") as e:
-            metrics[name] = _evaluate_both(model, data)
+        with Stage(log, f"evaluate {name}") as e:
+            metrics[name] = _evaluate_model(model, data, k)
             e.detail = f"valid {_fmt(metrics[name]['valid'])} | test {_fmt(metrics[name]['test'])}"
         metrics[name]["fit_seconds"] = round(s.seconds, 2)
         models[name] = model
 
-    fit_and_evaluate("popularity", PopularityRecommender(device=cfg.device))
-    fit_and_evaluate("lightgcn", LightGCNRecommender(**dataclasses.asdict(lg), device=cfg.device))
-    item_init = models["lightgcn"].item_embeddings() if cfg.init_sasrec_from_graph else None
-    fit_and_evaluate("sasrec", SASRecRecommender(**dataclasses.asdict(sr), item_init=item_init, device=cfg.device))
+    reranker = None
+    if cfg.serve and data.valid.height == 0:
+        log("[train] rerank: skipped (no validation split to fit it on, e.g. a fixed train/test split)")
+    elif cfg.serve:
+        # The reranker learns on the validation split, over the served model's candidates (what serving retrieves).
+        rc, served = cfg.rerank, models[cfg.serve]
+        with Stage(log, "fit rerank") as s:
+            reranker = fit_reranker(served, data, rc.num_candidates, rc.epochs, rc.lr, rc.seed, log=log)
+        name = f"{cfg.serve}+rerank"
+        with Stage(log, "evaluate rerank") as e:
+            metrics[name] = {split: evaluate_reranked(served, reranker, data, k=k, num_candidates=rc.num_candidates,
+                                                      split=split) for split in ("valid", "test")}
+            metrics[name]["fit_seconds"] = round(s.seconds, 2)
+            e.detail = f"valid {_fmt(metrics[name]['valid'])} | test {_fmt(metrics[name]['test'])}"
 
-    # The reranker learns on the validation split, over SASRec's candidates (exactly what serving retrieves).
-    rc = cfg.rerank
-    with _Stage(log, "fit rerank") as s:
-        reranker = fit_reranker(models["sasrec"], data, rc.num_candidates, rc.epochs, rc.lr, rc.seed, log=log)
-    with _Stage(log, "evaluate rerank") as e:
-        metrics["sasrec+rerank"] = {
-            split: evaluate_reranked(models["sasrec"], reranker, data, num_candidates=rc.num_candidates, split=split)
-            for split in ("valid", "test")}
-        metrics["sasrec+rerank"]["fit_seconds"] = round(s.seconds, 2)
-        e.detail = (f"valid {_fmt(metrics['sasrec+rerank']['valid'])} | "
-                    f"test {_fmt(metrics['sasrec+rerank']['test'])}")
-
-    with _Stage(log, "write") as s:
+    with Stage(log, "write") as s:
         with new_version(tenant, "models", root) as v:
             for name, model in models.items():
-                model.save(v.tmp / MODEL_FILES[name])
-            reranker.save(v.tmp / RERANK_FILE)
-            atomic_write_json(v.tmp / "config.json", dataclasses.asdict(cfg))
+                model.save(v.tmp / registry.get(name).filename)
+            if reranker is not None:
+                reranker.save(v.tmp / RERANK_FILE)
+            resolved = {name: model._init_kwargs() for name, model in models.items()}
+            atomic_write_json(v.tmp / "config.json", {**dataclasses.asdict(cfg), "resolved": resolved})
             atomic_write_json(v.tmp / "metrics.json", metrics)
             atomic_write_text(v.tmp / "etl_version.txt", f"{etl_dir}\n")
         s.detail = str(v.path)
@@ -128,30 +137,35 @@ def run_train(tenant: str, root: Path | None = None, cfg: TrainConfig | None = N
     return TrainResult(v.path, metrics)
 
 
-def evaluate_models(tenant: str, root: Path | None = None, k: int = 10, log=print) -> dict:
-    """Re-evaluate the latest saved models on the ETL version they were trained on: {model: {valid, test}}."""
+def trained_config(model_dir: Path) -> dict:
+    return json.loads((Path(model_dir) / "config.json").read_text())
+
+
+def evaluate_models(tenant: str, root: Path | None = None, log=print) -> dict:
+    """Re-evaluate the latest saved models on the ETL version they were trained on (same shape as metrics.json,
+    without fit times)."""
     model_dir = latest_version(tenant, "models", root)
     etl_dir = Path((model_dir / "etl_version.txt").read_text().strip())
     if not etl_dir.is_dir():
         raise FileNotFoundError(f"{model_dir} was trained on {etl_dir}, which no longer exists")
     data = InteractionData.load(etl_dir)
+    cfg = trained_config(model_dir)
+    k = metric_k(data)
     out: dict[str, dict] = {}
-    for name, filename in MODEL_FILES.items():
-        path = model_dir / filename
-        if not path.exists():
-            continue
-        with _Stage(log, f"evaluate {name}") as s:
+    for name in cfg["models"]:
+        path = model_dir / registry.get(name).filename
+        with Stage(log, f"evaluate {name}") as s:
             model = Recommender.load(path)      # "auto": wherever this machine can run it
-            out[name] = {split: evaluate(model, data, split, k=k) for split in ("valid", "test")}
+            out[name] = _evaluate_model(model, data, k)
             s.detail = f"valid {_fmt(out[name]['valid'])} | test {_fmt(out[name]['test'])}"
-    if (model_dir / RERANK_FILE).exists() and (model_dir / MODEL_FILES["sasrec"]).exists():
-        cfg = json.loads((model_dir / "config.json").read_text())
+    served = cfg.get("serve")
+    if served and (model_dir / RERANK_FILE).exists():
         n = cfg.get("rerank", {}).get("num_candidates", 100)
-        with _Stage(log, "evaluate sasrec+rerank") as s:
-            sasrec, reranker = Recommender.load(model_dir / MODEL_FILES["sasrec"]), FeatureReranker.load(
+        with Stage(log, f"evaluate {served}+rerank") as s:
+            model, reranker = Recommender.load(model_dir / registry.get(served).filename), FeatureReranker.load(
                 model_dir / RERANK_FILE)
             # The valid split is in-sample for the reranker (it was fitted there); test is the honest number.
-            out["sasrec+rerank"] = {split: evaluate_reranked(sasrec, reranker, data, k=k, num_candidates=n,
-                                                             split=split) for split in ("valid", "test")}
-            s.detail = f"test {_fmt(out['sasrec+rerank']['test'])}"
+            out[f"{served}+rerank"] = {split: evaluate_reranked(model, reranker, data, k=k, num_candidates=n,
+                                                                split=split) for split in ("valid", "test")}
+            s.detail = f"test {_fmt(out[f'{served}+rerank']['test'])}"
     return out

@@ -11,7 +11,7 @@ class PopularityRecommender(Recommender):
     """Scores every user alike by the number of training interactions per item."""
 
     def __init__(self, device: str = "auto", progress: bool | None = None):
-        super().__init__(device, progress)
+        super().__init__(device=device, progress=progress)
         self.counts: torch.Tensor | None = None
 
     def fit(self, data, graph=None) -> "PopularityRecommender":

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from tapestry.training.evaluate import metrics_from_ranks
 from tapestry.training.reranker import FeatureReranker, RerankTables
 
 
@@ -53,17 +54,11 @@ def evaluate_reranked(model, reranker: FeatureReranker, data, k: int = 10, num_c
     frame = getattr(data, split)
     targets = dict(zip(frame["user_idx"].to_list(), frame["item_idx"].to_list()))
     users = np.array(sorted(targets), dtype=np.int64)
-    recall = ndcg = mrr = 0.0
+    ranks = []
     for u, hist, cands, scores in _candidates(model, users, histories, num_candidates):
         final = reranker.score(reranker.features(cands, scores, hist, reranker.tables.user_attrs[u]))
         ranked = cands[np.argsort(-final, kind="stable")]
         pos = np.flatnonzero(ranked == targets[int(u)])
-        if pos.size:
-            r = int(pos[0])
-            mrr += 1.0 / (r + 1)
-            if r < k:
-                recall += 1.0
-                ndcg += 1.0 / np.log2(r + 2)
-    n = max(len(users), 1)
-    return {f"recall@{k}": recall / n, f"ndcg@{k}": ndcg / n, "mrr": mrr / n, "num_users": int(len(users)),
-            "num_candidates": num_candidates}
+        # A target outside the candidates is a miss: ranked after the whole catalogue (reciprocal rank ~ 0).
+        ranks.append(int(pos[0]) if pos.size else data.num_items)
+    return {**metrics_from_ranks(np.asarray(ranks, dtype=np.int64), k), "num_candidates": num_candidates}

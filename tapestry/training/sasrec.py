@@ -1,4 +1,4 @@
-"""SASRec as a Recommender: next-item training with a full softmax, optionally started from graph item vectors.
+"""SASRec as a Recommender: next-item training with a full softmax, optionally fused with graph item vectors.
 
 Training: for every user with >= 2 training events, the last `max_len + 1` items give `max_len` (input, next
 item) pairs; the loss is cross-entropy over ALL items at every real position. On CPU that is a [positions, D] x
@@ -6,66 +6,96 @@ item) pairs; the loss is cross-entropy over ALL items at every real position. On
 real events, not batch * max_len. A full softmax converges in far fewer epochs than the paper's BCE with one
 sampled negative, which is what fits a useful model into a few CPU minutes.
 
-`item_init` (e.g. LightGCNRecommender.item_embeddings()) is the GNN -> transformer hybrid: the item table starts
-from collaborative/graph structure instead of noise. The vectors are rescaled to the table's default init scale
-(their directions are what carry the information; LightGCN's magnitudes would otherwise swamp the positional
-embeddings after SASRec's sqrt(D) input scaling).
+Two ways to use a graph model's item vectors (named by its registry name, trained earlier in the same run):
+- `item_init_from`: the ID table STARTS from them (rescaled to the table's init scale: their directions carry
+  the information; LightGCN's magnitudes would swamp the positional embeddings after the sqrt(D) scaling).
+- `graph_from` + `fusion`: they stay FROZEN beside the ID table and a learned projection fuses them in
+  (tapestry.models.sequential.sasrec), so the structure survives training. Any width works.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tapestry.training.base import Recommender
-from tapestry.training.lightgcn import _rng_devices
-from tapestry.training.sasrec import SASRec, left_pad
+from tapestry.models.sequential.sasrec import SASRec, left_pad
+from tapestry.training.base import Recommender, seeded
+
+
+@dataclass
+class SASRecConfig:
+    hidden_dim: int = 64          # = the graph model's embedding_dim when initialising from it
+    num_blocks: int = 2
+    num_heads: int = 1
+    max_len: int = 100            # 200 costs 1.7x per epoch on ML-1M for no gain per minute of training
+    dropout: float = 0.2
+    epochs: int = 26              # ~8 s/epoch on ML-1M (2 CPU cores) with the full softmax
+    batch_size: int = 128
+    lr: float = 4e-3              # full-softmax CE tolerates a higher lr than the paper's 1e-3 (BCE)
+    item_init_from: str | None = None   # registry name of a model whose item_embeddings() start the ID table
+    graph_from: str | None = None       # registry name of a model whose item_embeddings() are fused in, frozen
+    fusion: str = "add"                 # "add" or "gate" (with graph_from)
+    seed: int = 0
 
 
 class SASRecRecommender(Recommender):
-    # Defaults = tapestry.config.SASRecConfig's.
-    def __init__(self, hidden_dim: int = 64, num_blocks: int = 2, num_heads: int = 1, max_len: int = 100,
-                 dropout: float = 0.2, epochs: int = 26, batch_size: int = 128, lr: float = 4e-3, seed: int = 0,
-                 item_init: torch.Tensor | None = None, device: str = "auto", progress: bool | None = None):
-        super().__init__(device, progress)
-        self.hidden_dim, self.num_blocks, self.num_heads, self.max_len = hidden_dim, num_blocks, num_heads, max_len
-        self.dropout, self.epochs, self.batch_size, self.lr, self.seed = dropout, epochs, batch_size, lr, seed
-        if item_init is not None and item_init.shape[-1] != hidden_dim:
-            raise ValueError(f"item_init has dimension {item_init.shape[-1]} but hidden_dim is {hidden_dim}")
-        self.item_init = item_init
+    Config = SASRecConfig
+
+    def __init__(self, config: SASRecConfig | None = None, *, item_init: torch.Tensor | None = None,
+                 side: torch.Tensor | None = None, **kwargs):
+        super().__init__(config, **kwargs)
+        if item_init is not None and item_init.shape[-1] != self.cfg.hidden_dim:
+            raise ValueError(f"item_init has dimension {item_init.shape[-1]} but hidden_dim is {self.cfg.hidden_dim}")
+        self.item_init, self.side = item_init, side
         self.initialised_from_graph = False
         self.model: SASRec | None = None
 
-    def _init_kwargs(self):
-        return {"hidden_dim": self.hidden_dim, "num_blocks": self.num_blocks, "num_heads": self.num_heads,
-                "max_len": self.max_len, "dropout": self.dropout, "epochs": self.epochs,
-                "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed}
+    def bind(self, upstream: dict[str, Recommender]) -> None:
+        for field_name in ("item_init_from", "graph_from"):
+            source = getattr(self.cfg, field_name)
+            if source is None:
+                continue
+            if source not in upstream:
+                raise ValueError(f"sasrec {field_name}={source!r}: that model must be trained earlier in the same run "
+                                 f"(trained so far: {sorted(upstream)})")
+            vectors = upstream[source].item_embeddings().detach()
+            if field_name == "item_init_from":
+                if vectors.shape[-1] != self.cfg.hidden_dim:
+                    raise ValueError(f"item_init_from={source!r} gives dimension {vectors.shape[-1]} but "
+                                     f"hidden_dim is {self.cfg.hidden_dim}")
+                self.item_init = vectors
+            else:
+                self.side = vectors
 
-    def _new_model(self, num_items: int) -> SASRec:
-        return SASRec(num_items, self.hidden_dim, self.num_blocks, self.num_heads, self.max_len,
-                      self.dropout).to(self.device)
+    def _new_model(self, num_items: int, side_dim: int = 0) -> SASRec:
+        c = self.cfg
+        return SASRec(num_items, c.hidden_dim, c.num_blocks, c.num_heads, c.max_len, c.dropout,
+                      side_dim=side_dim, fusion=c.fusion).to(self.device)
 
     def _training_windows(self, sequences: list[np.ndarray]) -> torch.Tensor:
         """[U, max_len + 1]: each trainable user's last max_len + 1 training items, left-padded."""
         usable = [s for s in sequences if len(s) >= 2]
-        return torch.from_numpy(left_pad(usable, self.max_len + 1, self.max_len + 1))
+        return torch.from_numpy(left_pad(usable, self.cfg.max_len + 1, self.cfg.max_len + 1))
 
     def fit(self, data, graph=None) -> "SASRecRecommender":
+        c = self.cfg
         self.num_items = data.num_items
         windows = self._training_windows(data.sequences(("train",)))
-        with torch.random.fork_rng(devices=_rng_devices(self.device)):
-            torch.manual_seed(self.seed)
-            self.model = model = self._new_model(self.num_items)
+        with seeded(self.device, c.seed):
+            side_dim = int(self.side.shape[-1]) if self.side is not None else 0
+            self.model = model = self._new_model(self.num_items, side_dim)
+            if self.side is not None:
+                model.set_side_embeddings(self.side.float())
             if self.item_init is not None:
                 init = self.item_init.detach().float().to(self.device)
-                real = init[1:]
                 target_std = float(model.item_emb.weight[1:].detach().std())
-                model.init_item_embeddings(init * (target_std / float(real.std().clamp_min(1e-12))))
+                model.init_item_embeddings(init * (target_std / float(init[1:].std().clamp_min(1e-12))))
                 self.initialised_from_graph = True
             # Adam with beta2 = 0.98 as in the SASRec paper; no weight decay (dropout regularises).
-            opt = torch.optim.Adam(model.parameters(), lr=self.lr, betas=(0.9, 0.98))
-            model.train()
-            bar = self._epoch_bar(self.epochs, "sasrec")
+            opt = torch.optim.Adam(model.parameters(), lr=c.lr, betas=(0.9, 0.98))
+            bar = self._epoch_bar(c.epochs, "sasrec")
             for _ in bar:
                 self.loss_history_.append(self._train_epoch(model, opt, windows))
                 bar.set_postfix(loss=f"{self.loss_history_[-1]:.4f}")
@@ -77,8 +107,8 @@ class SASRecRecommender(Recommender):
         model.train()
         perm = torch.randperm(windows.shape[0])
         total, count = 0.0, 0
-        for start in range(0, windows.shape[0], self.batch_size):
-            batch = windows[perm[start:start + self.batch_size]].to(self.device)
+        for start in range(0, windows.shape[0], self.cfg.batch_size):
+            batch = windows[perm[start:start + self.cfg.batch_size]].to(self.device)
             # Trim columns that are padding for the whole batch: less work, identical outputs.
             first = int((batch > 0).int().argmax(1).min())
             batch = batch[:, first:]
@@ -87,7 +117,7 @@ class SASRecRecommender(Recommender):
             real = targets > 0
             h = hidden[real]                                                      # [P, D]
             # Full softmax over real items 1..N-1 (index 0 is padding, never a target).
-            logits = h @ model.item_emb.weight[1:].T
+            logits = h @ model.item_table()[1:].T
             loss = F.cross_entropy(logits, targets[real] - 1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -102,23 +132,24 @@ class SASRecRecommender(Recommender):
     def encode(self, histories: list[np.ndarray], batch_size: int = 512) -> torch.Tensor:
         """User vectors [B, D] from item histories (time order); an empty history gives zeros."""
         self.model.eval()
-        out = [self.model.encode(torch.from_numpy(left_pad(histories[s:s + batch_size], self.max_len))
+        out = [self.model.encode(torch.from_numpy(left_pad(histories[s:s + batch_size], self.cfg.max_len))
                                  .to(self.device)) for s in range(0, len(histories), batch_size)]
-        return torch.cat(out) if out else torch.zeros(0, self.hidden_dim, device=self.device)
+        return torch.cat(out) if out else torch.zeros(0, self.cfg.hidden_dim, device=self.device)
 
     @torch.no_grad()
     def score(self, user_idx: np.ndarray, histories: list[np.ndarray]) -> torch.Tensor:
         # Inductive: only the history matters (a user unseen in training is scored from their events alone).
-        scores = self.encode(histories) @ self.model.item_emb.weight.T
+        scores = self.encode(histories) @ self.model.item_table().T
         return self._mask_padding(scores)
 
     def _get_state(self):
         return {"num_items": self.num_items, "initialised_from_graph": self.initialised_from_graph,
+                "side_dim": self.model.side_dim,
                 "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()}}
 
     def _set_state(self, state):
         self.num_items = int(state["num_items"])
         self.initialised_from_graph = bool(state["initialised_from_graph"])
-        self.model = self._new_model(self.num_items)
+        self.model = self._new_model(self.num_items, int(state.get("side_dim", 0)))
         self.model.load_state_dict(state["model"])
         self.model.eval()

@@ -12,7 +12,7 @@ from tapestry.ensembles import run_export
 from tapestry.serving.pipeline import RecommendPipeline
 from tapestry.serving.user_encoder import load_sasrec_module
 from tapestry.training.pipeline import run_train
-from tapestry.training.sasrec_recommender import SASRecRecommender
+from tapestry.training.sasrec import SASRecRecommender
 
 QUIET = {"log": lambda *a, **k: None}
 
@@ -22,7 +22,7 @@ def exported(tiny_etl, tmp_path_factory):
     root = tmp_path_factory.mktemp("export-root")
     # Reuse the session's tiny ETL version under this root's tenant.
     shutil.copytree(tiny_etl, root / "tiny" / "etl" / tiny_etl.name)
-    trained = run_train("tiny", root, TrainConfig.quick(), **QUIET)
+    trained = run_train("tiny", root, TrainConfig.smoke(), **QUIET)
     return run_export("tiny", root, max_k=20, **QUIET), trained
 
 
@@ -40,7 +40,7 @@ def test_repository_and_artifacts_are_complete(exported):
 
 def test_faiss_index_holds_sasrec_item_vectors_under_item_ids(exported):
     export, trained = exported
-    sasrec = SASRecRecommender.load(trained.path / "sasrec.pt")
+    sasrec = SASRecRecommender.load(trained.path / f"{json.loads((trained.path / 'config.json').read_text())['serve']}.pt")
     emb = sasrec.model.item_embeddings().detach().numpy()
     index = faiss.read_index(str(export.artifact_dir / "items.faiss"))
     assert index.ntotal == emb.shape[0] - 1

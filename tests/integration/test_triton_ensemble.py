@@ -24,7 +24,7 @@ QUIET = {"log": lambda *a, **k: None}
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("artifacts")
     etl = run_etl(movielens_100k(datasets_dir() / "ml-100k"), TENANT, root, **QUIET)
-    run_train(TENANT, root, TrainConfig.quick(), **QUIET)
+    run_train(TENANT, root, TrainConfig.smoke(), **QUIET)
     export = run_export(TENANT, root, max_k=50, **QUIET)
     users = pl.read_parquet(etl.path / "user_map.parquet")["user_id"].to_list()
     return export, users

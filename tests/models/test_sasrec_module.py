@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from tapestry.training.sasrec import SASRec, left_pad
+from tapestry.models.sequential.sasrec import SASRec, left_pad
 
 NUM_ITEMS, DIM, MAX_LEN = 50, 16, 12
 

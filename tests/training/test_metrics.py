@@ -60,7 +60,7 @@ class _Oracle(Recommender):
     """Scores every history item highest, the split's target second, everything else 0."""
 
     def __init__(self, data, split, device="cpu", progress=None):
-        super().__init__(device, progress)
+        super().__init__(device=device, progress=progress)
         frame = getattr(data, split)
         self.target = dict(zip(frame["user_idx"].to_list(), frame["item_idx"].to_list()))
         self.num_items = data.num_items

@@ -7,14 +7,17 @@ import json
 import pytest
 
 from tapestry.artifacts import latest_version
-from tapestry.config import LightGCNConfig, SASRecConfig, TrainConfig
+from tapestry.config import TrainConfig
 from tapestry.training.base import Recommender
 from tapestry.training.pipeline import evaluate_models, run_train
-from tapestry.training.sasrec_recommender import SASRecRecommender
+from tapestry.training.sasrec import SASRecRecommender
 
+_SEQ = dict(hidden_dim=16, num_blocks=1, num_heads=1, max_len=20, dropout=0.1, epochs=5, lr=5e-3)
 TINY = TrainConfig(
-    lightgcn=LightGCNConfig(embedding_dim=16, num_layers=2, epochs=5, batch_size=1024, lr=2e-2),
-    sasrec=SASRecConfig(hidden_dim=16, num_blocks=1, num_heads=1, max_len=20, dropout=0.1, epochs=5, lr=5e-3),
+    models=("popularity", "lightgcn", "sasrec", "sasrec_lightgcn_init"),
+    params={"lightgcn": dict(embedding_dim=16, num_layers=2, epochs=5, batch_size=1024, lr=2e-2),
+            "sasrec": _SEQ, "sasrec_lightgcn_init": _SEQ},
+    serve="sasrec_lightgcn_init",
     device="cpu",
 )
 
@@ -30,21 +33,30 @@ def test_writes_a_complete_version(trained, tiny_etl):
     result, _, root = trained
     assert result.path == latest_version("tiny", "models", root)
     names = {p.name for p in result.path.iterdir()}
-    assert {"popularity.pt", "lightgcn.pt", "sasrec.pt", "config.json", "metrics.json", "etl_version.txt"} <= names
+    assert {"popularity.pt", "lightgcn.pt", "sasrec.pt", "sasrec_lightgcn_init.pt", "config.json", "metrics.json",
+            "etl_version.txt"} <= names
     assert (result.path / "etl_version.txt").read_text().strip() == str(tiny_etl)
-    assert json.loads((result.path / "config.json").read_text()) == json.loads(json.dumps(dataclasses.asdict(TINY)))
+    saved = json.loads((result.path / "config.json").read_text())
+    resolved = saved.pop("resolved")
+    assert saved == json.loads(json.dumps(dataclasses.asdict(TINY)))
+    assert resolved["lightgcn"]["epochs"] == 5 and resolved["sasrec_lightgcn_init"]["item_init_from"] == "lightgcn"
 
 
 def test_metrics_json(trained):
     result, _, _ = trained
     metrics = json.loads((result.path / "metrics.json").read_text())
     assert metrics == result.metrics
-    assert set(metrics) == {"popularity", "lightgcn", "sasrec", "sasrec+rerank"}
+    assert set(metrics) == {"popularity", "lightgcn", "sasrec", "sasrec_lightgcn_init", "sasrec_lightgcn_init+rerank"}
     assert (result.path / "rerank.npz").exists()
     for name, m in metrics.items():
-        assert set(m) == {"valid", "test", "fit_seconds"} and m["fit_seconds"] >= 0
+        reranked = name.endswith("+rerank")
+        assert set(m) == {"valid", "test", "fit_seconds"} | (set() if reranked else {"slices"})
+        assert m["fit_seconds"] >= 0
+        if not reranked:
+            assert set(m["slices"]) == {"cold_items", "cold_users"}
+            assert m["slices"]["cold_users"]["num_users"] <= m["test"]["num_users"]
         for split in ("valid", "test"):
-            extra = {"num_candidates"} if name == "sasrec+rerank" else set()
+            extra = {"num_candidates"} if reranked else set()
             assert set(m[split]) == {"recall@10", "ndcg@10", "mrr", "num_users"} | extra
             assert m[split]["num_users"] == 200 and 0 <= m[split]["ndcg@10"] <= m[split]["recall@10"] <= 1
 
@@ -53,7 +65,8 @@ def test_models_load_and_sasrec_started_from_the_graph(trained):
     result, _, _ = trained
     for name in ("popularity", "lightgcn", "sasrec"):
         assert isinstance(Recommender.load(result.path / f"{name}.pt"), Recommender)
-    assert SASRecRecommender.load(result.path / "sasrec.pt").initialised_from_graph
+    assert SASRecRecommender.load(result.path / "sasrec_lightgcn_init.pt").initialised_from_graph
+    assert not SASRecRecommender.load(result.path / "sasrec.pt").initialised_from_graph
 
 
 def test_one_log_line_per_stage(trained):
@@ -65,12 +78,18 @@ def test_one_log_line_per_stage(trained):
 def test_evaluate_models_reproduces_saved_metrics(trained):
     result, _, root = trained
     again = evaluate_models("tiny", root, log=lambda *_: None)
+    assert set(again) == set(result.metrics)
     for name, m in again.items():
         assert m["test"] == pytest.approx(result.metrics[name]["test"]) and m["valid"] == pytest.approx(
             result.metrics[name]["valid"])
 
 
-def test_mismatched_dimensions_fail_before_training(tiny_etl, tmp_path):
-    cfg = dataclasses.replace(TINY, sasrec=dataclasses.replace(TINY.sasrec, hidden_dim=8))
-    with pytest.raises(ValueError, match="embedding_dim"):
-        run_train("tiny", root=tiny_etl.parents[2], cfg=cfg, log=lambda *_: None)
+@pytest.mark.parametrize("change, message", [
+    (dict(params={**TINY.params, "sasrec_lightgcn_init": dict(_SEQ, hidden_dim=8)}), "embedding_dim"),
+    (dict(models=("popularity", "sasrec", "sasrec_lightgcn_init", "lightgcn")), "must come before"),
+    (dict(models=("popularity", "no_such_model")), "unknown model"),
+    (dict(serve="lightgcn_missing"), "not among the trained"),
+])
+def test_bad_configs_fail_before_training(tiny_etl, change, message):
+    with pytest.raises(ValueError, match=message):
+        run_train("tiny", root=tiny_etl.parents[2], cfg=dataclasses.replace(TINY, **change), log=lambda *_: None)

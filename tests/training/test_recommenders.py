@@ -9,7 +9,7 @@ from tapestry.training.data import InteractionData
 from tapestry.training.evaluate import evaluate
 from tapestry.training.lightgcn import LightGCNRecommender
 from tapestry.training.popularity import PopularityRecommender
-from tapestry.training.sasrec_recommender import SASRecRecommender
+from tapestry.training.sasrec import SASRecRecommender
 
 from .recommender_mixin import RecommenderMixin
 
@@ -66,6 +66,54 @@ class TestSASRecFromLightGCN(RecommenderMixin):
     def test_item_init_dimension_is_checked(self):
         with pytest.raises(ValueError, match="hidden_dim"):
             SASRecRecommender(hidden_dim=32, item_init=torch.zeros(10, 16))
+
+
+class TestSASRecGraphFusion(RecommenderMixin):
+    """SASRec with LightGCN's item vectors frozen beside the ID table (through `bind`, as the pipeline does)."""
+    fusion = "add"
+
+    @classmethod
+    def make(cls, data, graph):
+        lgcn = LightGCNRecommender(**dict(LIGHTGCN, embedding_dim=24), device=cls.device, progress=False)
+        model = SASRecRecommender(**SASREC, graph_from="lgcn", fusion=cls.fusion, device=cls.device, progress=False)
+        model.bind({"lgcn": lgcn.fit(data, graph)})
+        return model
+
+    def test_side_vectors_stay_frozen_and_are_used(self, model, data):
+        side = model.model.side_emb
+        assert side.shape == (data.num_items, 24) and not side[0].any()
+        assert not any(p is side for p in model.model.parameters())        # a buffer, never optimised
+        assert model.model.side_proj.weight.abs().sum() > 0                 # the projection learned a share
+
+    def test_fused_table_is_what_scores(self, model, data):
+        table = model.item_embeddings()
+        assert not torch.equal(table, model.model.item_emb.weight)
+        assert not table[0].any()
+
+    def test_bind_needs_the_upstream_model(self):
+        with pytest.raises(ValueError, match="trained earlier"):
+            SASRecRecommender(**SASREC, graph_from="nope").bind({})
+
+
+class TestSASRecGatedFusion(TestSASRecGraphFusion):
+    fusion = "gate"
+
+
+def test_config_object_and_keyword_overrides_agree():
+    from tapestry.training.lightgcn import LightGCNConfig
+
+    a = LightGCNRecommender(LightGCNConfig(epochs=3), device="cpu")
+    b = LightGCNRecommender(epochs=3, device="cpu")
+    assert a.cfg == b.cfg and a._init_kwargs()["epochs"] == 3
+    with pytest.raises(TypeError, match="unknown hyper-parameter"):
+        LightGCNRecommender(epochz=3)
+
+
+class TestLightGCNSoftmax(RecommenderMixin):
+    @classmethod
+    def make(cls, data, graph):
+        return LightGCNRecommender(**dict(LIGHTGCN, epochs=15, loss="softmax", num_negatives=64, lr=1e-2),
+                                   device=cls.device, progress=False)
 
 
 @needs_cuda

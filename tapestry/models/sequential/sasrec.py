@@ -9,6 +9,12 @@ Defined behaviour for padding: every padded position outputs the zero vector. An
 encodes to zeros, which scores every item 0 (no preference, never NaN); serving treats empty histories as cold
 users and never relies on that vector.
 
+Graph fusion (`side_dim > 0`): a FROZEN table of side item vectors (from a graph encoder: LightGCN, GraphSAGE,
+HGT) is projected into the model's space and fused with the trainable ID table; the fused table is then both
+the input and the output embedding (what FAISS indexes). `fusion="add"`: id + W side; `fusion="gate"`: a
+per-item sigmoid gate g(id, side) mixes id and W side. Frozen, because the graph vectors carry structure the
+next-item loss would otherwise overwrite within an epoch; the projection (and gate) learn how much to use.
+
 Plain tensor code only (no Python-side data structures in `forward`), so `torch.jit.script(model)` works and the
 module runs unchanged inside Triton's python backend.
 """
@@ -55,8 +61,10 @@ class CausalSelfAttentionBlock(nn.Module):
 
 class SASRec(nn.Module):
     def __init__(self, num_items: int, hidden_dim: int = 64, num_blocks: int = 2, num_heads: int = 1,
-                 max_len: int = 100, dropout: float = 0.2):
+                 max_len: int = 100, dropout: float = 0.2, side_dim: int = 0, fusion: str = "add"):
         super().__init__()
+        if fusion not in ("add", "gate"):
+            raise ValueError(f"fusion must be 'add' or 'gate', got {fusion!r}")
         self.num_items = num_items
         self.hidden_dim = hidden_dim
         self.max_len = max_len
@@ -73,6 +81,36 @@ class SASRec(nn.Module):
         nn.init.xavier_normal_(self.pos_emb.weight)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
+        self.side_dim, self.fusion = side_dim, fusion
+        # Always registered (possibly empty) so TorchScript sees the same attributes either way.
+        self.register_buffer("side_emb", torch.zeros(num_items if side_dim else 0, side_dim))
+        self.side_proj = nn.Linear(max(side_dim, 1), hidden_dim, bias=False)
+        self.gate = nn.Linear(2 * hidden_dim, 1)
+        if side_dim:
+            nn.init.zeros_(self.side_proj.weight)   # start as plain SASRec; the projection learns its share
+
+    def item_table(self) -> torch.Tensor:
+        """The (fused) item table [num_items, D] used for inputs and scores; row 0 (padding) is zero."""
+        table = self.item_emb.weight
+        if self.side_dim == 0:
+            return table
+        side = self.side_proj(self.side_emb)
+        if self.fusion == "gate":
+            g = torch.sigmoid(self.gate(torch.cat([table, side], dim=-1)))
+            fused = g * table + (1.0 - g) * side
+        else:
+            fused = table + side
+        pad = torch.ones(fused.shape[0], 1, device=fused.device, dtype=fused.dtype)
+        pad[0] = 0.0
+        return fused * pad
+
+    def set_side_embeddings(self, side: torch.Tensor) -> None:
+        """Install the frozen side vectors [num_items, side_dim] (row 0 is forced to zero)."""
+        if tuple(side.shape) != tuple(self.side_emb.shape):
+            raise ValueError(f"side embeddings have shape {tuple(side.shape)}, expected {tuple(self.side_emb.shape)}")
+        with torch.no_grad():
+            self.side_emb.copy_(side.to(self.side_emb))
+            self.side_emb[0].zero_()
 
     def forward(self, seqs: torch.Tensor) -> torch.Tensor:
         """seqs [B, L] item indices, left-padded with 0 -> hidden states [B, L, D] (zeros at padding)."""
@@ -80,7 +118,7 @@ class SASRec(nn.Module):
         length = seqs.shape[1]
         valid = (seqs > 0).unsqueeze(-1)                                            # [B, L, 1]
         pos = torch.arange(self.max_len - length, self.max_len, device=seqs.device)
-        x = self.item_emb(seqs) * self.scale + self.pos_emb(pos).unsqueeze(0)
+        x = self.item_table()[seqs] * self.scale + self.pos_emb(pos).unsqueeze(0)
         x = self.emb_drop(x) * valid
         # Query i may attend to key j <= i that is a real item. The diagonal is always allowed so a padded query
         # never has an empty row (softmax over nothing = NaN); its output is zeroed below anyway.
@@ -100,7 +138,7 @@ class SASRec(nn.Module):
     @torch.jit.export
     def item_embeddings(self) -> torch.Tensor:
         """[num_items, D], the shared input/output table (row 0 = padding = zeros)."""
-        return self.item_emb.weight
+        return self.item_table()
 
     def init_item_embeddings(self, weights: torch.Tensor) -> None:
         """Start from given item vectors (e.g. LightGCN's). Copied as is; row 0 stays zero (padding)."""

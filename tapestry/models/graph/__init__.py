@@ -1,0 +1,1 @@
+"""Graph encoders: LightGCN (transductive), GraphSAGE/PinSage (inductive), HGT (typed, temporal)."""

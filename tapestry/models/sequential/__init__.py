@@ -1,0 +1,1 @@
+"""Sequential user encoders over item histories (SASRec and its graph-fused variant)."""
