@@ -13,7 +13,13 @@ from pathlib import Path
 from tapestry.artifacts import atomic_write_json, latest_version, tenant_dir
 from tapestry.config import ETLConfig, TrainConfig, datasets_dir, validate_tenant
 
-DATASETS = ("ml-1m", "ml-100k")
+DATASETS = ("ml-1m", "ml-100k")   # MovieLens: what `demo` runs on, and `etl` too
+# `etl` also reads these; the S3-Rec names are the keys of tapestry.etl.s3rec.S3REC_DATASETS (not imported here:
+# the CLI imports polars only when a command needs it).
+S3REC_NAMES = ("beauty", "sports", "toys", "yelp", "lastfm-s3rec")
+ETL_DATASETS = (*DATASETS, "gowalla", *S3REC_NAMES)
+# Folder under the datasets dir, where it is not the data set's own name.
+DATASET_DIRS = {"gowalla": "gowalla-lightgcn", **{name: "s3rec-sequential" for name in S3REC_NAMES}}
 
 
 def ml1m_ratings_default(directory: Path) -> Path:
@@ -28,13 +34,21 @@ def ml1m_ratings_default(directory: Path) -> Path:
 
 
 def load_tables(args):
+    from tapestry.etl.gowalla import gowalla
     from tapestry.etl.movielens import movielens_1m, movielens_100k
+    from tapestry.etl.s3rec import s3rec
     from tapestry.etl.sources import generic_tables
 
     if args.events:
         return generic_tables(Path(args.events), args.items and Path(args.items), args.users and Path(args.users))
     dataset = args.dataset or "ml-1m"
-    directory = Path(args.data_dir) if args.data_dir else datasets_dir() / dataset
+    directory = Path(args.data_dir) if args.data_dir else datasets_dir() / DATASET_DIRS.get(dataset, dataset)
+    if args.ratings and dataset not in DATASETS:
+        raise ValueError(f"--ratings applies to the MovieLens data sets only, not {dataset!r}")
+    if dataset == "gowalla":
+        return gowalla(directory)
+    if dataset in S3REC_NAMES:
+        return s3rec(directory, dataset)
     if dataset == "ml-1m":
         return movielens_1m(directory, Path(args.ratings) if args.ratings else ml1m_ratings_default(directory))
     return movielens_100k(directory, Path(args.ratings) if args.ratings else None)
@@ -50,7 +64,7 @@ def cmd_etl(args) -> None:
 
 
 def train_config(args) -> TrainConfig:
-    return TrainConfig.quick() if getattr(args, "quick", False) else TrainConfig()
+    return TrainConfig.smoke() if getattr(args, "quick", False) else TrainConfig()
 
 
 def cmd_train(args) -> None:
@@ -189,8 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     e = add("etl", cmd_etl, "validate, encode and split a tenant's raw data")
-    e.add_argument("--dataset", choices=DATASETS, help="a MovieLens data set under the datasets dir")
-    e.add_argument("--data-dir", help="directory of the MovieLens files (default: <datasets>/<dataset>)")
+    e.add_argument("--dataset", choices=ETL_DATASETS, metavar="DATASET",
+                   help="a public data set under the datasets dir: ml-1m, ml-100k (MovieLens); gowalla (LightGCN's "
+                        "fixed train/test split); beauty, sports, toys, yelp, lastfm-s3rec (S3-Rec sequences, "
+                        "leave-one-out). Gowalla and S3-Rec have synthetic timestamps (order only)")
+    e.add_argument("--data-dir", help="directory of the data set's files (default: <datasets>/<dataset>; "
+                                      "<datasets>/gowalla-lightgcn, <datasets>/s3rec-sequential)")
     e.add_argument("--ratings", help="ratings file override (ML-1M default: full ratings.dat if present, else partial)")
     e.add_argument("--events", help="generic event table (CSV/Parquet, optionally .xz)")
     e.add_argument("--items", help="generic item table")

@@ -1,4 +1,7 @@
-"""`tapestry etl`: validate -> encode -> split -> write a versioned artifact directory (atomically)."""
+"""`tapestry etl`: validate -> encode -> split -> write a versioned artifact directory (atomically).
+
+The split is leave-one-out unless the events carry a `split` column (a fixed, adapter-given split): see etl/split.py.
+"""
 from __future__ import annotations
 
 import time
@@ -10,9 +13,9 @@ import polars as pl
 from tapestry.artifacts import atomic_write_json, new_version
 from tapestry.config import ETLConfig, validate_tenant
 from tapestry.etl.encode import IdEncoder
-from tapestry.etl.schema import ENTITY_VALUE_SEPARATOR, ITEM_TEXT_COLUMNS
+from tapestry.etl.schema import ENTITY_VALUE_SEPARATOR, ITEM_TEXT_COLUMNS, SPLIT_COLUMN
 from tapestry.etl.sources import ROW, RawTables
-from tapestry.etl.split import leave_one_out
+from tapestry.etl.split import FIXED, LEAVE_ONE_OUT, fixed_split, leave_one_out
 from tapestry.etl.validate import validate_entities, validate_events
 
 EVENT_OUT_COLUMNS = ["user_idx", "item_idx", "event_type", "timestamp", "weight", "session_id"]
@@ -65,8 +68,10 @@ def run_etl(tables: RawTables, tenant: str, root: Path | None = None, cfg: ETLCo
     items = IdEncoder.fit("item", good["item_id"])
     encoded = items.encode(users.encode(good.lazy()))
     encoded = encoded.sort(["user_idx", "timestamp", ROW])
-    splits = leave_one_out(encoded, cfg.min_user_events)
+    split_kind = FIXED if SPLIT_COLUMN in good.columns else LEAVE_ONE_OUT
+    splits = fixed_split(encoded) if split_kind == FIXED else leave_one_out(encoded, cfg.min_user_events)
     events_df, train, valid, test = pl.collect_all([encoded, splits["train"], splits["valid"], splits["test"]])
+    split_users = {name: df["user_idx"].n_unique() for name, df in zip(("train", "valid", "test"), (train, valid, test))}
 
     quarantine = [_as_strings(bad_events)] + [_as_strings(r) for r in tables.rejected if r.height]
     item_table = pl.DataFrame({"item_id": []}, schema={"item_id": pl.String})
@@ -94,6 +99,7 @@ def run_etl(tables: RawTables, tenant: str, root: Path | None = None, cfg: ETLCo
     manifest = {
         "tenant": tenant,
         "sources": tables.sources,
+        "split": split_kind,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config": {"event_types": list(cfg.event_types), "min_timestamp": cfg.min_timestamp,
                    "max_timestamp": cfg.max_timestamp, "min_user_events": cfg.min_user_events},
@@ -104,6 +110,10 @@ def run_etl(tables: RawTables, tenant: str, root: Path | None = None, cfg: ETLCo
             "quarantined_entity_rows": qdf.filter(pl.col("source") != "events").height if qdf.height else 0,
             "by_reason": by_reason,
             "train_rows": train.height, "valid_rows_split": valid.height, "test_rows": test.height,
+            "split_users": split_users,
+            # Only a fixed split can put a user in test without any training history (a cold-start user).
+            "test_users_without_train": test.select("user_idx").unique()
+            .join(train.select("user_idx").unique(), on="user_idx", how="anti").height,
         },
         "num_users": len(users),
         "num_items": len(items),
@@ -131,6 +141,6 @@ def run_etl(tables: RawTables, tenant: str, root: Path | None = None, cfg: ETLCo
     c = manifest["counts"]
     log(f"[etl] tenant={tenant} {v.path.name}: {c['input_rows']:,} event rows -> {c['valid_rows']:,} valid, "
         f"{c['quarantined_rows']:,} quarantined {by_reason or ''}; {len(users) - 1:,} users, {len(items) - 1:,} items; "
-        f"train/valid/test = {c['train_rows']:,}/{c['valid_rows_split']:,}/{c['test_rows']:,} "
+        f"{split_kind} train/valid/test = {c['train_rows']:,}/{c['valid_rows_split']:,}/{c['test_rows']:,} "
         f"({time.perf_counter() - t0:.1f}s) -> {v.path}")
     return ETLResult(v.path, manifest)

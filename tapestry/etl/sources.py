@@ -44,6 +44,43 @@ def read_bytes(path: Path) -> bytes:
     return path.read_bytes()
 
 
+def find_file(directory: Path, name: str) -> Path:
+    """`directory/name`, else its `.xz` copy: the shared data sets are stored compressed, a user's may not be."""
+    for candidate in (Path(directory) / name, Path(directory) / f"{name}.xz"):
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"input file not found: {Path(directory) / name} (or {name}.xz)")
+
+
+# A `user item item ...` line: whitespace-separated non-negative integer ids, a user and at least one item.
+# ([0-9], not \d: the regex engine's \d also matches non-ASCII digits.)
+_USER_ITEMS_LINE = r"^\s*[0-9]+(?:\s+[0-9]+)+\s*$"
+
+
+def read_user_item_lines(path: Path, source: str = "events") -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A `user item item ...` file (the LightGCN and S3-Rec format) -> one string row per (user, item), in order.
+
+    Events: source_line (0-based line number), user_id, item_id (ids as written), position (0-based index of the
+    item within its line). The caller adds `source_row`, the event's index across its inputs: one line holds many
+    events, so a line number alone would not order ties. A line that is not integers with at least one item is
+    rejected whole (`malformed_line`, `source_row` = its line number, one input row); blank lines are not records.
+    """
+    text = read_bytes(path).decode("utf-8", errors="replace")
+    lines = pl.DataFrame({"raw_line": text.split("\n")}).with_row_index("source_line")
+    lines = lines.with_columns(pl.col("source_line").cast(pl.Int64)).filter(pl.col("raw_line").str.strip_chars() != "")
+    ok = pl.col("raw_line").str.contains(_USER_ITEMS_LINE)
+    ids = lines.filter(ok).select("source_line", pl.col("raw_line").str.extract_all("[0-9]+").alias("_ids"))
+    events = ids.select(
+        "source_line",
+        pl.col("_ids").list.first().alias("user_id"),
+        pl.col("_ids").list.slice(1).alias("item_id"),
+        pl.int_ranges(0, pl.col("_ids").list.len() - 1).alias("position"),
+    ).explode("item_id", "position")
+    bad = lines.filter(~ok).select(pl.col("source_line").alias(ROW), "raw_line", pl.lit(source).alias("source"),
+                                   pl.lit(MALFORMED_LINE).alias("reason"))
+    return events, bad
+
+
 def _base_suffix(path: Path) -> str:
     return Path(path.stem).suffix if path.suffix == ".xz" else path.suffix
 

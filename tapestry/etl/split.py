@@ -1,7 +1,18 @@
-"""Leave-one-out split: per user, the last event (by time, ties by input order) is test, the one before valid."""
+"""Train/valid/test splits of the encoded events.
+
+- leave-one-out (the default): per user, the last event (by time, ties by input order) is test, the one before
+  valid;
+- fixed: the input's own `split` column decides (an adapter for a published split, e.g. LightGCN's Gowalla, or a
+  tenant table that carries one). A user may then have many test rows, and valid may be empty.
+"""
 from __future__ import annotations
 
 import polars as pl
+
+from tapestry.etl.schema import SPLIT_COLUMN
+
+LEAVE_ONE_OUT = "leave_one_out"
+FIXED = "fixed"
 
 
 def leave_one_out(events: pl.LazyFrame, min_user_events: int = 3) -> dict[str, pl.LazyFrame]:
@@ -17,3 +28,13 @@ def leave_one_out(events: pl.LazyFrame, min_user_events: int = 3) -> dict[str, p
         "test": tagged.filter(evaluable & (pl.col("_from_end") == 1)),
     }
     return {k: v.drop("_from_end", "_n") for k, v in out.items()}
+
+
+def fixed_split(events: pl.LazyFrame) -> dict[str, pl.LazyFrame]:
+    """Rows go where their (already validated) `split` value says, sorted like leave_one_out's output.
+
+    min_user_events does not apply: the given protocol is kept as it is, so results stay comparable with it.
+    """
+    ordered = events.sort(["user_idx", "timestamp", "source_row"])
+    return {name: ordered.filter(pl.col(SPLIT_COLUMN) == name).drop(SPLIT_COLUMN)
+            for name in ("train", "valid", "test")}

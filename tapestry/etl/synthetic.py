@@ -7,11 +7,11 @@ Planted signal, so that learned models must beat popularity:
 - the remaining events are "noise" items drawn from a skewed (Zipf) popularity, never repeats of seen items;
 - users carry an `age_group` correlated with their favourite genre (an entity the graph can use).
 
-`bad_rows=n` adds n malformed rows for EVERY quarantine reason in tapestry.etl.schema.REASONS: each event-level
-reason n times in the events table, `malformed_line` n times in `RawTables.rejected` (as a native adapter
-reports lines it cannot split), and `missing_entity_id` n times in the item table AND n times in the user table
-(2n in all). The valid rows are identical for every `bad_rows` value (a separate random stream places the
-bad ones), so tests can compare a clean and a dirty run.
+`bad_rows=n` adds n malformed rows for every quarantine reason in tapestry.etl.schema.REASONS except `bad_split`
+(these tables have no `split` column): each event-level reason n times in the events table, `malformed_line` n times
+in `RawTables.rejected` (as a native adapter reports lines it cannot split), and `missing_entity_id` n times in the
+item table AND n times in the user table (2n in all). The valid rows are identical for every `bad_rows` value (a
+separate random stream places the bad ones), so tests can compare a clean and a dirty run.
 """
 from __future__ import annotations
 
@@ -99,7 +99,8 @@ def _bad_event(reason: str, template: list[str]) -> list[str | None]:
     return row
 
 
-EVENT_LEVEL_REASONS = [r for r in S.REASONS if r not in (S.MALFORMED_LINE, S.MISSING_ENTITY_ID)]
+# bad_split is left out: it exists only for inputs with a `split` column, and these tables use leave-one-out.
+EVENT_LEVEL_REASONS = [r for r in S.REASONS if r not in (S.MALFORMED_LINE, S.MISSING_ENTITY_ID, S.BAD_SPLIT)]
 EVENT_FIELDS = ["user_id", "item_id", "event_type", "timestamp", "weight", "session_id"]
 
 

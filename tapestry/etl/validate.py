@@ -25,7 +25,11 @@ def _parse_timestamp(col: str) -> pl.Expr:
     """Integer unix seconds, or an ISO-8601 date-time (naive = UTC) converted to unix seconds."""
     s = pl.col(col).str.strip_chars()
     as_int = s.cast(pl.Int64, strict=False)
-    as_dt = [s.str.to_datetime(f, strict=False, time_zone="UTC", time_unit="us").dt.epoch("s") for f in _ISO_FORMATS]
+    # Only the rows that are not integers go through the date-time parsers (they skip nulls): trying every format
+    # on every row took ~1 s per million integer timestamps here, ~0.3 s with the mask.
+    rest = pl.when(as_int.is_null()).then(s)
+    as_dt = [rest.str.to_datetime(f, strict=False, time_zone="UTC", time_unit="us").dt.epoch("s")
+             for f in _ISO_FORMATS]
     return pl.coalesce(as_int, *as_dt)
 
 
@@ -33,7 +37,8 @@ def validate_events(events: pl.LazyFrame, cfg: ETLConfig) -> tuple[pl.LazyFrame,
     """Split all-string events into (valid typed rows, quarantined raw rows with `reason`).
 
     Valid columns: user_id, item_id (stripped strings), event_type, timestamp (i64 s), weight (f32, default 1),
-    session_id (str or null), source_row. good + quarantined == input, always.
+    session_id (str or null), source_row, and `split` (lower-cased) when the input has that column.
+    good + quarantined == input, always.
     """
     names = events.collect_schema().names()
     if "weight" not in names:
@@ -41,7 +46,14 @@ def validate_events(events: pl.LazyFrame, cfg: ETLConfig) -> tuple[pl.LazyFrame,
     if "session_id" not in names:
         events = events.with_columns(pl.lit(None, dtype=pl.String).alias("session_id"))
 
-    ts = _parse_timestamp("timestamp")
+    # The split column is validated only when the input has one: its absence means "leave-one-out".
+    has_split = S.SPLIT_COLUMN in names
+    split = pl.col(S.SPLIT_COLUMN).str.strip_chars().str.to_lowercase() if has_split else None
+
+    # Parsed once, into a helper column: polars does not share a sub-expression between when/then branches, and
+    # this parse is most of the validation's time (4 parses took 3x as long on Gowalla's 1M rows).
+    events = events.with_columns(_parse_timestamp("timestamp").alias("_ts"))
+    ts = pl.col("_ts")
     weight = pl.col("weight").str.strip_chars().cast(pl.Float64, strict=False)
     etype = pl.col("event_type").str.strip_chars().str.to_lowercase()
     reason = (
@@ -53,10 +65,13 @@ def validate_events(events: pl.LazyFrame, cfg: ETLConfig) -> tuple[pl.LazyFrame,
         .when(etype.is_null() | ~etype.is_in([t.lower() for t in cfg.event_types])).then(pl.lit(S.UNKNOWN_EVENT_TYPE))
         # Finite as f32 too (it is stored as f32): 1e39 is a finite f64 but would be written as inf.
         .when(~_blank("weight") & (weight.is_null() | ~weight.cast(pl.Float32).is_finite())).then(pl.lit(S.BAD_WEIGHT))
-        .otherwise(None)
     )
+    if has_split:
+        reason = reason.when(split.is_null() | ~split.is_in(list(S.SPLIT_VALUES))).then(pl.lit(S.BAD_SPLIT))
+    reason = reason.otherwise(None)
     tagged = events.with_columns(reason.alias("reason"))
-    quarantined = tagged.filter(pl.col("reason").is_not_null()).with_columns(pl.lit("events").alias("source"))
+    quarantined = (tagged.filter(pl.col("reason").is_not_null()).drop("_ts")
+                   .with_columns(pl.lit("events").alias("source")))
     good = tagged.filter(pl.col("reason").is_null()).select(
         pl.col("user_id").str.strip_chars(),
         pl.col("item_id").str.strip_chars(),
@@ -66,6 +81,7 @@ def validate_events(events: pl.LazyFrame, cfg: ETLConfig) -> tuple[pl.LazyFrame,
         pl.when(_blank("session_id")).then(None).otherwise(pl.col("session_id").str.strip_chars())
         .alias("session_id"),
         pl.col(ROW),
+        *([split.alias(S.SPLIT_COLUMN)] if has_split else []),
     )
     return good, quarantined
 
