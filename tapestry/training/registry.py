@@ -67,3 +67,6 @@ register(ModelSpec("sasrec", "tapestry.training.sasrec:SASRecRecommender",
 register(ModelSpec("sasrec_lightgcn_init", "tapestry.training.sasrec:SASRecRecommender",
                    "SASRec with its item table started from LightGCN's vectors",
                    params=dict(item_init_from="lightgcn"), quick=_Q_SEQ))
+register(ModelSpec("sasrec_lightgcn", "tapestry.training.sasrec:SASRecRecommender",
+                   "SASRec + LightGCN item vectors, frozen and fused by a learned projection",
+                   params=dict(graph_from="lightgcn", fusion="add"), quick=_Q_SEQ))
