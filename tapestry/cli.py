@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -64,7 +65,22 @@ def cmd_etl(args) -> None:
 
 
 def train_config(args) -> TrainConfig:
-    return TrainConfig.smoke() if getattr(args, "quick", False) else TrainConfig()
+    cfg = TrainConfig.smoke() if getattr(args, "quick", False) else TrainConfig()
+    changes = {}
+    if getattr(args, "models", None):
+        changes["models"] = tuple(m.strip() for m in args.models.split(",") if m.strip())
+        if cfg.serve not in changes["models"]:
+            # The default served model is not in the line-up: serve the last SASRec-family model asked for, if any.
+            seq = [m for m in changes["models"] if m.startswith("sasrec")]
+            changes["serve"] = seq[-1] if seq else ""
+    if getattr(args, "serve", None) is not None:
+        changes["serve"] = args.serve
+    if getattr(args, "params", None):
+        try:
+            changes["params"] = json.loads(args.params)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--params is not valid JSON ({e}): expected e.g. '{{\"lightgcn\": {{\"epochs\": 5}}}}'")
+    return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 def cmd_train(args) -> None:
@@ -74,13 +90,20 @@ def cmd_train(args) -> None:
 
 
 def print_metrics(metrics: dict) -> None:
-    rows = [(name, m["test"]) for name, m in metrics.items() if isinstance(m, dict) and "test" in m]
+    rows = [(name, m) for name, m in metrics.items() if isinstance(m, dict) and "test" in m]
     if not rows:
         return
-    keys = [k for k in rows[0][1] if k != "num_users"]
-    print(f"{'model (test, full ranking)':<28}" + "".join(f"{k:>12}" for k in keys))
+    keys = [k for k in rows[0][1]["test"] if k not in ("num_users", "num_candidates")]
+    cold = [k for k in keys if k.startswith("ndcg@")]
+    print(f"{'model (test, full ranking)':<30}" + "".join(f"{k:>12}" for k in keys)
+          + "".join(f"{'cold items ' + k:>20}{'cold users ' + k:>20}" for k in cold))
     for name, m in rows:
-        print(f"{name:<28}" + "".join(f"{m.get(k, float('nan')):>12.4f}" for k in keys))
+        slices = m.get("slices", {})
+        line = f"{name:<30}" + "".join(f"{m['test'].get(k, float('nan')):>12.4f}" for k in keys)
+        for k in cold:
+            for sl in ("cold_items", "cold_users"):
+                line += f"{slices[sl][k]:>20.4f}" if sl in slices else f"{'':>20}"
+        print(line)
 
 
 def cmd_evaluate(args) -> None:
@@ -185,6 +208,13 @@ def cmd_recommend(args) -> None:
     print_recommendations(result, args.user, args.protocol)
 
 
+def cmd_models(args) -> None:
+    from tapestry.training.registry import MODELS
+
+    for spec in MODELS.values():
+        print(f"{spec.name:<24} {spec.summary}")
+
+
 def cmd_demo(args) -> None:
     from tapestry.demo import run_demo
 
@@ -216,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--event-types", help="comma-separated event vocabulary (default: built-in list)")
     t = add("train", cmd_train, "train LightGCN, SASRec (graph-initialised) and the reranker; evaluate")
     t.add_argument("--quick", action="store_true", help="tiny epochs, for smoke tests")
+    t.add_argument("--models", help="comma-separated registry names in training order (default: "
+                                    "popularity,lightgcn,sasrec,sasrec_lightgcn_init); `tapestry models` lists them")
+    t.add_argument("--params", help='JSON hyper-parameter overrides per model, e.g. \'{"lightgcn": {"epochs": 5}}\'')
+    t.add_argument("--serve", help="the SASRec-family model to fit the reranker on and export ('' = none)")
     v = add("evaluate", cmd_evaluate, "full-ranking Recall/NDCG/MRR of the latest models")
     v.add_argument("--output", help="JSON path (default: <models>/evaluation.json)")
     x = add("export", cmd_export, "FAISS index + Triton model repository")
@@ -232,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--protocol", choices=("http", "grpc"), default="http")
     r.add_argument("--exclude", help="comma-separated item ids never to return")
     r.add_argument("--url", help="host:port (default: from the running `tapestry serve`)")
+    ls = sub.add_parser("models", help="list the registered models")
+    ls.set_defaults(fn=cmd_models)
     d = add("demo", cmd_demo, "ETL -> train -> evaluate -> export -> serve -> recommend, with timings")
     d.add_argument("--dataset", choices=DATASETS)
     d.add_argument("--quick", action="store_true")

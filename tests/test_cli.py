@@ -57,3 +57,41 @@ def test_serve_detach_recommend_over_both_protocols_then_stop(trained_root):
 def test_missing_stage_names_the_command_to_run(tmp_path):
     result = tapestry("train", root=tmp_path, check=False)
     assert result.returncode != 0 and "tapestry etl --tenant cli100k" in result.stderr
+
+
+def _head_copy(src_dir, dst_dir, names, lines=300):
+    """The first `lines` users of each named .xz file (user-per-line formats), as a small data set."""
+    import lzma
+
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        with lzma.open(src_dir / name, "rt") as f:
+            head = [next(f) for _ in range(lines)]
+        with lzma.open(dst_dir / name, "wt") as f:
+            f.writelines(head)
+
+
+@pytest.mark.parametrize("dataset, folder, files, models, k", [
+    ("gowalla", "gowalla-lightgcn", ["train.txt.xz", "test.txt.xz"], "popularity,lightgcn", 20),
+    ("beauty", "s3rec-sequential", ["Beauty.txt.xz", "Beauty_item2attributes.json.xz"],
+     "popularity,lightgcn,sasrec_lightgcn", 10),
+])
+def test_standard_protocol_data_sets_run_from_the_cli(tmp_path, capsys, dataset, folder, files, models, k):
+    """ETL -> train -> evaluate on (the first users of) Gowalla's fixed split and Amazon Beauty's sequences."""
+    from tapestry.config import datasets_dir
+
+    src = datasets_dir() / folder
+    if not (src / files[0]).exists():
+        pytest.skip(f"{src} not on this machine")
+    _head_copy(src, tmp_path / "data", files)
+    tenant = ["--tenant", dataset, "--root", str(tmp_path / "art")]
+    main(["etl", *tenant, "--dataset", dataset, "--data-dir", str(tmp_path / "data")])
+    main(["train", *tenant, "--quick", "--models", models])
+    main(["evaluate", *tenant])
+    out = capsys.readouterr().out
+    assert f"ndcg@{k}" in out and "cold items" in out
+    evaluation = json.loads(next((tmp_path / "art" / dataset / "models").glob("v*/evaluation.json")).read_text())
+    assert set(evaluation) >= set(models.split(","))
+    for name in models.split(","):
+        assert evaluation[name]["test"]["num_users"] == 300
+        assert set(evaluation[name]["slices"]) == {"cold_items", "cold_users"}
