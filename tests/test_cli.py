@@ -66,7 +66,8 @@ def _head_copy(src_dir, dst_dir, names, lines=300):
     dst_dir.mkdir(parents=True, exist_ok=True)
     for name in names:
         with lzma.open(src_dir / name, "rt") as f:
-            head = [next(f) for _ in range(lines)]
+            # A JSON side table (one line) is copied whole; user-per-line files are cut after `lines` users.
+            head = f.readlines() if ".json" in name else [next(f) for _ in range(lines)]
         with lzma.open(dst_dir / name, "wt") as f:
             f.writelines(head)
 
