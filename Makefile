@@ -5,6 +5,7 @@ PY     := $(VENV)/bin/python
 TENANT ?= ml1m
 # Prebuilt wheels (torch-scatter/torch-sparse) live here when present; installs work without them.
 SHARED_WHEELS ?= ../shared/wheels
+PYG_SPARSE    := torch-scatter==2.1.2 torch-sparse==0.6.18
 
 .PHONY: install demo test clean
 
@@ -13,6 +14,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# The CPU wheel of torch: an exact pin so pip takes the local file and never the CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
+	# PyG's neighbour samplers need torch-sparse (+ torch-scatter). PyPI has only their sources, whose setup.py
+	# imports torch: so they come after torch, never from pyproject (pip would build them in isolation, without
+	# torch). Prebuilt wheels when SHARED_WHEELS has ones that fit (seconds), else a source build (~17 min on
+	# 2 cores). --no-deps: their one dependency, scipy, is in pyproject and not among the local wheels.
+	if [ -d $(SHARED_WHEELS) ] && $(PY) -m pip install --quiet --no-index --no-deps \
+		--find-links $(SHARED_WHEELS) $(PYG_SPARSE); then :; \
+	else $(PY) -m pip install --quiet --no-build-isolation $(PYG_SPARSE); fi
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
