@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = add("train", cmd_train, "train LightGCN, SASRec (graph-initialised) and the reranker; evaluate")
     t.add_argument("--quick", action="store_true", help="tiny epochs, for smoke tests")
     t.add_argument("--models", help="comma-separated registry names in training order (default: "
-                                    "popularity,lightgcn,sasrec,sasrec_lightgcn_init); `tapestry models` lists them")
+                                    "popularity,lightgcn,sasrec_lightgcn); `tapestry models` lists them")
     t.add_argument("--params", help='JSON hyper-parameter overrides per model, e.g. \'{"lightgcn": {"epochs": 5}}\'')
     t.add_argument("--serve", help="the SASRec-family model to fit the reranker on and export ('' = none)")
     v = add("evaluate", cmd_evaluate, "full-ranking Recall/NDCG/MRR of the latest models")

@@ -30,8 +30,8 @@ def test_evaluate_writes_full_ranking_metrics(trained_root, capsys):
     out = capsys.readouterr().out
     assert "recall@10" in out and "ndcg@10" in out
     evaluation = json.loads(next((trained_root / TENANT / "models").glob("v*/evaluation.json")).read_text())
-    assert set(evaluation) >= {"popularity", "lightgcn", "sasrec"}
-    assert evaluation["sasrec"]["test"]["num_users"] == 943
+    assert set(evaluation) >= {"popularity", "lightgcn", "sasrec_lightgcn", "sasrec_lightgcn+rerank"}
+    assert evaluation["sasrec_lightgcn"]["test"]["num_users"] == 943
 
 
 def test_serve_detach_recommend_over_both_protocols_then_stop(trained_root):

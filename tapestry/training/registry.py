@@ -70,3 +70,15 @@ register(ModelSpec("sasrec_lightgcn_init", "tapestry.training.sasrec:SASRecRecom
 register(ModelSpec("sasrec_lightgcn", "tapestry.training.sasrec:SASRecRecommender",
                    "SASRec + LightGCN item vectors, frozen and fused by a learned projection",
                    params=dict(graph_from="lightgcn", fusion="add"), quick=_Q_SEQ))
+register(ModelSpec("sage", "tapestry.training.sage:SAGERecommender",
+                   "GraphSAGE/PinSage-style inductive encoder: items from entity features + sampled neighbours",
+                   quick=dict(_Q_GRAPH, num_neighbors=(5,), batch_size=4096)))
+register(ModelSpec("hgt", "tapestry.training.hgt:HGTRecommender",
+                   "Heterogeneous Graph Transformer (typed attention + relative temporal encoding), sampled subgraphs",
+                   quick=dict(hidden_dim=16, out_dim=16, epochs=1, num_neighbors=(5, 3))))
+register(ModelSpec("sasrec_sage", "tapestry.training.sasrec:SASRecRecommender",
+                   "SASRec + GraphSAGE item vectors (inductive, from entity features), frozen and fused",
+                   params=dict(graph_from="sage", fusion="add"), quick=_Q_SEQ))
+register(ModelSpec("sasrec_hgt", "tapestry.training.sasrec:SASRecRecommender",
+                   "SASRec + HGT item vectors (typed, temporal), frozen and fused",
+                   params=dict(graph_from="hgt", fusion="add"), quick=_Q_SEQ))
