@@ -4,12 +4,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from tapestry.config import datasets_dir
 from tapestry.etl import run_etl
 from tapestry.etl.synthetic import synthetic_tables
 
 TINY_TENANT = "tiny"
+
+# The tests fit tiny models: one intra-op thread is faster than two (no fork/join per small op) and is not
+# slowed 10x when the machine's other core is busy (measured here: a tiny HGT epoch 0.8 s vs ~50 s).
+torch.set_num_threads(1)
 
 
 def _quiet(*_args, **_kwargs) -> None:
