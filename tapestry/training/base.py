@@ -142,6 +142,14 @@ class Recommender(ABC):
             raise ValueError(f"{path} is not a tapestry recommender file")
         klass = Recommender._registry.get(payload["class"])
         if klass is None:
+            # Model classes are imported lazily (tapestry.training.registry): import the one this file names.
+            from tapestry.training.registry import MODELS
+
+            for spec in MODELS.values():
+                if spec.target.rpartition(":")[2] == payload["class"]:
+                    spec.recommender_class()
+            klass = Recommender._registry.get(payload["class"])
+        if klass is None:
             raise ValueError(f"{path} holds unknown recommender class {payload['class']!r}")
         if not issubclass(klass, cls):
             raise TypeError(f"{path} holds a {payload['class']}, not a {cls.__name__}")

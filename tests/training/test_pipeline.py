@@ -93,3 +93,16 @@ def test_evaluate_models_reproduces_saved_metrics(trained):
 def test_bad_configs_fail_before_training(tiny_etl, change, message):
     with pytest.raises(ValueError, match=message):
         run_train("tiny", root=tiny_etl.parents[2], cfg=dataclasses.replace(TINY, **change), log=lambda *_: None)
+
+
+def test_a_fresh_process_loads_every_saved_model(trained):
+    """`tapestry evaluate` runs in a new process: Recommender.load must import the classes it meets."""
+    import subprocess
+    import sys
+
+    result, _, _ = trained
+    code = ("import sys; from pathlib import Path; from tapestry.training.base import Recommender; "
+            "print(sorted(type(Recommender.load(p)).__name__ for p in Path(sys.argv[1]).glob('*.pt')))")
+    out = subprocess.run([sys.executable, "-c", code, str(result.path)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(sorted(["PopularityRecommender", "LightGCNRecommender", "SASRecRecommender",
+                                             "SASRecRecommender"]))
