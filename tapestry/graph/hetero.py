@@ -15,6 +15,7 @@ import torch
 from torch_geometric.data import HeteroData
 
 INTERACTS = ("user", "interacts", "item")
+REV_INTERACTS = ("item", "rev_interacts", "user")
 
 
 def _edge(src: np.ndarray, dst: np.ndarray) -> torch.Tensor:
@@ -52,7 +53,7 @@ def build_hetero_graph(data) -> HeteroData:
     g[INTERACTS].edge_index = _edge(src, dst)
     g[INTERACTS].time = torch.from_numpy(tr["timestamp"].to_numpy().astype(np.int64))
     g[INTERACTS].weight = torch.from_numpy(tr["weight"].to_numpy().astype(np.float32))
-    rev = ("item", "rev_interacts", "user")
+    rev = REV_INTERACTS
     g[rev].edge_index = _edge(dst, src)
     g[rev].time = g[INTERACTS].time.clone()
     g[rev].weight = g[INTERACTS].weight.clone()

@@ -35,11 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch_geometric.data import HeteroData
 
-from tapestry.graph.hetero import INTERACTS, build_hetero_graph
+from tapestry.graph.hetero import INTERACTS, REV_INTERACTS, build_hetero_graph
 from tapestry.models.graph.hgt import HGT
 from tapestry.training.base import Recommender, seeded
 
-REV_INTERACTS = ("item", "rev_interacts", "user")
 
 
 @dataclass

@@ -30,12 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch_geometric.data import HeteroData
 
-from tapestry.graph.hetero import INTERACTS, build_hetero_graph
+from tapestry.graph.hetero import INTERACTS, REV_INTERACTS, build_hetero_graph
 from tapestry.models.graph.sage import SAGEEncoder
 from tapestry.training.base import Recommender, seeded
 from tapestry.training.losses import bpr_loss, sampled_softmax_loss
 
-REV_INTERACTS = ("item", "rev_interacts", "user")
 
 
 @dataclass

@@ -23,16 +23,6 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not 
 REV = ("item", "rev_interacts", "user")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    """These graphs are tiny: with 2 intra-op threads on a 2-core box that is also running other work, thread
-    hand-offs dominate (measured: a 1-epoch tiny fit took 0.8 s on 1 thread, 50 s on 2). Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class TestHGT(RecommenderMixin):
     @classmethod
     def make(cls, data, graph):

@@ -22,16 +22,6 @@ SAGE = dict(embedding_dim=32, num_neighbors=(10, 5), epochs=10, batch_size=256, 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The sampled subgraphs are tiny (a few hundred nodes): a second intra-op thread buys nothing, and on a
-    shared 2-core machine its barriers made a fit 5-10x slower (measured 1.3 s vs 7.9-14.8 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class TestSAGE(RecommenderMixin):
     @classmethod
     def make(cls, data, graph):
