@@ -73,13 +73,13 @@ def _rows(report: dict):
 
 def cmd_table(args) -> None:
     rows = [r for path in args.files for r in _rows(json.loads(Path(path).read_text()))]
-    header = f"{'dataset':<10}{'model':<28}{'slice':<12}{'users':>7}{'R@k':>8}{'N@k':>8}{'valid N@k':>10}{'fit s':>8}"
+    header = f"{'dataset':<10}{'model':<28}{'slice':<12}{'users':>7}{'R@k':>8}{'N@k':>8}{'valid N@k':>10}{'fit s':>8}  device"
     print(header)
     for r in rows:
         valid = f"{r['valid_ndcg']:.4f}" if r["valid_ndcg"] is not None else ""
         fit = f"{r['fit_s']:.0f}" if r["fit_s"] is not None and r["slice"] == "overall" else ""
         print(f"{r['dataset']:<10}{r['model']:<28}{r['slice']:<12}{r['users']:>7}{r['recall']:>8.4f}{r['ndcg']:>8.4f}"
-              f"{valid:>10}{fit:>8}")
+              f"{valid:>10}{fit:>8}  {r['device']}")
     out = Path(args.output)
     out.write_text(json.dumps(rows, indent=2))
     _plot(rows, out.with_suffix(".png"))
