@@ -104,7 +104,10 @@ def _plot(rows: list[dict], path: Path) -> None:
             ax.invert_yaxis()
             ax.tick_params(labelsize=7)
             k = part[0]["k"] if part else 10
-            ax.set_title(f"{ds} - {sl} - NDCG@{k}", fontsize=9)
+            n = part[0]["users"] if part else 0
+            ax.set_title(f"{ds} - {sl} (n={n}) - NDCG@{k}", fontsize=9)
+            if not n:
+                ax.text(0.5, 0.5, "empty slice", ha="center", va="center", transform=ax.transAxes, color="grey")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
