@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tapestry.reporting.ablation import ablation_rows, format_ablation_table, plot_ablation
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -60,56 +62,17 @@ def cmd_run(args) -> None:
     print(f"[ablation] {out}")
 
 
-def _rows(report: dict):
-    for model, m in report["metrics"].items():
-        k = next(key for key in m["test"] if key.startswith("recall@")).split("@")[1]
-        slices = {"overall": m["test"], **m.get("slices", {})}
-        for name, s in slices.items():
-            yield {"dataset": report["dataset"], "model": model, "slice": name, "k": int(k),
-                   "recall": s[f"recall@{k}"], "ndcg": s[f"ndcg@{k}"], "users": s["num_users"],
-                   "valid_ndcg": m["valid"].get(f"ndcg@{k}") if name == "overall" else None,
-                   "fit_s": m.get("fit_seconds"), "device": report["machine"]["device"]}
+def _rows(report: dict) -> list[dict]:
+    return ablation_rows(report["metrics"], report["dataset"], report["machine"]["device"])
 
 
 def cmd_table(args) -> None:
     rows = [r for path in args.files for r in _rows(json.loads(Path(path).read_text()))]
-    header = f"{'dataset':<10}{'model':<28}{'slice':<12}{'users':>7}{'R@k':>8}{'N@k':>8}{'valid N@k':>10}{'fit s':>8}  device"
-    print(header)
-    for r in rows:
-        valid = f"{r['valid_ndcg']:.4f}" if r["valid_ndcg"] is not None else ""
-        fit = f"{r['fit_s']:.0f}" if r["fit_s"] is not None and r["slice"] == "overall" else ""
-        print(f"{r['dataset']:<10}{r['model']:<28}{r['slice']:<12}{r['users']:>7}{r['recall']:>8.4f}{r['ndcg']:>8.4f}"
-              f"{valid:>10}{fit:>8}  {r['device']}")
+    print(format_ablation_table(rows))
     out = Path(args.output)
     out.write_text(json.dumps(rows, indent=2))
-    _plot(rows, out.with_suffix(".png"))
+    plot_ablation(rows, out.with_suffix(".png"))
     print(f"[ablation] {out} + {out.with_suffix('.png')}")
-
-
-def _plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    slices = ["overall", "cold_items", "cold_users"]
-    fig, axes = plt.subplots(len(datasets), len(slices), figsize=(4.2 * len(slices), 2.8 * len(datasets) + 0.6),
-                             squeeze=False)
-    for i, ds in enumerate(datasets):
-        for j, sl in enumerate(slices):
-            ax = axes[i][j]
-            part = [r for r in rows if r["dataset"] == ds and r["slice"] == sl]
-            ax.barh([r["model"] for r in part], [r["ndcg"] for r in part], color="#4C72B0")
-            ax.invert_yaxis()
-            ax.tick_params(labelsize=7)
-            k = part[0]["k"] if part else 10
-            n = part[0]["users"] if part else 0
-            ax.set_title(f"{ds} - {sl} (n={n}) - NDCG@{k}", fontsize=9)
-            if not n:
-                ax.text(0.5, 0.5, "empty slice", ha="center", va="center", transform=ax.transAxes, color="grey")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
 
 
 def main() -> None:

@@ -32,7 +32,8 @@ def _measure(call, users: list[str], warmup: int = 20) -> dict:
         lat.append((time.perf_counter() - t0) * 1e3)
     a = np.array(lat)
     return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
-            "mean_ms": float(a.mean()), "requests": len(lat)}
+            "mean_ms": float(a.mean()), "requests": len(lat),
+            "samples_ms": [round(x, 4) for x in lat]}   # the raw latencies: `tapestry report` draws histograms
 
 
 def main() -> None:
@@ -57,7 +58,8 @@ def main() -> None:
     base = results["in_process"]["p50_ms"]
     for r in results.values():
         r["p50_ratio_to_in_process"] = r["p50_ms"] / base
-    report = {"benchmark": "serving_latency", "tenant": args.tenant, "export": str(export), "k": args.k,
+    report = {"benchmark": "serving_latency", "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "tenant": args.tenant, "export": str(export), "k": args.k,
               "machine": {"platform": platform.platform(), "processor": platform.processor()},
               "baseline": "in_process", "results": results}
     out = Path(__file__).parent / "results" / f"serving_latency-{args.tenant}.json"

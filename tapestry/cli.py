@@ -215,6 +215,14 @@ def cmd_models(args) -> None:
         print(f"{spec.name:<24} {spec.summary}")
 
 
+def cmd_report(args) -> None:
+    from tapestry.reporting import write_report
+
+    out = write_report(args.tenant, args.root, output=args.output, ablation=args.ablation,
+                       latency=Path(args.latency) if args.latency else None)
+    print(f"[report] {out}")
+
+
 def cmd_demo(args) -> None:
     from tapestry.demo import run_demo
 
@@ -266,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--protocol", choices=("http", "grpc"), default="http")
     r.add_argument("--exclude", help="comma-separated item ids never to return")
     r.add_argument("--url", help="host:port (default: from the running `tapestry serve`)")
+    rp = add("report", cmd_report, "one self-contained HTML page: data, metrics per model and slice, loss curves, "
+                                   "ablation, serving latency")
+    rp.add_argument("--output", type=Path, help="HTML path (default: <root>/<tenant>/reports/report-vNNNN.html)")
+    rp.add_argument("--ablation", nargs="*", type=Path, default=[],
+                    help="benchmark ablation run files to include (benchmarks/results/ablation-*.json)")
+    rp.add_argument("--latency", help="serving latency benchmark JSON (default: "
+                                      "benchmarks/results/serving_latency-<tenant>.json when present)")
     ls = sub.add_parser("models", help="list the registered models")
     ls.set_defaults(fn=cmd_models)
     d = add("demo", cmd_demo, "ETL -> train -> evaluate -> export -> serve -> recommend, with timings")

@@ -9,7 +9,7 @@ Output `<root>/<tenant>/models/vNNNN/` (written atomically via new_version):
     <name>.pt           Recommender.save files, one per trained model (load any with Recommender.load)
     rerank.npz          FeatureReranker.save (weights + feature tables)
     config.json         dataclasses.asdict(TrainConfig) + "resolved": every model's full hyper-parameters
-    metrics.json        {model: {"valid": {...}, "test": {...}, "slices": {cold_items, cold_users}, "fit_seconds"}}
+    metrics.json        {model: {"valid", "test", "slices": {cold_items, cold_users}, "fit_seconds", "loss_history"}}
     etl_version.txt     the ETL version directory trained on
 """
 from __future__ import annotations
@@ -105,6 +105,7 @@ def run_train(tenant: str, root: Path | None = None, cfg: TrainConfig | None = N
             metrics[name] = _evaluate_model(model, data, k)
             e.detail = f"valid {_fmt(metrics[name]['valid'])} | test {_fmt(metrics[name]['test'])}"
         metrics[name]["fit_seconds"] = round(s.seconds, 2)
+        metrics[name]["loss_history"] = [round(float(x), 6) for x in model.loss_history_]   # the report's curves
         models[name] = model
 
     reranker = None

@@ -50,11 +50,13 @@ def test_metrics_json(trained):
     assert (result.path / "rerank.npz").exists()
     for name, m in metrics.items():
         reranked = name.endswith("+rerank")
-        assert set(m) == {"valid", "test", "fit_seconds"} | (set() if reranked else {"slices"})
+        assert set(m) == {"valid", "test", "fit_seconds"} | (set() if reranked else {"slices", "loss_history"})
         assert m["fit_seconds"] >= 0
         if not reranked:
             assert set(m["slices"]) == {"cold_items", "cold_users"}
             assert m["slices"]["cold_users"]["num_users"] <= m["test"]["num_users"]
+            epochs = {"popularity": 0, "lightgcn": 5}.get(name, _SEQ["epochs"])
+            assert len(m["loss_history"]) == epochs and all(x > 0 for x in m["loss_history"])
         for split in ("valid", "test"):
             extra = {"num_candidates"} if reranked else set()
             assert set(m[split]) == {"recall@10", "ndcg@10", "mrr", "num_users"} | extra
