@@ -1,7 +1,10 @@
 """Stage 1: raw user id -> encoded history, seen set, exclude set and user attributes (the online feature store).
 
 The embedded default store is the exported `users.parquet`, held in memory. The tenant in the request must match
-the tenant the repository was exported for: a request never reads another tenant's features.
+the tenant the repository was exported for: a request never reads another tenant's features. An unknown user id is
+a cold user (popularity recommendations), not an error; an unknown id in the exclude list is ignored (the client's
+catalogue may be newer than the export). Malformed ids (empty user id, not UTF-8, control characters, too long, too
+many) are request errors: tapestry.serving.validate.
 """
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from tapestry.serving.stage import RequestError, Stage, as_str, export_manifest
+from tapestry.serving import validate as v
+from tapestry.serving.stage import Stage, export_manifest
 
 
 class FeatureLookup(Stage):
@@ -38,16 +42,15 @@ class FeatureLookup(Stage):
                    m["num_user_attrs"])
 
     def __call__(self, t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        tenant = as_str(t["TENANT"].reshape(-1)[0])
-        if tenant != self.tenant:
-            raise RequestError(f"tenant '{tenant}' is not served by this model repository")
-        user_id = as_str(t["USER_ID"].reshape(-1)[0]).strip()
+        v.tenant(t, self.tenant)
+        user_id = v.single_text(t, "USER_ID")
+        exclude_ids = v.texts(t, "EXCLUDE_ITEM_IDS", max_size=v.MAX_EXCLUDE_IDS)
         _, history, attrs = self._users.get(user_id, (0, np.zeros(0, np.int64), np.zeros(0, np.int64)))
         recent = history[-self.max_len:]
         padded = np.zeros(self.max_len, dtype=np.int64)
         if recent.size:
             padded[-recent.size:] = recent  # left padding: the newest item is always the last position
-        exclude = [self._items.get(as_str(x).strip(), 0) for x in t["EXCLUDE_ITEM_IDS"].reshape(-1)]
+        exclude = [self._items.get(x, 0) for x in exclude_ids]
         user_attrs = np.zeros(self.num_attrs, dtype=np.float32)
         user_attrs[attrs] = 1.0
         # SEEN and EXCLUDE always carry a leading 0 (the padding id) so they are never zero-sized tensors.

@@ -5,24 +5,31 @@ from pathlib import Path
 
 import numpy as np
 
+from tapestry.serving import validate as v
 from tapestry.serving.stage import Stage, export_manifest
 
 
 class CandidateFilter(Stage):
     name = "filter"
-    inputs = ("CANDIDATES", "CANDIDATE_SCORES", "SEEN", "EXCLUDE")
+    inputs = ("TENANT", "CANDIDATES", "CANDIDATE_SCORES", "SEEN", "EXCLUDE")
     outputs = ("FILTERED", "FILTERED_SCORES")
 
-    def __init__(self, num_candidates: int):
+    def __init__(self, tenant: str, num_candidates: int, num_items: int):
+        self.tenant = tenant
         self.num_candidates = num_candidates
+        self.num_items = num_items
 
     @classmethod
     def from_artifacts(cls, artifact_dir: Path) -> "CandidateFilter":
-        return cls(export_manifest(artifact_dir)["num_candidates"])
+        m = export_manifest(artifact_dir)
+        return cls(m["tenant"], m["num_candidates"], m["num_items"])
 
     def __call__(self, t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        cands, scores = t["CANDIDATES"].reshape(-1), t["CANDIDATE_SCORES"].reshape(-1)
-        blocked = np.union1d(t["SEEN"].reshape(-1), t["EXCLUDE"].reshape(-1))
+        v.tenant(t, self.tenant)
+        n = self.num_items
+        cands = v.item_indices(t, "CANDIDATES", n, max_size=n)
+        scores = v.floats(t, "CANDIDATE_SCORES", size=cands.size)
+        blocked = np.union1d(v.item_indices(t, "SEEN", n, max_size=n), v.item_indices(t, "EXCLUDE", n, max_size=n))
         blocked = np.union1d(blocked, [0])  # the padding id is never a recommendation
         keep = ~np.isin(cands, blocked)
         cands, scores = cands[keep][: self.num_candidates], scores[keep][: self.num_candidates]

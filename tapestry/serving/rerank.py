@@ -6,16 +6,20 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from tapestry.serving import validate as v
 from tapestry.serving.stage import RequestError, Stage, bytes_array, export_manifest
 from tapestry.training.reranker import FeatureReranker
 
 
 class Rerank(Stage):
     name = "rerank"
-    inputs = ("FILTERED", "FILTERED_SCORES", "HISTORY", "SEEN", "USER_ATTRS", "K")
+    inputs = ("TENANT", "FILTERED", "FILTERED_SCORES", "HISTORY", "SEEN", "USER_ATTRS", "K")
     outputs = ("ITEM_IDS", "SCORES", "TITLES", "STRATEGY")
 
-    def __init__(self, reranker: FeatureReranker, item_ids: list[str], titles: list[str], max_k: int):
+    def __init__(self, tenant: str, reranker: FeatureReranker, item_ids: list[str], titles: list[str], max_k: int,
+                 max_len: int):
+        self.tenant = tenant
+        self.max_len = max_len  # of HISTORY
         self.reranker = reranker
         self.item_ids = item_ids
         self.titles = titles
@@ -29,20 +33,27 @@ class Rerank(Stage):
         ids, titles = [""] * size, [""] * size
         for idx, iid, title in items.select("item_idx", "item_id", "title").iter_rows():
             ids[idx], titles[idx] = iid, title or ""
-        return cls(FeatureReranker.load(artifact_dir / "rerank.npz"), ids, titles,
-                   export_manifest(artifact_dir)["max_k"])
+        m = export_manifest(artifact_dir)
+        return cls(m["tenant"], FeatureReranker.load(artifact_dir / "rerank.npz"), ids, titles, m["max_k"],
+                   m["max_len"])
 
     def __call__(self, t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        k = int(t["K"].reshape(-1)[0])
-        if not 1 <= k <= self.max_k:
-            raise RequestError(f"K must be between 1 and {self.max_k}, got {k}")
-        cands, scores = t["FILTERED"].reshape(-1), t["FILTERED_SCORES"].reshape(-1)
+        v.tenant(t, self.tenant)
+        k = v.top_k(t, self.max_k)
+        n = len(self.item_ids)
+        cands = v.item_indices(t, "FILTERED", n, max_size=n)
+        scores = v.floats(t, "FILTERED_SCORES", size=cands.size, allow_neg_inf=True)
+        history = v.item_indices(t, "HISTORY", n, max_size=self.max_len)
+        seen = v.item_indices(t, "SEEN", n, max_size=n)
+        num_attrs = self.reranker.tables.user_attrs.shape[1]
+        user_attrs = v.floats(t, "USER_ATTRS", size=num_attrs)
         keep = cands > 0
         cands, scores = cands[keep], scores[keep]
         if cands.size == 0:
             raise RequestError("no items left to recommend after removing seen and excluded items")
-        history = t["HISTORY"].reshape(-1)
-        feats = self.reranker.features(cands, scores, t["SEEN"].reshape(-1), t["USER_ATTRS"].reshape(-1))
+        if not np.isfinite(scores).all():  # -inf only marks the filter's placeholder (item 0), never a real item
+            raise RequestError("FILTERED_SCORES must be finite for every real candidate")
+        feats = self.reranker.features(cands, scores, seen, user_attrs)
         final = self.reranker.score(feats)
         order = np.argsort(-final, kind="stable")[:k]
         top = cands[order]

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from tapestry.artifacts import atomic_write_bytes
-from tapestry.serving.stage import Stage
+from tapestry.serving import validate as v
+from tapestry.serving.stage import Stage, export_manifest
 
 
 def sasrec_kwargs(model) -> dict:
@@ -41,19 +42,25 @@ def load_sasrec_module(path: Path):
 
 class UserEncoder(Stage):
     name = "user_encoder"
-    inputs = ("HISTORY",)
+    inputs = ("TENANT", "HISTORY")
     outputs = ("USER_EMB",)
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, tenant: str, model: torch.nn.Module):
+        self.tenant = tenant
         self.model = model.eval()
+        self.num_items, self.max_len = model.item_emb.num_embeddings, model.max_len
 
     @classmethod
     def from_artifacts(cls, artifact_dir: Path) -> "UserEncoder":
-        return cls(load_sasrec_module(Path(artifact_dir) / "sasrec.pt"))
+        artifact_dir = Path(artifact_dir)
+        return cls(export_manifest(artifact_dir)["tenant"], load_sasrec_module(artifact_dir / "sasrec.pt"))
 
     @torch.inference_mode()
     def __call__(self, t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        history = t["HISTORY"].reshape(-1).astype(np.int64)
+        v.tenant(t, self.tenant)
+        # An index past the item table would be an IndexError inside torch; a longer history than the positional
+        # table would be cut silently. Both mean the caller is not feature_lookup: say so.
+        history = v.item_indices(t, "HISTORY", self.num_items, max_size=self.max_len)
         if not (history > 0).any():
             dim = self.model.item_embeddings().shape[1]
             return {"USER_EMB": np.zeros(dim, dtype=np.float32)}

@@ -9,10 +9,11 @@ from tapestry.serving.filtering import CandidateFilter
 from tapestry.serving.pipeline import request_tensors
 from tapestry.serving.rerank import Rerank
 from tapestry.serving.retrieval import Retrieval
-from tapestry.serving.stage import RequestError, as_str
+from tapestry.serving.stage import RequestError, as_str, bytes_array
 from tapestry.training.reranker import FeatureReranker, RerankTables
 
 ITEM_IDS = ["", "a", "b", "c", "d", "e"]
+TENANT = bytes_array(["acme"])
 
 
 @pytest.fixture
@@ -46,32 +47,34 @@ def test_feature_lookup_refuses_another_tenant(lookup):
 def _retrieval(n=3):
     emb = np.array([[0, 0], [1, 0], [0, 1], [0.9, 0.1], [0.5, 0.5], [-1, 0]], dtype=np.float32)
     popularity = np.array([0, 1, 50, 3, 20, 4], dtype=np.float32)
-    return Retrieval(build_faiss_index(emb), popularity, num_candidates=n)
+    return Retrieval("acme", build_faiss_index(emb), popularity, num_candidates=n)
 
 
 def test_retrieval_returns_inner_product_order_and_asks_for_extra_to_cover_seen():
     r = _retrieval(n=2)
-    out = r({"USER_EMB": np.array([1.0, 0.0], np.float32), "SEEN": np.array([0, 1]), "EXCLUDE": np.array([0])})
+    out = r({"TENANT": TENANT, "USER_EMB": np.array([1.0, 0.0], np.float32), "SEEN": np.array([0, 1]),
+             "EXCLUDE": np.array([0])})
     # n = 2 + |SEEN| + |EXCLUDE| = 5: every real item, best first.
     assert out["CANDIDATES"].tolist() == [1, 3, 4, 2, 5]
     assert np.all(np.diff(out["CANDIDATE_SCORES"]) <= 0)
 
 
 def test_retrieval_cold_user_gets_popularity():
-    out = _retrieval(n=3)({"USER_EMB": np.zeros(2, np.float32), "SEEN": np.array([0]), "EXCLUDE": np.array([0])})
+    out = _retrieval(n=3)({"TENANT": TENANT, "USER_EMB": np.zeros(2, np.float32), "SEEN": np.array([0]),
+                           "EXCLUDE": np.array([0])})
     assert out["CANDIDATES"].tolist() == [2, 4, 5, 3, 1]
 
 
 def test_filter_drops_seen_excluded_and_padding_keeping_order():
-    f = CandidateFilter(num_candidates=2)
-    out = f({"CANDIDATES": np.array([4, 0, 2, 3, 1]), "CANDIDATE_SCORES": np.array([5, 4, 3, 2, 1], np.float32),
+    f = CandidateFilter("acme", num_candidates=2, num_items=6)
+    out = f({"TENANT": TENANT, "CANDIDATES": np.array([4, 0, 2, 3, 1]), "CANDIDATE_SCORES": np.array([5, 4, 3, 2, 1], np.float32),
              "SEEN": np.array([0, 2]), "EXCLUDE": np.array([0, 4])})
     assert out["FILTERED"].tolist() == [3, 1]
     assert out["FILTERED_SCORES"].tolist() == [2.0, 1.0]
 
 
 def test_filter_never_returns_an_empty_tensor():
-    out = CandidateFilter(5)({"CANDIDATES": np.array([1]), "CANDIDATE_SCORES": np.array([1.0], np.float32),
+    out = CandidateFilter("acme", 5, 6)({"TENANT": TENANT, "CANDIDATES": np.array([1]), "CANDIDATE_SCORES": np.array([1.0], np.float32),
                               "SEEN": np.array([0, 1]), "EXCLUDE": np.array([0])})
     assert out["FILTERED"].tolist() == [0]
 
@@ -81,12 +84,12 @@ def _rerank(weights):
     tables = RerankTables(item_entity=item_entity, log_pop=np.array([0, 2, -1, 0, 1, -2], np.float32),
                           demo_lift=np.array([[0, 0, 0, 0, 0, 3]], np.float32),
                           user_attrs=np.zeros((2, 1), np.float32), attr_names=["age_group=18-24"])
-    return Rerank(FeatureReranker(tables, np.array(weights, np.float32)), ITEM_IDS,
-                  ["", "A", "B", "C", "D", "E"], max_k=3)
+    return Rerank("acme", FeatureReranker(tables, np.array(weights, np.float32)), ITEM_IDS,
+                  ["", "A", "B", "C", "D", "E"], max_k=3, max_len=4)
 
 
 def _rerank_inputs(k=2, attrs=(0.0,)):
-    return {"FILTERED": np.array([2, 3, 5]), "FILTERED_SCORES": np.array([3.0, 2.0, 1.0], np.float32),
+    return {"TENANT": TENANT, "FILTERED": np.array([2, 3, 5]), "FILTERED_SCORES": np.array([3.0, 2.0, 1.0], np.float32),
             "HISTORY": np.array([0, 4]), "SEEN": np.array([0, 4]), "USER_ATTRS": np.array(attrs, np.float32),
             "K": np.array([k], np.int32)}
 
@@ -120,3 +123,97 @@ def test_rerank_reports_nothing_left_clearly():
     inputs["FILTERED"], inputs["FILTERED_SCORES"] = np.array([0]), np.array([-np.inf], np.float32)
     with pytest.raises(RequestError, match="no items left"):
         _rerank([1, 0, 0, 0])(inputs)
+
+
+# Every stage is a public Triton model (a client can call `retrieval` directly, skipping the ensemble), so each one
+# checks the tenant and its own inputs; a malformed call is a RequestError (HTTP 400), never another exception.
+
+def _user_encoder():
+    from tapestry.models.sequential.sasrec import SASRec
+    from tapestry.serving.user_encoder import UserEncoder
+
+    return UserEncoder("acme", SASRec(num_items=6, hidden_dim=4, num_blocks=1, max_len=4, dropout=0.0))
+
+
+def test_user_encoder_encodes_a_history_and_returns_zeros_for_padding_only():
+    enc = _user_encoder()
+    assert enc({"TENANT": TENANT, "HISTORY": np.array([0, 0, 1, 2])})["USER_EMB"].shape == (4,)
+    assert not enc({"TENANT": TENANT, "HISTORY": np.array([0, 0, 0, 0])})["USER_EMB"].any()
+
+
+def _valid_stage_calls():
+    """(stage, valid tensors) for each of the four inner stages; feature_lookup is covered above."""
+    return {
+        "user_encoder": (_user_encoder(), {"TENANT": TENANT, "HISTORY": np.array([0, 0, 1, 2])}),
+        "retrieval": (_retrieval(), {"TENANT": TENANT, "USER_EMB": np.array([1.0, 0.0], np.float32),
+                                     "SEEN": np.array([0]), "EXCLUDE": np.array([0])}),
+        "filter": (CandidateFilter("acme", 2, 6), {
+            "TENANT": TENANT, "CANDIDATES": np.array([1, 2]), "CANDIDATE_SCORES": np.array([2, 1], np.float32),
+            "SEEN": np.array([0]), "EXCLUDE": np.array([0])}),
+        "rerank": (_rerank([1, 0, 0, 0]), _rerank_inputs()),
+    }
+
+
+@pytest.mark.parametrize("stage", ["user_encoder", "retrieval", "filter", "rerank"])
+@pytest.mark.parametrize("tenant, message", [
+    (b"intruder", "tenant 'intruder' is not served"),
+    (b"../acme", "is not a valid tenant id"),
+    (b"", "is not a valid tenant id"),
+    (b"\xff", "TENANT is not valid UTF-8"),
+])
+def test_every_stage_refuses_another_tenant(stage, tenant, message):
+    obj, tensors = _valid_stage_calls()[stage]
+    obj(tensors)  # the valid call works
+    with pytest.raises(RequestError, match=message):
+        obj({**tensors, "TENANT": np.array([tenant], dtype=np.object_)})
+    missing = dict(tensors)
+    del missing["TENANT"]
+    with pytest.raises(RequestError, match="missing input tensor TENANT"):
+        obj(missing)
+
+
+@pytest.mark.parametrize("stage, name, value, message", [
+    ("user_encoder", "HISTORY", np.array([0, 99]), r"HISTORY holds 1 item index\(es\) outside 0..5"),
+    ("user_encoder", "HISTORY", np.array([1] * 5), "HISTORY has 5 elements, at most 4"),
+    ("user_encoder", "HISTORY", np.array([], np.int64), "HISTORY must have at least 1 element"),
+    ("user_encoder", "HISTORY", np.array([1.0, 2.0]), "HISTORY must be an integer type"),
+    # The 500 AssertionError found over HTTP: a vector of the wrong dimension reached FAISS.
+    ("retrieval", "USER_EMB", np.ones(3, np.float32), "USER_EMB has 3 elements, at most 2"),
+    ("retrieval", "USER_EMB", np.ones(1, np.float32), "USER_EMB must have at least 2 element"),
+    ("retrieval", "USER_EMB", np.array([np.nan, 1], np.float32), "USER_EMB holds 1 non-finite"),
+    ("retrieval", "SEEN", np.zeros(7, np.int64), "SEEN has 7 elements, at most 6"),
+    ("retrieval", "EXCLUDE", np.array([-1]), "EXCLUDE holds 1 item index"),
+    ("filter", "CANDIDATE_SCORES", np.array([1.0], np.float32), "CANDIDATE_SCORES must have at least 2 element"),
+    ("filter", "CANDIDATES", np.array([6]), "CANDIDATES holds 1 item index"),
+    ("rerank", "FILTERED", np.array([2, 3, 9]), "FILTERED holds 1 item index"),
+    ("rerank", "FILTERED_SCORES", np.array([1, np.inf, 2], np.float32), "FILTERED_SCORES holds 1 non-finite"),
+    ("rerank", "FILTERED_SCORES", np.array([1, -np.inf, 2], np.float32), "must be finite for every real candidate"),
+    ("rerank", "USER_ATTRS", np.zeros(3, np.float32), "USER_ATTRS has 3 elements, at most 1"),
+    ("rerank", "K", np.array([10**9], np.int32), "K must be between 1 and 3, got 1000000000"),
+    ("rerank", "K", np.array([], np.int32), "K must have at least 1 element"),
+])
+def test_malformed_stage_inputs_are_request_errors(stage, name, value, message):
+    obj, tensors = _valid_stage_calls()[stage]
+    with pytest.raises(RequestError, match=message):
+        obj({**tensors, name: value})
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("USER_ID", [""], "USER_ID is empty"),
+    ("USER_ID", [b"\xff"], "USER_ID is not valid UTF-8"),
+    ("USER_ID", ["u" * 300], "USER_ID is 300 characters long"),
+    ("USER_ID", ["u1", "u2"], "USER_ID has 2 elements, at most 1"),
+    ("EXCLUDE_ITEM_IDS", ["a"] * 1001, "EXCLUDE_ITEM_IDS has 1001 elements, at most 1000"),
+    ("EXCLUDE_ITEM_IDS", ["a", b"\xc3"], "EXCLUDE_ITEM_IDS is not valid UTF-8"),
+])
+def test_feature_lookup_refuses_malformed_ids(lookup, name, value, message):
+    tensors = request_tensors("acme", "u1", 10)
+    tensors[name] = np.array([x if isinstance(x, bytes) else x.encode() for x in value], dtype=np.object_)
+    with pytest.raises(RequestError, match=message):
+        lookup(tensors)
+
+
+def test_feature_lookup_accepts_an_empty_exclude_list(lookup):
+    tensors = request_tensors("acme", "u1", 10)
+    tensors["EXCLUDE_ITEM_IDS"] = np.array([], dtype=np.object_)
+    assert lookup(tensors)["EXCLUDE"].tolist() == [0]
