@@ -1,21 +1,19 @@
-"""Reading raw tables: generic CSV/Parquet (optionally .xz) into all-string lazy frames.
+"""Reading raw tables: generic CSV/Parquet (optionally compressed) into all-string lazy frames.
 
 Everything is read as strings so that a bad value never aborts the read: validation decides per row and
-quarantines what does not parse.
+quarantines what does not parse. File-level handling (compression, encodings, CSV quirks) is in rawfiles.py.
 """
 from __future__ import annotations
 
-import csv
-import io
-import lzma
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
-from tapestry.etl.schema import EVENT_COLUMNS, MALFORMED_LINE, SchemaError
-
-ROW = "source_row"
+from tapestry.etl.rawfiles import (COMPRESSION_SUFFIXES, ROW, compression_of, default_scratch, open_binary, readable,
+                                   scan_csv)
+from tapestry.etl.schema import ENTITY_VALUE_SEPARATOR, EVENT_COLUMNS, MALFORMED_LINE, SchemaError
 
 
 @dataclass
@@ -32,16 +30,16 @@ class RawTables:
     user_entity_columns: list[str] | None = None
     rejected: list[pl.DataFrame] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
+    # Holds the scratch copies (decompressed or re-encoded inputs) that the lazy frames scan: removed with it.
+    scratch: tempfile.TemporaryDirectory | None = None
 
 
 def read_bytes(path: Path) -> bytes:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"input file not found: {path}")
-    if path.suffix == ".xz":
-        with lzma.open(path) as f:
-            return f.read()
-    return path.read_bytes()
+    with open_binary(path, compression_of(path)) as f:   # whole, decompressed: the native adapters' small files
+        return f.read()
 
 
 def find_file(directory: Path, name: str) -> Path:
@@ -82,58 +80,67 @@ def read_user_item_lines(path: Path, source: str = "events") -> tuple[pl.DataFra
 
 
 def _base_suffix(path: Path) -> str:
-    return Path(path.stem).suffix if path.suffix == ".xz" else path.suffix
+    """`.csv` for events.csv.gz: the format suffix under any compression suffix."""
+    path = Path(path)
+    return Path(path.stem).suffix if path.suffix.lower() in COMPRESSION_SUFFIXES else path.suffix
+
+
+# Event columns read as ids: a NaN in a float id column is a missing id, not the id "NaN".
+_ID_COLUMNS = ("user_id", "item_id", "session_id")
+
+
+def _to_string(name: str, dtype: pl.DataType) -> pl.Expr:
+    """A typed Parquet column as the text a CSV export of it would hold, so both inputs validate alike."""
+    c = pl.col(name)
+    if dtype == pl.String:
+        return c
+    if dtype.is_float():
+        # 3.0 -> "3" (an integer id or unix time written as a float); other values keep their decimal text.
+        integral = c.is_finite() & (c == c.round(0)) & (c.abs() < 2.0 ** 53)
+        text = pl.when(integral).then(c.cast(pl.Int64).cast(pl.String)).otherwise(c.cast(pl.String))
+        return pl.when(c.is_nan()).then(None).otherwise(text) if name in _ID_COLUMNS else text
+    if isinstance(dtype, pl.Datetime):
+        return c.dt.epoch("s").cast(pl.String)                        # naive = UTC, like ISO text
+    if dtype == pl.Date:
+        return c.cast(pl.Datetime("us")).dt.epoch("s").cast(pl.String)
+    if isinstance(dtype, (pl.List, pl.Array)):
+        # A list attribute (tags, genres) as `a|b`: the entity-value separator.
+        return c.cast(pl.List(dtype.inner)).list.eval(pl.element().cast(pl.String)).list.join(ENTITY_VALUE_SEPARATOR)
+    if isinstance(dtype, pl.Struct):
+        return c.struct.json_encode()
+    return c.cast(pl.String, strict=False)      # ints, bools, decimals, categoricals; undecodable binary -> null
+
+
+def _scan_parquet(path: Path, scratch: Path) -> pl.LazyFrame:
+    path, _ = readable(path, "utf-8", scratch, polars_reads=(None,))
+    lf = pl.scan_parquet(path)
+    return lf.select([_to_string(n, d).alias(n) for n, d in lf.collect_schema().items()])
 
 
 def read_table(path: Path, separator: str = ",", source: str = "events",
-               rejected: list[pl.DataFrame] | None = None) -> pl.LazyFrame:
-    """A CSV or Parquet file (plain or .xz) as an all-string LazyFrame with `source_row`.
+               rejected: list[pl.DataFrame] | None = None, encoding: str = "utf-8",
+               scratch: Path | None = None) -> pl.LazyFrame:
+    """A CSV/TSV or Parquet file (plain, gzip, xz, bz2 or zstd) as an all-string LazyFrame with `source_row`.
 
-    CSV lines that cannot be parsed (wrong field count, broken quoting) are appended to `rejected` with reason
-    `malformed_line` instead of failing the whole read.
+    `encoding` applies to text files (UTF-8 with or without BOM by default; e.g. "latin-1" when the tenant says
+    so). Lines that cannot be parsed are appended to `rejected` with reason `malformed_line` (see rawfiles.py);
+    typed Parquet columns become the text a CSV would hold (see _to_string). Compressed or re-encoded inputs are
+    copied into `scratch` (default: a process-wide temp dir), which must outlive the returned frame.
     """
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"input file not found: {path}")
+    scratch = scratch or default_scratch()
     suffix = _base_suffix(path).lower()
     if suffix == ".parquet":
-        if path.suffix == ".xz":
-            lf = pl.read_parquet(io.BytesIO(read_bytes(path))).lazy()
-        else:
-            if not path.exists():
-                raise FileNotFoundError(f"input file not found: {path}")
-            lf = pl.scan_parquet(path)
-        lf = lf.with_columns(pl.all().cast(pl.String))
+        lf = _scan_parquet(path, scratch)
     elif suffix in (".csv", ".tsv", ".txt"):
         sep = "\t" if suffix == ".tsv" else separator
-        data = read_bytes(path)
-        try:
-            lf = pl.read_csv(io.BytesIO(data), separator=sep, infer_schema=False).lazy()
-        except pl.exceptions.ComputeError:
-            # A ragged line or a stray quote: parse line by line and reject only the bad lines.
-            return _read_csv_tolerant(data, sep, source, rejected)
+        return scan_csv(path, sep, source, scratch, rejected, encoding)
     else:
-        raise SchemaError(f"unsupported file type for {path}: use .csv, .tsv, .parquet (optionally .xz)")
+        raise SchemaError(f"unsupported file type for {path}: use .csv, .tsv, .parquet "
+                          f"(optionally {', '.join(COMPRESSION_SUFFIXES)})")
     return lf.with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int64))
-
-
-def _read_csv_tolerant(data: bytes, sep: str, source: str, rejected: list[pl.DataFrame] | None) -> pl.LazyFrame:
-    text = data.decode("utf-8", errors="replace")
-    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=sep, strict=False))
-    if not rows:
-        return pl.LazyFrame()
-    header, body = rows[0], rows[1:]
-    good, bad = [], []
-    for i, row in enumerate(body):
-        if not row:
-            continue
-        (good if len(row) == len(header) else bad).append((i, row))
-    frame = pl.DataFrame({ROW: [i for i, _ in good], **{c: [r[j] for _, r in good] for j, c in enumerate(header)}},
-                         schema={ROW: pl.Int64, **{c: pl.String for c in header}})
-    if bad and rejected is not None:
-        rejected.append(pl.DataFrame({ROW: [i for i, _ in bad], "raw_line": [sep.join(r) for _, r in bad],
-                                      "source": source, "reason": MALFORMED_LINE},
-                                     schema={ROW: pl.Int64, "raw_line": pl.String, "source": pl.String,
-                                             "reason": pl.String}))
-    return frame.lazy()
 
 
 def require_columns(lf: pl.LazyFrame, required: tuple[str, ...], what: str) -> None:
@@ -143,20 +150,24 @@ def require_columns(lf: pl.LazyFrame, required: tuple[str, ...], what: str) -> N
         raise SchemaError(f"{what} table is missing required column(s) {missing}; it has {names}")
 
 
-def generic_tables(events: Path, items: Path | None = None, users: Path | None = None) -> RawTables:
-    """The generic layout: an event table plus optional item and user entity tables."""
+def generic_tables(events: Path, items: Path | None = None, users: Path | None = None,
+                   encoding: str = "utf-8") -> RawTables:
+    """The generic layout: an event table plus optional item and user entity tables (text in `encoding`)."""
     rejected: list[pl.DataFrame] = []
-    ev = read_table(events, source="events", rejected=rejected)
-    require_columns(ev, EVENT_COLUMNS, "events")
-    it = read_table(items, source="items", rejected=rejected) if items else None
-    if it is not None:
-        require_columns(it, ("item_id",), "items")
-    us = read_table(users, source="users", rejected=rejected) if users else None
-    if us is not None:
-        require_columns(us, ("user_id",), "users")
+    tmp = tempfile.TemporaryDirectory(prefix="tapestry-etl-")
+    scratch = Path(tmp.name)
+
+    def read(path: Path, source: str, required: tuple[str, ...]) -> pl.LazyFrame:
+        lf = read_table(path, source=source, rejected=rejected, encoding=encoding, scratch=scratch)
+        require_columns(lf, required, source)
+        return lf
+
+    ev = read(events, "events", EVENT_COLUMNS)
+    it = read(items, "items", ("item_id",)) if items else None
+    us = read(users, "users", ("user_id",)) if users else None
     sources = {"events": str(events)}
     if items:
         sources["items"] = str(items)
     if users:
         sources["users"] = str(users)
-    return RawTables(events=ev, items=it, users=us, rejected=rejected, sources=sources)
+    return RawTables(events=ev, items=it, users=us, rejected=rejected, sources=sources, scratch=tmp)
