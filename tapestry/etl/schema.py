@@ -6,20 +6,38 @@ OPTIONAL_EVENT_COLUMNS = ("weight", "session_id", "split")
 
 # Quarantine reasons, checked in this order (a row gets the first one that applies).
 MALFORMED_LINE = "malformed_line"              # a native file line with the wrong number of fields
-MISSING_USER_ID = "missing_user_id"
+MISSING_USER_ID = "missing_user_id"               # empty, or no such field (a blank line is a row without one)
+BAD_USER_ID = "bad_user_id"                       # fails the id policy below
 MISSING_ITEM_ID = "missing_item_id"
+BAD_ITEM_ID = "bad_item_id"
 MISSING_TIMESTAMP = "missing_timestamp"
 BAD_TIMESTAMP = "bad_timestamp"                # not an integer and not an ISO-8601 date-time
 TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
 UNKNOWN_EVENT_TYPE = "unknown_event_type"      # missing, or not in the tenant's vocabulary
 BAD_WEIGHT = "bad_weight"                      # present but not a finite number
+NONPOSITIVE_WEIGHT = "nonpositive_weight"      # a number <= 0 (as f32): an interaction has a positive strength
+BAD_SESSION_ID = "bad_session_id"              # present and fails the id policy below
 BAD_SPLIT = "bad_split"                        # a `split` column is present and this row's is not a SPLIT_VALUES one
 MISSING_ENTITY_ID = "missing_entity_id"        # an item/user table row without its id
+BAD_ENTITY_ID = "bad_entity_id"                # an item/user table id that fails the id policy below
 
 REASONS = (
-    MALFORMED_LINE, MISSING_USER_ID, MISSING_ITEM_ID, MISSING_TIMESTAMP, BAD_TIMESTAMP,
-    TIMESTAMP_OUT_OF_RANGE, UNKNOWN_EVENT_TYPE, BAD_WEIGHT, BAD_SPLIT, MISSING_ENTITY_ID,
+    MALFORMED_LINE, MISSING_USER_ID, BAD_USER_ID, MISSING_ITEM_ID, BAD_ITEM_ID, MISSING_TIMESTAMP, BAD_TIMESTAMP,
+    TIMESTAMP_OUT_OF_RANGE, UNKNOWN_EVENT_TYPE, BAD_WEIGHT, NONPOSITIVE_WEIGHT, BAD_SESSION_ID, BAD_SPLIT,
+    MISSING_ENTITY_ID, BAD_ENTITY_ID,
 )
+
+# The id policy (user, item, session and entity-table ids), after stripping surrounding whitespace. An id is
+# quarantined, never rewritten, because a rewritten id would no longer match what the tenant's clients send:
+# - a control or invisible format character (C0/C1 controls, zero-width and bidi marks), a line/paragraph
+#   separator, or U+FFFD (bytes that did not decode in the declared encoding): such ids look equal and are not;
+# - longer than MAX_ID_LENGTH characters (the limit common recommender services use; a longer "id" is a
+#   mis-split line or a pasted document);
+# - a leading `=`, `+`, `-` or `@`, which spreadsheet tools run as a formula when the id is exported and opened
+#   (CSV/formula injection), unless the whole id is a plain number such as `-1` or `+44`.
+MAX_ID_LENGTH = 256
+BAD_ID_PATTERN = r"[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\x{FFFD}]|^[=+\-@]"
+PLAIN_NUMBER_PATTERN = r"^[+-]?[0-9]+(?:\.[0-9]+)?$"
 
 # Optional event column: when an input carries it, its rows keep the given train/valid/test split instead of the
 # leave-one-out one (published protocols such as the LightGCN Gowalla split come with their own).

@@ -1,4 +1,11 @@
-"""Row-level validation of the event table: every row is either valid (typed) or quarantined with a reason."""
+"""Row-level validation of the event table: every row is either valid (typed) or quarantined with a reason.
+
+Suspicious but parseable values are quarantined, never rewritten (a rewritten id would stop matching what the
+tenant's clients send): ids with control/invisible characters or U+FFFD, ids over schema.MAX_ID_LENGTH
+characters, ids a spreadsheet would run as a formula (leading `=`, `+`, `-`, `@`, unless a plain number), and
+weights <= 0. The only normalisations are stripping surrounding whitespace and lower-casing event types and
+split names.
+"""
 from __future__ import annotations
 
 import polars as pl
@@ -10,6 +17,13 @@ from tapestry.etl.sources import ROW
 
 def _blank(col: str) -> pl.Expr:
     return pl.col(col).is_null() | (pl.col(col).str.strip_chars() == "")
+
+
+def bad_id(col: str) -> pl.Expr:
+    """True where a (non-blank) id fails the id policy in schema.py."""
+    s = pl.col(col).str.strip_chars()
+    return ((s.str.contains(S.BAD_ID_PATTERN) & ~s.str.contains(S.PLAIN_NUMBER_PATTERN))
+            | (s.str.len_chars() > S.MAX_ID_LENGTH))
 
 
 # Explicit ISO-8601 forms, tried per row. (Letting polars infer the format would infer it once, from the first
@@ -58,13 +72,18 @@ def validate_events(events: pl.LazyFrame, cfg: ETLConfig) -> tuple[pl.LazyFrame,
     etype = pl.col("event_type").str.strip_chars().str.to_lowercase()
     reason = (
         pl.when(_blank("user_id")).then(pl.lit(S.MISSING_USER_ID))
+        .when(bad_id("user_id")).then(pl.lit(S.BAD_USER_ID))
         .when(_blank("item_id")).then(pl.lit(S.MISSING_ITEM_ID))
+        .when(bad_id("item_id")).then(pl.lit(S.BAD_ITEM_ID))
         .when(_blank("timestamp")).then(pl.lit(S.MISSING_TIMESTAMP))
         .when(ts.is_null()).then(pl.lit(S.BAD_TIMESTAMP))
         .when((ts < cfg.min_timestamp) | (ts > cfg.max_timestamp)).then(pl.lit(S.TIMESTAMP_OUT_OF_RANGE))
         .when(etype.is_null() | ~etype.is_in([t.lower() for t in cfg.event_types])).then(pl.lit(S.UNKNOWN_EVENT_TYPE))
         # Finite as f32 too (it is stored as f32): 1e39 is a finite f64 but would be written as inf.
         .when(~_blank("weight") & (weight.is_null() | ~weight.cast(pl.Float32).is_finite())).then(pl.lit(S.BAD_WEIGHT))
+        # Checked as f32 too: 1e-50 is positive as f64 and would be stored as 0.
+        .when(~_blank("weight") & (weight.cast(pl.Float32) <= 0)).then(pl.lit(S.NONPOSITIVE_WEIGHT))
+        .when(~_blank("session_id") & bad_id("session_id")).then(pl.lit(S.BAD_SESSION_ID))
     )
     if has_split:
         reason = reason.when(split.is_null() | ~split.is_in(list(S.SPLIT_VALUES))).then(pl.lit(S.BAD_SPLIT))
@@ -87,9 +106,10 @@ def validate_events(events: pl.LazyFrame, cfg: ETLConfig) -> tuple[pl.LazyFrame,
 
 
 def validate_entities(table: pl.LazyFrame, id_col: str, source: str) -> tuple[pl.LazyFrame, pl.LazyFrame]:
-    """Entity-table rows need their id; the rest of their columns are optional attributes."""
+    """Entity-table rows need their id, under the same id policy as events; other columns are optional attributes."""
     tagged = table.with_columns(
-        pl.when(_blank(id_col)).then(pl.lit(S.MISSING_ENTITY_ID)).otherwise(None).alias("reason")
+        pl.when(_blank(id_col)).then(pl.lit(S.MISSING_ENTITY_ID))
+        .when(bad_id(id_col)).then(pl.lit(S.BAD_ENTITY_ID)).otherwise(None).alias("reason")
     )
     bad = tagged.filter(pl.col("reason").is_not_null()).with_columns(pl.lit(source).alias("source"))
     good = tagged.filter(pl.col("reason").is_null()).drop("reason").with_columns(pl.col(id_col).str.strip_chars())

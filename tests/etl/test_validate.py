@@ -34,6 +34,9 @@ ROWS: list[tuple[list[str], str | None, int | None]] = [
     (["u2", "i2", "view", "2021-03-04", "", ""], None, _utc(2021, 3, 4)),
     (["u2", "i3", " rating ", " 1600000001 ", " 4 ", ""], None, 1600000001),
     (["u2", "i4", "like", "2021-03-04 05:06:07.250", "", ""], None, _utc(2021, 3, 4, 5, 6, 7)),
+    # --- suspicious but acceptable under the id policy: plain numbers may start with a sign; 256 characters ---
+    (["-1", "+44", "view", "1600000002", "0.001", "-7"], None, 1600000002),
+    (["u" * 256, "i 1 (été)", "view", "1600000003", "", ""], None, 1600000003),
     # --- bad rows, one or more of every kind ---
     (["", "i1", "view", "1600000000", "", ""], S.MISSING_USER_ID, None),
     (["   ", "i1", "view", "1600000000", "", ""], S.MISSING_USER_ID, None),
@@ -53,6 +56,22 @@ ROWS: list[tuple[list[str], str | None, int | None]] = [
     (["u3", "i1", "view", "1600000000", "-inf", ""], S.BAD_WEIGHT, None),
     (["u3", "i1", "view", "1600000000", "nan", ""], S.BAD_WEIGHT, None),
     (["u3", "i1", "view", "1600000000", "1e39", ""], S.BAD_WEIGHT, None),  # finite f64, inf as f32
+    # --- the id policy (schema.py): quarantined, never rewritten ---
+    (['=HYPERLINK("http://x","y")', "i1", "view", "1600000000", "", ""], S.BAD_USER_ID, None),
+    (["@SUM(A1)", "i1", "view", "1600000000", "", ""], S.BAD_USER_ID, None),
+    (["-2+3", "i1", "view", "1600000000", "", ""], S.BAD_USER_ID, None),
+    (["u\x1b[31m", "i1", "view", "1600000000", "", ""], S.BAD_USER_ID, None),      # terminal escape
+    (["u" * 257, "i1", "view", "1600000000", "", ""], S.BAD_USER_ID, None),
+    (["u3", "+cmd|' /C calc'!A0", "view", "1600000000", "", ""], S.BAD_ITEM_ID, None),
+    (["u3", "i\u200b1", "view", "1600000000", "", ""], S.BAD_ITEM_ID, None),       # zero-width space
+    (["u3", "i\u202e1", "view", "1600000000", "", ""], S.BAD_ITEM_ID, None),       # right-to-left override
+    (["u3", "i\ufffd", "view", "1600000000", "", ""], S.BAD_ITEM_ID, None),        # undecodable bytes
+    (["u3", "i\x001", "view", "1600000000", "", ""], S.BAD_ITEM_ID, None),
+    (["u3", "i1", "view", "1600000000", "0", ""], S.NONPOSITIVE_WEIGHT, None),
+    (["u3", "i1", "view", "1600000000", "-2.5", ""], S.NONPOSITIVE_WEIGHT, None),
+    (["u3", "i1", "view", "1600000000", "1e-50", ""], S.NONPOSITIVE_WEIGHT, None),  # 0 as f32
+    (["u3", "i1", "view", "1600000000", "", "=1+1"], S.BAD_SESSION_ID, None),
+    (["u3", "i1", "view", "1600000000", "", "s\x07"], S.BAD_SESSION_ID, None),
 ]
 GOOD = {i: ts for i, (_, reason, ts) in enumerate(ROWS) if reason is None}
 BAD = {i: reason for i, (_, reason, _) in enumerate(ROWS) if reason is not None}
@@ -273,3 +292,33 @@ def test_ragged_csv_lines_are_quarantined_not_fatal(tmp_path):
     assert q.select("source_row", "reason").rows() == [(1, "malformed_line")]
     assert "extra" in q["raw_line"][0]
     assert res.manifest["counts"]["valid_rows"] == 2
+
+
+def test_entity_ids_follow_the_id_policy(tmp_path):
+    ev = _write_csv(tmp_path / "events.csv", [["u1", f"i{k}", "view", str(1600000000 + k), "", ""] for k in range(4)])
+    items = tmp_path / "items.csv"
+    items.write_text('item_id,title\ni0,Zero\n=cmd,Evil\n"i\x07",Bell\n,Nobody\n')
+    res = run_etl(generic_tables(ev, items=items), "acme", root=tmp_path / "art", **QUIET)
+    q = _quarantine(res).filter(pl.col("source") == "items")
+    assert q.select("item_id", "reason").rows() == [
+        ("=cmd", S.BAD_ENTITY_ID), ("i\x07", S.BAD_ENTITY_ID), (None, S.MISSING_ENTITY_ID)]
+
+
+def test_a_spreadsheet_export_end_to_end(tmp_path):
+    """BOM, CRLF, quoted separators and newlines, latin-1 text: every row valid or quarantined with a reason."""
+    text = ("\ufeffuser_id,item_id,event_type,timestamp,weight\r\n"
+            'u1,"Café, crème",view,1600000000,1\r\n'
+            'u1,"two\r\nlines",view,1600000001,\r\n'
+            "u1,i3,view,1600000002,0\r\n"
+            "u2,=1+1,view,1600000003,\r\n"
+            "u2,i4,view,1600000004,,surplus\r\n"
+            "u2,i5,view,1600000005,2.5\r\n")
+    path = tmp_path / "export.csv"
+    path.write_bytes(text.encode("utf-8"))
+    res = run_etl(generic_tables(path), "acme", root=tmp_path / "art", cfg=ETLConfig(min_user_events=1), **QUIET)
+    c = res.manifest["counts"]
+    assert c["input_rows"] == 6 and c["valid_rows"] == 2 and c["quarantined_rows"] == 4
+    # A newline inside an id is a control character: that row is quarantined, its neighbours are not.
+    assert c["by_reason"] == {S.NONPOSITIVE_WEIGHT: 1, S.BAD_ITEM_ID: 2, S.MALFORMED_LINE: 1}
+    items = pl.read_parquet(res.path / "item_map.parquet")["item_id"].to_list()
+    assert sorted(items) == ["Café, crème", "i5"]
