@@ -4,6 +4,7 @@ The split is leave-one-out unless the events carry a `split` column (a fixed, ad
 """
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,85 +48,89 @@ def _entity_long(table: pl.DataFrame, id_col: str, columns: list[str] | None, en
     return long.select(encoder.idx_col, "entity_type", "entity_value").unique(maintain_order=True)
 
 
-def _as_strings(df: pl.DataFrame) -> pl.DataFrame:
-    return df.with_columns([pl.col(c).cast(pl.String) for c in df.columns if c != ROW])
+def _as_strings(df: pl.DataFrame | pl.LazyFrame):
+    return df.with_columns(pl.exclude(ROW).cast(pl.String))
+
+
+def _validate_streaming(tables: RawTables, cfg: ETLConfig, scratch: Path) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """Validation, streamed from the input into two scratch Parquet files (valid rows, quarantined rows).
+
+    Polars' streaming engine runs both sinks in one pass over the input, in bounded memory, so an event table
+    larger than RAM can be validated; row order is kept, so the outputs equal an in-memory collect.
+    """
+    good_lf, bad_lf = validate_events(tables.events, cfg)
+    paths = scratch / "valid.parquet", scratch / "quarantined.parquet"
+    pl.collect_all([good_lf.sink_parquet(paths[0], lazy=True), bad_lf.sink_parquet(paths[1], lazy=True)])
+    return pl.scan_parquet(paths[0]), pl.scan_parquet(paths[1])
+
+
+def _height(lf: pl.LazyFrame) -> int:
+    return lf.select(pl.len()).collect().item()
+
+
+def _entities(table: pl.LazyFrame | None, id_col: str, columns: list[str] | None, encoder: IdEncoder,
+              quarantine: list[pl.LazyFrame]) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
+    """An entity table (small: collected) -> (its valid rows, one per id; long entity rows). Bad rows go to
+    `quarantine`."""
+    if table is None:
+        return None, None
+    good, bad = (f.collect() for f in validate_entities(table, id_col, f"{encoder.name}s"))
+    quarantine.append(_as_strings(bad).lazy())
+    good = good.unique(id_col, keep="first", maintain_order=True)
+    return good, _entity_long(good, id_col, columns, encoder)
 
 
 def run_etl(tables: RawTables, tenant: str, root: Path | None = None, cfg: ETLConfig | None = None,
             log=print) -> ETLResult:
     validate_tenant(tenant)
     cfg = cfg or ETLConfig()
+    with tempfile.TemporaryDirectory(prefix="tapestry-etl-") as scratch:   # $TMPDIR; removed at the end
+        return _run(tables, tenant, root, cfg, log, Path(scratch))
+
+
+def _run(tables: RawTables, tenant: str, root: Path | None, cfg: ETLConfig, log, scratch: Path) -> ETLResult:
     t0 = time.perf_counter()
-    good_lf, bad_lf = validate_events(tables.events, cfg)
-    good, bad_events = pl.collect_all([good_lf, bad_lf])
-    input_rows = good.height + bad_events.height + sum(
+    good, bad_events = _validate_streaming(tables, cfg, scratch)
+    n_good = _height(good)
+    input_rows = n_good + _height(bad_events) + sum(
         r.height for r in tables.rejected if r.height and r["source"][0] == "events"
     )
-    if good.height == 0:
+    if n_good == 0:
         raise ValueError(f"no valid events for tenant {tenant!r}: all {input_rows} rows were quarantined")
 
-    users = IdEncoder.fit("user", good["user_id"])
-    items = IdEncoder.fit("item", good["item_id"])
-    encoded = items.encode(users.encode(good.lazy()))
-    encoded = encoded.sort(["user_idx", "timestamp", ROW])
-    split_kind = FIXED if SPLIT_COLUMN in good.columns else LEAVE_ONE_OUT
+    # Only the distinct ids are collected: the id maps must be in memory, the events need not be.
+    users = IdEncoder.fit("user", good.select(pl.col("user_id").unique()).collect()["user_id"])
+    items = IdEncoder.fit("item", good.select(pl.col("item_id").unique()).collect()["item_id"])
+    encoded = items.encode(users.encode(good)).sort(["user_idx", "timestamp", ROW])
+    split_kind = FIXED if SPLIT_COLUMN in good.collect_schema().names() else LEAVE_ONE_OUT
     splits = fixed_split(encoded) if split_kind == FIXED else leave_one_out(encoded, cfg.min_user_events)
-    events_df, train, valid, test = pl.collect_all([encoded, splits["train"], splits["valid"], splits["test"]])
-    split_users = {name: df["user_idx"].n_unique() for name, df in zip(("train", "valid", "test"), (train, valid, test))}
 
-    quarantine = [_as_strings(bad_events)] + [_as_strings(r) for r in tables.rejected if r.height]
-    item_table = pl.DataFrame({"item_id": []}, schema={"item_id": pl.String})
-    item_entities = user_entities = None
-    if tables.items is not None:
-        item_table, bad_items = (f.collect() for f in validate_entities(tables.items, "item_id", "items"))
-        quarantine.append(_as_strings(bad_items))
-        item_table = item_table.unique("item_id", keep="first", maintain_order=True)
-        item_entities = _entity_long(item_table, "item_id", tables.item_entity_columns, items)
-    if tables.users is not None:
-        user_table, bad_users = (f.collect() for f in validate_entities(tables.users, "user_id", "users"))
-        quarantine.append(_as_strings(bad_users))
-        user_table = user_table.unique("user_id", keep="first", maintain_order=True)
-        user_entities = _entity_long(user_table, "user_id", tables.user_entity_columns, users)
-
+    quarantine = [_as_strings(bad_events)] + [_as_strings(r).lazy() for r in tables.rejected if r.height]
+    item_table, item_entities = _entities(tables.items, "item_id", tables.item_entity_columns, items, quarantine)
+    _, user_entities = _entities(tables.users, "user_id", tables.user_entity_columns, users, quarantine)
+    if item_table is None:
+        item_table = pl.DataFrame({"item_id": []}, schema={"item_id": pl.String})
     title_col = next((c for c in ("title", "name") if c in item_table.columns), None)
     titles = item_table.select("item_id", pl.col(title_col).alias("title") if title_col
                                else pl.lit(None, dtype=pl.String).alias("title"))
     items_out = items.mapping.join(titles, on="item_id", how="left").select("item_idx", "item_id", "title")
-    qdf = pl.concat(quarantine, how="diagonal_relaxed") if quarantine else pl.DataFrame()
-    if qdf.height == 0:
-        qdf = pl.DataFrame(schema={ROW: pl.Int64, "source": pl.String, "reason": pl.String})
-    by_reason = dict(qdf.group_by("reason").len().sort("reason").iter_rows()) if qdf.height else {}
 
-    manifest = {
-        "tenant": tenant,
-        "sources": tables.sources,
-        "split": split_kind,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "config": {"event_types": list(cfg.event_types), "min_timestamp": cfg.min_timestamp,
-                   "max_timestamp": cfg.max_timestamp, "min_user_events": cfg.min_user_events},
-        "counts": {
-            "input_rows": input_rows,
-            "valid_rows": events_df.height,
-            "quarantined_rows": qdf.filter(pl.col("source") == "events").height if qdf.height else 0,
-            "quarantined_entity_rows": qdf.filter(pl.col("source") != "events").height if qdf.height else 0,
-            "by_reason": by_reason,
-            "train_rows": train.height, "valid_rows_split": valid.height, "test_rows": test.height,
-            "split_users": split_users,
-            # Only a fixed split can put a user in test without any training history (a cold-start user).
-            "test_users_without_train": test.select("user_idx").unique()
-            .join(train.select("user_idx").unique(), on="user_idx", how="anti").height,
-        },
-        "num_users": len(users),
-        "num_items": len(items),
-        "catalog_items_without_events": int(item_table.filter(~pl.col("item_id").is_in(items.mapping["item_id"]
-                                                                                      .implode())).height),
-    }
+    qlf = pl.concat(quarantine, how="diagonal_relaxed")
+    q_counts = qlf.group_by("source", "reason").len().collect()
+    if q_counts.height == 0:   # an empty quarantine file has just the key columns
+        qlf = pl.DataFrame(schema={ROW: pl.Int64, "source": pl.String, "reason": pl.String}).lazy()
+    by_reason = dict(q_counts.group_by("reason").agg(pl.col("len").sum()).sort("reason").iter_rows())
+    q_events = int(q_counts.filter(pl.col("source") == "events")["len"].sum())
+
     with new_version(tenant, "etl", root) as v:
         out = v.tmp
         cols = EVENT_OUT_COLUMNS
-        events_df.select(cols).write_parquet(out / "events.parquet")
-        for name, df in (("train", train), ("valid", valid), ("test", test)):
-            df.select(cols).write_parquet(out / f"{name}.parquet")
+        # Streamed straight into the version directory: the encoded events are never collected here.
+        pl.collect_all([encoded.select(cols).sink_parquet(out / "events.parquet", lazy=True),
+                        *[splits[name].select(cols).sink_parquet(out / f"{name}.parquet", lazy=True)
+                          for name in ("train", "valid", "test")],
+                        qlf.sink_parquet(out / "quarantine.parquet", lazy=True)])
+        split = {name: pl.scan_parquet(out / f"{name}.parquet") for name in ("train", "valid", "test")}
         users.save(out / "user_map.parquet")
         items.save(out / "item_map.parquet")
         items_out.write_parquet(out / "items.parquet")
@@ -134,7 +139,32 @@ def run_etl(tables: RawTables, tenant: str, root: Path | None = None, cfg: ETLCo
          ).write_parquet(out / "item_entities.parquet")
         (user_entities if user_entities is not None else pl.DataFrame(schema={"user_idx": pl.Int64, **empty_ent})
          ).write_parquet(out / "user_entities.parquet")
-        qdf.write_parquet(out / "quarantine.parquet")
+        manifest = {
+            "tenant": tenant,
+            "sources": tables.sources,
+            "split": split_kind,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "config": {"event_types": list(cfg.event_types), "min_timestamp": cfg.min_timestamp,
+                       "max_timestamp": cfg.max_timestamp, "min_user_events": cfg.min_user_events},
+            "counts": {
+                "input_rows": input_rows,
+                "valid_rows": n_good,
+                "quarantined_rows": q_events,
+                "quarantined_entity_rows": int(q_counts["len"].sum()) - q_events,
+                "by_reason": by_reason,
+                "train_rows": _height(split["train"]), "valid_rows_split": _height(split["valid"]),
+                "test_rows": _height(split["test"]),
+                "split_users": {name: lf.select(pl.col("user_idx").n_unique()).collect().item()
+                                for name, lf in split.items()},
+                # Only a fixed split can put a user in test without any training history (a cold-start user).
+                "test_users_without_train": _height(split["test"].select("user_idx").unique().join(
+                    split["train"].select("user_idx").unique(), on="user_idx", how="anti")),
+            },
+            "num_users": len(users),
+            "num_items": len(items),
+            "catalog_items_without_events": int(item_table.filter(
+                ~pl.col("item_id").is_in(items.mapping["item_id"].implode())).height),
+        }
         atomic_write_json(out / "manifest.json", manifest)
     manifest["version"] = v.path.name
     atomic_write_json(v.path / "manifest.json", manifest)
