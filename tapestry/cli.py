@@ -61,7 +61,17 @@ def cmd_etl(args) -> None:
     cfg = ETLConfig()
     if args.event_types:
         cfg.event_types = tuple(t.strip().lower() for t in args.event_types.split(","))
-    run_etl(load_tables(args), args.tenant, args.root, cfg)
+    if args.encoding and not args.events:
+        raise ValueError("--encoding applies to generic tables (--events/--items/--users); the data set adapters "
+                         "know their files' encodings")
+    if args.events:   # the generic tables, read in the declared text encoding (load_tables reads them as UTF-8)
+        from tapestry.etl.sources import generic_tables
+
+        tables = generic_tables(Path(args.events), args.items and Path(args.items), args.users and Path(args.users),
+                                encoding=args.encoding or "utf-8")
+    else:
+        tables = load_tables(args)
+    run_etl(tables, args.tenant, args.root, cfg)
 
 
 def train_config(args) -> TrainConfig:
@@ -248,10 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir", help="directory of the data set's files (default: <datasets>/<dataset>; "
                                       "<datasets>/gowalla-lightgcn, <datasets>/s3rec-sequential)")
     e.add_argument("--ratings", help="ratings file override (ML-1M default: full ratings.dat if present, else partial)")
-    e.add_argument("--events", help="generic event table (CSV/Parquet, optionally .xz)")
+    e.add_argument("--events", help="generic event table (CSV/TSV/Parquet; plain, .gz, .xz, .bz2 or .zst)")
     e.add_argument("--items", help="generic item table")
     e.add_argument("--users", help="generic user table")
     e.add_argument("--event-types", help="comma-separated event vocabulary (default: built-in list)")
+    e.add_argument("--encoding", help="text encoding of the generic CSV/TSV tables, e.g. latin-1 or cp1252 "
+                                      "(default: UTF-8, with or without BOM)")
     t = add("train", cmd_train, "train LightGCN, SASRec (graph-initialised) and the reranker; evaluate")
     t.add_argument("--quick", action="store_true", help="tiny epochs, for smoke tests")
     t.add_argument("--models", help="comma-separated registry names in training order (default: "

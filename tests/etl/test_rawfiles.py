@@ -175,3 +175,16 @@ def test_empty_file_is_a_schema_error(tmp_path):
 def test_names_that_repeat_only_after_cleaning_are_refused(tmp_path):
     with pytest.raises(SchemaError, match="duplicate"):
         read_table(_write(tmp_path / "events.csv", b"user_id, user_id ,item_id\n1,2,3\n"))
+
+
+def test_cli_etl_reads_a_latin1_gzip_table_with_encoding_flag(tmp_path):
+    from tapestry.cli import main
+
+    rows = "".join(f"Zoë{u},Café{k},view,{1600000000 + k}\n" for u in range(2) for k in range(4))
+    path = _write(tmp_path / "events.csv.gz", gzip.compress((HEADER + rows).encode("latin-1")))
+    main(["etl", "--tenant", "acme", "--root", str(tmp_path / "art"), "--events", str(path), "--encoding", "latin-1"])
+    items = pl.read_parquet(tmp_path / "art" / "acme" / "etl" / "v0001" / "item_map.parquet")["item_id"]
+    assert sorted(items) == [f"Café{k}" for k in range(4)]
+    with pytest.raises(SystemExit, match="--encoding"):
+        main(["etl", "--tenant", "acme", "--root", str(tmp_path / "art"), "--dataset", "ml-100k",
+              "--encoding", "latin-1"])
