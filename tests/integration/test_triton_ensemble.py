@@ -1,40 +1,18 @@
 """End to end on real data: ML-100K -> ETL -> train (tiny) -> export -> a REAL Triton server -> HTTP and gRPC.
 
-The served answer must equal the in-process pipeline's answer (the same stage code, without Triton).
+The served answer must equal the in-process pipeline's answer (the same stage code, without Triton). The exported
+tenant and the server are session fixtures (conftest.py), shared with the malformed-request suites.
 """
 import numpy as np
 import polars as pl
 import pytest
 
-from tapestry.config import TrainConfig, datasets_dir
-from tapestry.ensembles import run_export
-from tapestry.etl import run_etl
-from tapestry.etl.movielens import movielens_100k
 from tapestry.serving.client import RecommendClient, RecommendError
 from tapestry.serving.pipeline import RecommendPipeline
-from tapestry.serving.triton_server import TritonServer
-from tapestry.training.pipeline import run_train
+
+from .conftest import TENANT
 
 pytestmark = pytest.mark.integration
-TENANT = "ml100k"
-QUIET = {"log": lambda *a, **k: None}
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    root = tmp_path_factory.mktemp("artifacts")
-    etl = run_etl(movielens_100k(datasets_dir() / "ml-100k"), TENANT, root, **QUIET)
-    run_train(TENANT, root, TrainConfig.smoke(), **QUIET)
-    export = run_export(TENANT, root, max_k=50, **QUIET)
-    users = pl.read_parquet(etl.path / "user_map.parquet")["user_id"].to_list()
-    return export, users
-
-
-@pytest.fixture(scope="module")
-def server(exported):
-    export, _ = exported
-    with TritonServer(export.model_repository) as s:
-        yield s
 
 
 @pytest.fixture(scope="module")

@@ -67,15 +67,17 @@ def test_retrieval_cold_user_gets_popularity():
 
 def test_filter_drops_seen_excluded_and_padding_keeping_order():
     f = CandidateFilter("acme", num_candidates=2, num_items=6)
-    out = f({"TENANT": TENANT, "CANDIDATES": np.array([4, 0, 2, 3, 1]), "CANDIDATE_SCORES": np.array([5, 4, 3, 2, 1], np.float32),
-             "SEEN": np.array([0, 2]), "EXCLUDE": np.array([0, 4])})
+    out = f({"TENANT": TENANT, "CANDIDATES": np.array([4, 0, 2, 3, 1]),
+             "CANDIDATE_SCORES": np.array([5, 4, 3, 2, 1], np.float32), "SEEN": np.array([0, 2]),
+             "EXCLUDE": np.array([0, 4])})
     assert out["FILTERED"].tolist() == [3, 1]
     assert out["FILTERED_SCORES"].tolist() == [2.0, 1.0]
 
 
 def test_filter_never_returns_an_empty_tensor():
-    out = CandidateFilter("acme", 5, 6)({"TENANT": TENANT, "CANDIDATES": np.array([1]), "CANDIDATE_SCORES": np.array([1.0], np.float32),
-                              "SEEN": np.array([0, 1]), "EXCLUDE": np.array([0])})
+    out = CandidateFilter("acme", 5, 6)({"TENANT": TENANT, "CANDIDATES": np.array([1]),
+                                         "CANDIDATE_SCORES": np.array([1.0], np.float32), "SEEN": np.array([0, 1]),
+                                         "EXCLUDE": np.array([0])})
     assert out["FILTERED"].tolist() == [0]
 
 

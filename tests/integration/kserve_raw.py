@@ -1,0 +1,134 @@
+"""A foreign client: KServe-v2 inference requests built by hand, without tritonclient's request builders.
+
+HTTP goes through http.client with JSON bodies (and the binary-tensor extension, which is how non-UTF-8 bytes
+reach a BYTES input); gRPC sends the protobuf messages of the KServe-v2 service directly, so any datatype, shape
+or payload can be sent, valid or not.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import struct
+from pathlib import Path
+
+import grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+
+def tensor(name: str, datatype: str, data, shape=None) -> dict:
+    """One JSON input; `shape` defaults to [len(data)]."""
+    return {"name": name, "datatype": datatype, "shape": [len(data)] if shape is None else shape, "data": data}
+
+
+def recommend_inputs(tenant="ml100k", user="1", k=5, exclude=("",)) -> list[dict]:
+    return [tensor("TENANT", "BYTES", [tenant]), tensor("USER_ID", "BYTES", [user]), tensor("K", "INT32", [k]),
+            tensor("EXCLUDE_ITEM_IDS", "BYTES", list(exclude))]
+
+
+def replace(inputs: list[dict], name: str, **changes) -> list[dict]:
+    """`inputs` with input `name` changed (changes=None drops it)."""
+    out = []
+    for item in inputs:
+        if item["name"] != name:
+            out.append(item)
+        elif changes:
+            out.append({**item, **changes})
+    return out
+
+
+def post(http_url: str, path: str, body: bytes, headers: dict | None = None, timeout: float = 60) -> tuple[int, dict]:
+    """POST `body`; (status, JSON answer). Every answer of Triton's KServe endpoints is a JSON object."""
+    host, port = http_url.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request("POST", path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
+        resp = conn.getresponse()
+        raw = resp.read()
+    finally:
+        conn.close()
+    return resp.status, json.loads(raw.decode("utf-8", "replace"))
+
+
+def infer_json(http_url: str, model: str, inputs: list[dict], **extra) -> tuple[int, dict]:
+    return post(http_url, f"/v2/models/{model}/infer", json.dumps({"inputs": inputs, **extra}).encode())
+
+
+def bytes_elements(*items: bytes) -> bytes:
+    """BYTES tensor in the binary extension: each element is a 4-byte little-endian length, then the bytes."""
+    return b"".join(struct.pack("<I", len(x)) + x for x in items)
+
+
+def infer_binary(http_url: str, model: str, fields: list[tuple[str, str, list[int], bytes]]) -> tuple[int, dict]:
+    """Every input as raw bytes after the JSON header (KServe binary-tensor extension)."""
+    header = {"inputs": [{"name": n, "datatype": dt, "shape": shape, "parameters": {"binary_data_size": len(raw)}}
+                         for n, dt, shape, raw in fields]}
+    head = json.dumps(header).encode()
+    body = head + b"".join(raw for *_, raw in fields)
+    return post(http_url, f"/v2/models/{model}/infer", body,
+                {"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"})
+
+
+def grpc_input(name: str, datatype: str, shape: list[int], **contents):
+    """contents: bytes_contents=[...], int_contents=[...], fp32_contents=[...], int64_contents=[...]; none when the
+    data goes in the request's raw_input_contents."""
+    tensor = service_pb2.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=shape)
+    if contents:
+        tensor.contents.CopyFrom(service_pb2.InferTensorContents(**contents))
+    return tensor
+
+
+def grpc_recommend_inputs(tenant=b"ml100k", user=b"1", k=5, exclude=(b"",)) -> list:
+    return [grpc_input("TENANT", "BYTES", [1], bytes_contents=[tenant]),
+            grpc_input("USER_ID", "BYTES", [1], bytes_contents=[user]),
+            grpc_input("K", "INT32", [1], int_contents=[k]),
+            grpc_input("EXCLUDE_ITEM_IDS", "BYTES", [len(exclude)], bytes_contents=list(exclude))]
+
+
+class RawGrpc:
+    """ModelInfer over a plain channel: `call(model, inputs, raw=[])` -> (grpc.StatusCode, details or response)."""
+
+    def __init__(self, grpc_url: str):
+        self.channel = grpc.insecure_channel(grpc_url, options=[("grpc.max_send_message_length", 64 << 20)])
+        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+
+    def call(self, model: str, inputs: list, raw: list[bytes] = (), timeout: float = 60):
+        request = service_pb2.ModelInferRequest(model_name=model, inputs=inputs, raw_input_contents=list(raw))
+        try:
+            return grpc.StatusCode.OK, self.stub.ModelInfer(request, timeout=timeout)
+        except grpc.RpcError as e:
+            return e.code(), e.details()
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+# Tenant strings no repository serves, with the message the stages answer. '\u0430' is Cyrillic a, 'ｍ' fullwidth.
+BAD_TENANTS = {
+    "of another tenant": ("intruder", "tenant 'intruder' is not served by this model repository"),
+    "upper case": ("ML100K", "tenant 'ML100K' is not served"),
+    "path traversal": ("../ml100k", "TENANT '../ml100k' is not a valid tenant id"),
+    "with a slash": ("ml100k/../other", "is not a valid tenant id"),
+    "with a backslash": ("ml100k\\x", "is not a valid tenant id"),
+    "Cyrillic look-alike": ("ml100\u043a", "TENANT 'ml100\\u043a' is not a valid tenant id"),
+    "fullwidth look-alike": ("\uff4dl100k", "TENANT '\\uff4dl100k' is not a valid tenant id"),
+    "zero-width space": ("ml100k\u200b", "TENANT 'ml100k\\u200b' is not a valid tenant id"),
+    "trailing space": ("ml100k ", "TENANT 'ml100k ' is not a valid tenant id"),
+    "trailing newline": ("ml100k\n", "TENANT 'ml100k\\n' is not a valid tenant id"),
+    "empty": ("", "TENANT '' is not a valid tenant id"),
+    "100k characters": ("t" * 100_000, "... (100000 characters) is not a valid tenant id"),
+}
+
+
+def stub_processes(server_pid: int) -> dict[int, str]:
+    """pid -> model of every python-backend stub the server runs (a crashed stub is not restarted: it is gone)."""
+    stubs = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue  # exited while we looked
+        if ppid == server_pid and cmdline and cmdline[0].endswith(b"triton_python_backend_stub"):
+            # argv[1] is <repository>/<model>/<version>/model.py
+            stubs[int(stat.parent.name)] = Path(cmdline[1].decode(errors="replace")).parts[-3]
+    return stubs
