@@ -19,10 +19,13 @@ def ablation_rows(metrics: dict, dataset: str, device: str = "") -> list[dict]:
             continue
         k = next(key for key in m["test"] if key.startswith("recall@")).split("@")[1]
         slices = {"overall": m["test"], **m.get("slices", {})}
+        valid = m.get("valid", {})
+        # A fixed train/test split (Gowalla) has no validation users: no number, rather than a misleading 0.
+        valid_ndcg = valid.get(f"ndcg@{k}") if valid.get("num_users", 1) else None
         for name, s in slices.items():
             rows.append({"dataset": dataset, "model": model, "slice": name, "k": int(k),
                          "recall": s[f"recall@{k}"], "ndcg": s[f"ndcg@{k}"], "users": s["num_users"],
-                         "valid_ndcg": m.get("valid", {}).get(f"ndcg@{k}") if name == "overall" else None,
+                         "valid_ndcg": valid_ndcg if name == "overall" else None,
                          "fit_s": m.get("fit_seconds"), "device": device})
     return rows
 
