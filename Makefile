@@ -6,6 +6,9 @@ TENANT ?= ml1m
 # Prebuilt wheels (torch-scatter/torch-sparse) live here when present; installs work without them.
 SHARED_WHEELS ?= ../shared/wheels
 PYG_SPARSE    := torch-scatter==2.1.2 torch-sparse==0.6.18
+# TorchRec's CPU stack for torch 2.13 (FBGEMM minor version must match torch's; ../shared/notes/stack-facts.md).
+FBGEMM        := fbgemm-gpu-cpu==1.8.0
+TORCHREC      := torchrec==1.8.0
 
 .PHONY: install demo test clean
 
@@ -22,6 +25,11 @@ $(VENV)/.installed: pyproject.toml
 		--find-links $(SHARED_WHEELS) $(PYG_SPARSE); then :; \
 	else $(PY) -m pip install --quiet --no-build-isolation $(PYG_SPARSE); fi
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# TorchRec last, each step after torch: torchrec declares `fbgemm-gpu` (the CUDA build, ~500 MB), which would
+	# overwrite fbgemm-gpu-cpu's files and break the import. So: the CPU FBGEMM, then torchrec with --no-deps; its
+	# pure-Python dependencies (tensordict, torchmetrics, pyre-extensions, tqdm) come from pyproject above.
+	$(PY) -m pip install --quiet $(FBGEMM)
+	$(PY) -m pip install --quiet --no-deps $(TORCHREC)
 	touch $@
 
 install: $(VENV)/.installed

@@ -69,6 +69,7 @@ class TrainConfig:
     rerank: RerankConfig = field(default_factory=RerankConfig)
     quick: bool = False           # smoke-sized: every stage runs for real in seconds (tests, `--quick`)
     device: str = "auto"          # "auto" picks CUDA when present, else CPU: the same code path either way
+    distributed: int = 1          # processes for models with shardable tables (dlrm): >1 runs them under torchrun
 
     @classmethod
     def smoke(cls, **kwargs) -> "TrainConfig":

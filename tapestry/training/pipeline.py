@@ -61,12 +61,17 @@ def _check_config(cfg: TrainConfig) -> None:
     for name in cfg.params:
         if name not in cfg.models:
             raise ValueError(f"params given for {name!r}, which is not in models {list(cfg.models)}")
+    if cfg.distributed > 1 and not any(hasattr(registry.get(m).recommender_class(), "processes")
+                                       for m in cfg.models):
+        raise ValueError(f"distributed={cfg.distributed} trains the sharded ranker: add 'dlrm' to models "
+                         f"{list(cfg.models)}")
     if cfg.serve and cfg.serve not in cfg.models:
         raise ValueError(f"serve={cfg.serve!r} is not among the trained models {list(cfg.models)}")
     for i, name in enumerate(cfg.models):
         model = registry.build(name, cfg.params.get(name), quick=cfg.quick, device="cpu")
         c = model.cfg
-        for source in (getattr(c, "item_init_from", None), getattr(c, "graph_from", None)):
+        for source in (getattr(c, "item_init_from", None), getattr(c, "graph_from", None),
+                       getattr(c, "retriever", None)):
             if source is not None and source not in cfg.models[:i]:
                 raise ValueError(f"{name} reads {source!r}, which must come before it in models {list(cfg.models)}")
         if getattr(c, "item_init_from", None):
@@ -97,6 +102,8 @@ def run_train(tenant: str, root: Path | None = None, cfg: TrainConfig | None = N
     metrics: dict[str, dict] = {}
     for name in cfg.models:
         model = registry.build(name, cfg.params.get(name), quick=cfg.quick, device=cfg.device)
+        if hasattr(model, "processes"):
+            model.processes = cfg.distributed     # models with shardable tables train under torchrun
         model.bind(models)
         with Stage(log, f"fit {name}") as s:
             model.fit(data, graph)
@@ -153,10 +160,13 @@ def evaluate_models(tenant: str, root: Path | None = None, log=print) -> dict:
     cfg = trained_config(model_dir)
     k = metric_k(data)
     out: dict[str, dict] = {}
+    loaded: dict[str, Recommender] = {}
     for name in cfg["models"]:
         path = model_dir / registry.get(name).filename
         with Stage(log, f"evaluate {name}") as s:
             model = Recommender.load(path)      # "auto": wherever this machine can run it
+            model.bind(loaded)                  # a ranker scores its retriever's candidates
+            loaded[name] = model
             out[name] = _evaluate_model(model, data, k)
             s.detail = f"valid {_fmt(out[name]['valid'])} | test {_fmt(out[name]['test'])}"
     served = cfg.get("serve")

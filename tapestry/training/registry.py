@@ -82,3 +82,7 @@ register(ModelSpec("sasrec_sage", "tapestry.training.sasrec:SASRecRecommender",
 register(ModelSpec("sasrec_hgt", "tapestry.training.sasrec:SASRecRecommender",
                    "SASRec + HGT item vectors (typed, temporal), frozen and fused",
                    params=dict(graph_from="hgt", fusion="add"), quick=_Q_SEQ))
+register(ModelSpec("dlrm", "tapestry.training.dlrm:DLRMRecommender",
+                   "DLRM ranker over sasrec_lightgcn's candidates: TorchRec tables (shardable: --distributed N), "
+                   "multi-task heads, optional TransE loss",
+                   quick=dict(embedding_dim=8, bottom_mlp=(16,), top_mlp=(16,), epochs=2, num_candidates=30)))

@@ -1,0 +1,1 @@
+"""Rankers over a retriever's candidates (DLRM on TorchRec embedding tables)."""

@@ -1,0 +1,245 @@
+"""The DLRM ranker as a Recommender (`dlrm` in the registry) and as the serving reranker (`DLRMRanker`).
+
+    tapestry train --tenant ml1m --models popularity,lightgcn,sasrec_lightgcn,dlrm                 # one process
+    tapestry train --tenant ml1m --models popularity,lightgcn,sasrec_lightgcn,dlrm --distributed 2 # torchrun, 2
+
+Training data are the lists serving reranks: for each validation user, the retriever's top `num_candidates`
+unseen items given the training history (tapestry.training.rerank_fit builds the feature reranker's lists the same
+way), kept when the validation item is among them. The retriever never trained on those targets, so its scores
+look as they will at serving time. With `--distributed N` the lists are written to a job directory and
+`torchrun --nproc_per_node N -m tapestry.training.dlrm_loop DIR` trains them with sharded tables; rank 0 gathers
+the shards into the unsharded state this class loads: one inference module, however it was trained.
+
+`score` = the ranker's scores on the retriever's candidates, -inf elsewhere, so the shared full-ranking
+evaluation measures exactly the served path (a target outside the candidates is a miss at every cut-off).
+Its "valid" numbers are in-sample (the lists it trained on, less the holdout); "test" is the honest one.
+
+Tasks: "interact" (the next item, whatever the event) plus one per event type when the data has several, or
+"like" (weight >= like_min_weight) for single-type rated data such as MovieLens.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tapestry.training.base import Recommender
+from tapestry.training.dlrm_features import DENSE, Lists, RankerFeatures, features_from_state, features_state
+from tapestry.training.dlrm_loop import DLRMConfig, build_model, final_scores, list_logits, train_lists
+
+
+def task_spec(data, like_min_weight: float) -> tuple[list[str], object]:
+    """(task names, fn(event_type, weight) -> labels) from what the training events hold."""
+    types = sorted(data.train["event_type"].unique().to_list())
+    if len(types) > 1:
+        return ["interact", *types], lambda et, w: [1.0, *(float(et == t) for t in types)]
+    weights = data.train["weight"]
+    if weights.n_unique() > 1 and float(weights.max()) >= like_min_weight:
+        return ["interact", "like"], lambda et, w: [1.0, float(w >= like_min_weight)]
+    return ["interact"], lambda et, w: [1.0]
+
+
+class DLRMRanker:
+    """The unsharded DLRM with its feature tables: the reranker serving calls.
+
+    The FeatureReranker protocol (`features(...)` then `score(...)`, `tables.user_attrs`), so evaluation and the
+    rerank stage take either. Unlike it, this one reads the history in time order (`ordered_history`): serving
+    passes the padded, time-ordered HISTORY window, not the SEEN set.
+    """
+
+    ordered_history = True
+
+    def __init__(self, cfg: DLRMConfig, features: RankerFeatures, task_names: list[str], state: dict,
+                 task_mix: float = 0.0, temperature: float = 1.0):
+        self.cfg, self.feats, self.task_names = cfg, features, list(task_names)
+        self.task_mix, self.temperature = float(task_mix), float(temperature)
+        self.model = build_model(cfg, features, len(task_names))
+        self.model.load_state_dict(state)
+        self.model.eval()
+
+    @property
+    def tables(self):
+        return self.feats.rerank
+
+    def features(self, candidates: np.ndarray, retrieval_scores: np.ndarray, history: np.ndarray,
+                 user_attrs: np.ndarray) -> Lists:
+        return self.feats.request(candidates, retrieval_scores, np.asarray(history, np.int64), user_attrs)
+
+    @torch.no_grad()
+    def log_scores(self, lists: Lists, chunk: int = 64) -> torch.Tensor:
+        """[B, N] final scores (log space, -inf at padding) for a batch of lists."""
+        out = []
+        for s in range(0, len(lists), chunk):
+            part = lists.take(np.arange(s, min(s + chunk, len(lists))))
+            logits = list_logits(self.model, self.feats, part, self.cfg.user_table)
+            out.append(final_scores(logits, torch.from_numpy(part.cands > 0), self.task_mix))
+        return torch.cat(out) if out else torch.zeros(0, lists.cands.shape[1])
+
+    def score(self, lists: Lists) -> np.ndarray:
+        """Calibrated P(next interaction = candidate | candidates) for a one-list batch (the serving call)."""
+        return torch.softmax(self.log_scores(lists)[0] / self.temperature, 0).numpy().astype(np.float32)
+
+    # ---- persistence (plain tensors and Python values: torch.load(weights_only=True) reads it) ---------------
+    def payload(self) -> dict:
+        import dataclasses
+
+        return {"config": dataclasses.asdict(self.cfg), "features": features_state(self.feats),
+                "task_names": self.task_names, "task_mix": self.task_mix, "temperature": self.temperature,
+                "state": {k: v.detach().cpu() for k, v in self.model.state_dict().items()}}
+
+    @classmethod
+    def from_payload(cls, p: dict) -> "DLRMRanker":
+        cfg = DLRMConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in p["config"].items()})
+        return cls(cfg, features_from_state(p["features"]), p["task_names"], p["state"], p["task_mix"],
+                   p["temperature"])
+
+    def save(self, path: Path) -> None:
+        import io
+
+        from tapestry.artifacts import atomic_write_bytes
+
+        buf = io.BytesIO()
+        torch.save(self.payload(), buf)
+        atomic_write_bytes(Path(path), buf.getvalue())
+
+    @classmethod
+    def load(cls, path: Path) -> "DLRMRanker":
+        return cls.from_payload(torch.load(Path(path), map_location="cpu", weights_only=True))
+
+
+def candidate_lists(retriever, data, features: RankerFeatures, split: str, n: int,
+                    labels=None, users: np.ndarray | None = None) -> tuple[Lists, np.ndarray]:
+    """The retriever's top-n unseen items per user of `split` (history: the splits before it), as Lists.
+
+    With `labels` (training): only lists whose target is among the candidates, with positive and task labels.
+    Returns (lists, users kept)."""
+    from tapestry.training.evaluate import HISTORY_SPLITS
+    from tapestry.training.rerank_fit import _candidates
+
+    histories = data.sequences(HISTORY_SPLITS[split])
+    frame = getattr(data, split)
+    target = {u: (i, et, w) for u, i, et, w in frame.select("user_idx", "item_idx", "event_type", "weight").iter_rows()}
+    users = np.array(sorted(target), dtype=np.int64) if users is None else users
+    rows = []
+    for u, hist, cands, scores in _candidates(retriever, users, histories, n):
+        item, et, w = target.get(int(u), (0, "", 0.0))
+        hit = np.flatnonzero(cands == item)
+        if labels is not None and not hit.size:
+            continue
+        rows.append((int(u), hist, cands, scores, int(hit[0]) if hit.size else -1, labels(et, w) if labels else None))
+    width = max((len(r[2]) for r in rows), default=n)
+    cands = np.zeros((len(rows), width), np.int64)
+    dense = []
+    for i, (u, hist, c, s, _, _) in enumerate(rows):
+        cands[i, :len(c)] = c
+        d = features.dense(c, s, hist, features.rerank.user_attrs[u])
+        dense.append(np.pad(d, ((0, width - len(c)), (0, 0))))
+    lists = Lists(cands, np.stack(dense) if dense else np.zeros((0, width, len(DENSE)), np.float32),
+                  [r[1][r[1] > 0][-features.history_len:] for r in rows],
+                  [np.flatnonzero(features.rerank.user_attrs[r[0]] > 0) for r in rows],
+                  np.array([r[0] for r in rows], np.int64),
+                  np.array([r[4] for r in rows], np.int64) if labels else None,
+                  np.array([r[5] for r in rows], np.float32) if labels else None)
+    return lists, lists.users
+
+
+class DLRMRecommender(Recommender):
+    Config = DLRMConfig
+    processes = 1          # set by the training pipeline (`tapestry train --distributed N`)
+
+    def __init__(self, config: DLRMConfig | None = None, **kwargs):
+        super().__init__(config, **kwargs)
+        self.retriever: Recommender | None = None
+        self.graph_vectors: np.ndarray | None = None
+        self.ranker: DLRMRanker | None = None
+        self.report: dict = {}
+
+    def bind(self, upstream: dict[str, Recommender]) -> None:
+        if self.cfg.retriever not in upstream:
+            raise ValueError(f"dlrm reranks {self.cfg.retriever!r}'s candidates: train it earlier in the same run "
+                             f"(trained so far: {sorted(upstream)})")
+        self.retriever = upstream[self.cfg.retriever]
+        if self.cfg.graph_from is not None:
+            if self.cfg.graph_from not in upstream:
+                raise ValueError(f"dlrm graph_from={self.cfg.graph_from!r} must be trained earlier in the same run")
+            self.graph_vectors = upstream[self.cfg.graph_from].item_embeddings().detach().cpu().float().numpy()
+
+    def fit(self, data, graph=None) -> "DLRMRecommender":
+        if self.retriever is None:
+            raise RuntimeError("dlrm needs its retriever: call bind() first (the training pipeline does)")
+        c = self.cfg
+        self.num_items = data.num_items
+        max_history = int(getattr(getattr(self.retriever, "cfg", None), "max_len", 100) or 100)
+        feats = RankerFeatures.build(data, history_len=min(c.history_len, max_history), max_history=max_history,
+                                     cross_buckets=c.cross_buckets, graph=self.graph_vectors)
+        names, labels = task_spec(data, c.like_min_weight)
+        lists, _ = candidate_lists(self.retriever, data, feats, "valid", c.num_candidates, labels)
+        if len(lists) < 2:
+            raise ValueError(f"dlrm: only {len(lists)} validation targets among the retriever's candidates; "
+                             "it needs a validation split (leave-one-out) to train on")
+        result = self._train(feats, names, lists)
+        self.report = {k: v for k, v in result.items() if k not in ("state", "config")}
+        self.loss_history_ = [h["loss"] for h in result["history"]]
+        self.ranker = DLRMRanker(c, feats, names, result["state"], result["task_mix"], result["temperature"])
+        return self
+
+    def _train(self, feats, names, lists) -> dict:
+        if self.processes <= 1:
+            return train_lists(self.cfg, feats, names, lists, log=self._log)
+        with tempfile.TemporaryDirectory(prefix="tapestry-dlrm-") as tmp:
+            torch.save({"config": self.cfg, "features": feats, "task_names": names, "lists": lists},
+                       Path(tmp) / "job.pt")
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.processes}",
+                   "-m", "tapestry.training.dlrm_loop", tmp]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0 or not (Path(tmp) / "result.pt").exists():
+                raise RuntimeError(f"distributed dlrm training failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}")
+            for line in proc.stdout.splitlines():
+                if line.startswith("[dlrm]"):
+                    self._log(line)
+            return torch.load(Path(tmp) / "result.pt", map_location="cpu", weights_only=False)
+
+    def _log(self, msg: str) -> None:
+        if self.progress is not False:
+            print(msg, flush=True)
+
+    @torch.no_grad()
+    def score(self, user_idx: np.ndarray, histories: list[np.ndarray]) -> torch.Tensor:
+        """The served path as full-catalogue scores: reranked candidates, -inf for every other item."""
+        from tapestry.training.rerank_fit import _candidates
+
+        if self.ranker is None or self.retriever is None:
+            raise RuntimeError("dlrm is not fitted and bound to its retriever")
+        feats = self.ranker.feats
+        out = torch.full((len(user_idx), self.num_items), float("-inf"))
+        index = {int(u): i for i, u in enumerate(user_idx)}
+        table = {int(u): h for u, h in zip(user_idx, histories)}
+        attrs = feats.rerank.user_attrs
+        for u, hist, cands, scores in _candidates(self.retriever, np.asarray(user_idx), table, self.cfg.num_candidates):
+            ua = attrs[u] if 0 < u < len(attrs) else np.zeros(attrs.shape[1], np.float32)
+            final = self.ranker.log_scores(self.ranker.features(cands, scores, hist, ua))[0]
+            out[index[int(u)], torch.from_numpy(cands)] = final[:len(cands)]
+        return out
+
+    def _get_state(self):
+        return {"num_items": self.num_items, "ranker": self.ranker.payload(), "report": _plain(self.report)}
+
+    def _set_state(self, state):
+        self.num_items = int(state["num_items"])
+        self.ranker = DLRMRanker.from_payload(state["ranker"])
+        self.report = state.get("report", {})
+
+
+def _plain(x):
+    """JSON-like copy (floats, ints, strings, lists, dicts) for a weights_only-loadable file."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    return x
