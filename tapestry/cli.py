@@ -85,6 +85,8 @@ def train_config(args) -> TrainConfig:
             changes["serve"] = seq[-1] if seq else ""
     if getattr(args, "serve", None) is not None:
         changes["serve"] = args.serve
+    if getattr(args, "distributed", None):
+        changes["distributed"] = args.distributed
     if getattr(args, "params", None):
         try:
             changes["params"] = json.loads(args.params)
@@ -270,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "popularity,lightgcn,sasrec_lightgcn); `tapestry models` lists them")
     t.add_argument("--params", help='JSON hyper-parameter overrides per model, e.g. \'{"lightgcn": {"epochs": 5}}\'')
     t.add_argument("--serve", help="the SASRec-family model to fit the reranker on and export ('' = none)")
+    t.add_argument("--distributed", type=int, metavar="N", help="train the sharded models (dlrm) on N processes "
+                                                              "under torchrun: TorchRec-sharded tables, gloo on CPU")
     v = add("evaluate", cmd_evaluate, "full-ranking Recall/NDCG/MRR of the latest models")
     v.add_argument("--output", help="JSON path (default: <models>/evaluation.json)")
     x = add("export", cmd_export, "FAISS index + Triton model repository")
