@@ -52,15 +52,26 @@ def _as_strings(df: pl.DataFrame | pl.LazyFrame):
     return df.with_columns(pl.exclude(ROW).cast(pl.String))
 
 
-def _validate_streaming(tables: RawTables, cfg: ETLConfig, scratch: Path) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+def validate_to_parquet(tables: RawTables, cfg: ETLConfig, scratch: Path) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """Validation, streamed from the input into two scratch Parquet files (valid rows, quarantined rows).
 
     Polars' streaming engine runs both sinks in one pass over the input, in bounded memory, so an event table
-    larger than RAM can be validated; row order is kept, so the outputs equal an in-memory collect.
+    larger than RAM can be validated; row order is kept, so the outputs equal an in-memory collect. If the input
+    is a CSV scan that turns out not to parse (tables.reread_events is set), it is read again by the csv module.
     """
-    good_lf, bad_lf = validate_events(tables.events, cfg)
     paths = scratch / "valid.parquet", scratch / "quarantined.parquet"
-    pl.collect_all([good_lf.sink_parquet(paths[0], lazy=True), bad_lf.sink_parquet(paths[1], lazy=True)])
+
+    def sink() -> None:
+        good_lf, bad_lf = validate_events(tables.events, cfg)
+        pl.collect_all([good_lf.sink_parquet(paths[0], lazy=True), bad_lf.sink_parquet(paths[1], lazy=True)])
+
+    try:
+        sink()
+    except pl.exceptions.PolarsError:
+        if tables.reread_events is None:
+            raise
+        tables.events, tables.reread_events = tables.reread_events(), None
+        sink()
     return pl.scan_parquet(paths[0]), pl.scan_parquet(paths[1])
 
 
@@ -90,7 +101,7 @@ def run_etl(tables: RawTables, tenant: str, root: Path | None = None, cfg: ETLCo
 
 def _run(tables: RawTables, tenant: str, root: Path | None, cfg: ETLConfig, log, scratch: Path) -> ETLResult:
     t0 = time.perf_counter()
-    good, bad_events = _validate_streaming(tables, cfg, scratch)
+    good, bad_events = validate_to_parquet(tables, cfg, scratch)
     n_good = _height(good)
     input_rows = n_good + _height(bad_events) + sum(
         r.height for r in tables.rejected if r.height and r["source"][0] == "events"

@@ -25,6 +25,7 @@ import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import polars as pl
 
@@ -120,6 +121,22 @@ def _polars_names(cols: list[str]) -> list[str]:
 def scan_csv(path: Path, sep: str, source: str, scratch: Path, rejected: list[pl.DataFrame] | None,
              encoding: str = "utf-8") -> pl.LazyFrame:
     """A delimited text file as an all-string LazyFrame with `source_row` (0-based record index after the header)."""
+    lf, reread = scan_csv_unchecked(path, sep, source, scratch, rejected, encoding)
+    try:
+        # Every column, so that Polars tokenises every field: with fewer columns it silently accepts a line with
+        # too many fields. A cheap aggregate, streamed: nothing is kept.
+        lf.select(pl.all().null_count()).collect(engine="streaming")
+    except pl.exceptions.PolarsError:
+        return reread()
+    return lf
+
+
+def scan_csv_unchecked(path: Path, sep: str, source: str, scratch: Path, rejected: list[pl.DataFrame] | None,
+                       encoding: str = "utf-8") -> tuple[pl.LazyFrame, Callable[[], pl.LazyFrame]]:
+    """(the Polars scan, not yet known to parse, the csv-module re-read to use if collecting it fails).
+
+    For a caller that reads every column anyway (run_etl's validation): it saves scan_csv's extra pass.
+    """
     path, kind = readable(Path(path), normalise_encoding(encoding), scratch)
     try:
         lf = pl.scan_csv(path, separator=sep, infer_schema=False, encoding="utf8-lossy",
@@ -128,13 +145,8 @@ def scan_csv(path: Path, sep: str, source: str, scratch: Path, rejected: list[pl
     except pl.exceptions.NoDataError as e:
         raise SchemaError(f"{source} file {path} is empty (no header line)") from e
     clean_names([re.sub(r"_duplicated_[0-9]+$", "", n) for n in names])   # refuses a repeated name
-    try:
-        # Every column, so that Polars tokenises every field: with fewer columns it silently accepts a line with
-        # too many fields. A cheap aggregate, streamed: nothing is kept.
-        lf.select(pl.all().null_count()).collect(engine="streaming")
-    except pl.exceptions.PolarsError:
-        return _scan_with_csv_module(path, kind, sep, source, scratch, rejected)
-    return lf.with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int64))
+    lf = lf.with_row_index(ROW).with_columns(pl.col(ROW).cast(pl.Int64))
+    return lf, lambda: _scan_with_csv_module(path, kind, sep, source, scratch, rejected)
 
 
 def _scan_with_csv_module(path: Path, kind: str | None, sep: str, source: str, scratch: Path,

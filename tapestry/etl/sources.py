@@ -8,11 +8,12 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import polars as pl
 
 from tapestry.etl.rawfiles import (COMPRESSION_SUFFIXES, ROW, compression_of, default_scratch, open_binary, readable,
-                                   scan_csv)
+                                   scan_csv, scan_csv_unchecked)
 from tapestry.etl.schema import ENTITY_VALUE_SEPARATOR, EVENT_COLUMNS, MALFORMED_LINE, SchemaError
 
 
@@ -32,6 +33,9 @@ class RawTables:
     sources: dict[str, str] = field(default_factory=dict)
     # Holds the scratch copies (decompressed or re-encoded inputs) that the lazy frames scan: removed with it.
     scratch: tempfile.TemporaryDirectory | None = None
+    # Set when `events` is a CSV scan not yet known to parse (generic_tables(check_events=False)): the re-read
+    # through the csv module, for when collecting `events` fails (run_etl does that, in validate_to_parquet).
+    reread_events: Callable[[], pl.LazyFrame] | None = None
 
 
 def read_bytes(path: Path) -> bytes:
@@ -85,6 +89,13 @@ def _base_suffix(path: Path) -> str:
     return Path(path.stem).suffix if path.suffix.lower() in COMPRESSION_SUFFIXES else path.suffix
 
 
+_TEXT_SUFFIXES = (".csv", ".tsv", ".txt")
+
+
+def _separator(path: Path, default: str = ",") -> str:
+    return "\t" if _base_suffix(path).lower() == ".tsv" else default
+
+
 # Event columns read as ids: a NaN in a float id column is a missing id, not the id "NaN".
 _ID_COLUMNS = ("user_id", "item_id", "session_id")
 
@@ -134,9 +145,8 @@ def read_table(path: Path, separator: str = ",", source: str = "events",
     suffix = _base_suffix(path).lower()
     if suffix == ".parquet":
         lf = _scan_parquet(path, scratch)
-    elif suffix in (".csv", ".tsv", ".txt"):
-        sep = "\t" if suffix == ".tsv" else separator
-        return scan_csv(path, sep, source, scratch, rejected, encoding)
+    elif suffix in _TEXT_SUFFIXES:
+        return scan_csv(path, _separator(path, separator), source, scratch, rejected, encoding)
     else:
         raise SchemaError(f"unsupported file type for {path}: use .csv, .tsv, .parquet "
                           f"(optionally {', '.join(COMPRESSION_SUFFIXES)})")
@@ -151,8 +161,12 @@ def require_columns(lf: pl.LazyFrame, required: tuple[str, ...], what: str) -> N
 
 
 def generic_tables(events: Path, items: Path | None = None, users: Path | None = None,
-                   encoding: str = "utf-8") -> RawTables:
-    """The generic layout: an event table plus optional item and user entity tables (text in `encoding`)."""
+                   encoding: str = "utf-8", check_events: bool = True) -> RawTables:
+    """The generic layout: an event table plus optional item and user entity tables (text in `encoding`).
+
+    check_events=False skips the extra parse that proves a CSV event table parses (see rawfiles.scan_csv): for
+    run_etl, which validates every column in one pass and falls back to `reread_events` itself if it does not.
+    """
     rejected: list[pl.DataFrame] = []
     tmp = tempfile.TemporaryDirectory(prefix="tapestry-etl-")
     scratch = Path(tmp.name)
@@ -162,7 +176,14 @@ def generic_tables(events: Path, items: Path | None = None, users: Path | None =
         require_columns(lf, required, source)
         return lf
 
-    ev = read(events, "events", EVENT_COLUMNS)
+    reread = None
+    if not check_events and _base_suffix(events).lower() in _TEXT_SUFFIXES:
+        if not Path(events).exists():
+            raise FileNotFoundError(f"input file not found: {events}")
+        ev, reread = scan_csv_unchecked(events, _separator(events), "events", scratch, rejected, encoding)
+        require_columns(ev, EVENT_COLUMNS, "events")
+    else:
+        ev = read(events, "events", EVENT_COLUMNS)
     it = read(items, "items", ("item_id",)) if items else None
     us = read(users, "users", ("user_id",)) if users else None
     sources = {"events": str(events)}
@@ -170,4 +191,5 @@ def generic_tables(events: Path, items: Path | None = None, users: Path | None =
         sources["items"] = str(items)
     if users:
         sources["users"] = str(users)
-    return RawTables(events=ev, items=it, users=us, rejected=rejected, sources=sources, scratch=tmp)
+    return RawTables(events=ev, items=it, users=us, rejected=rejected, sources=sources, scratch=tmp,
+                     reread_events=reread)

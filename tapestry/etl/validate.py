@@ -19,32 +19,36 @@ def _blank(col: str) -> pl.Expr:
     return pl.col(col).is_null() | (pl.col(col).str.strip_chars() == "")
 
 
+def _bad_stripped_id(s: pl.Expr) -> pl.Expr:
+    return s.str.contains(S.ID_POLICY_PATTERN) | (s.str.len_chars() > S.MAX_ID_LENGTH)
+
+
 def bad_id(col: str) -> pl.Expr:
     """True where a (non-blank) id fails the id policy in schema.py."""
-    s = pl.col(col).str.strip_chars()
-    return ((s.str.contains(S.BAD_ID_PATTERN) & ~s.str.contains(S.PLAIN_NUMBER_PATTERN))
-            | (s.str.len_chars() > S.MAX_ID_LENGTH))
+    return _bad_stripped_id(pl.col(col).str.strip_chars())
 
 
-# Explicit ISO-8601 forms, tried per row. (Letting polars infer the format would infer it once, from the first
-# value in the column, and reject every row written differently, e.g. `...Z` after a naive date-time.)
-_ISO_FORMATS = (
-    "%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%#z",   # with `Z` or a `+hh:mm` offset
-    "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f",           # naive = UTC
-    "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d",
-)
+# Explicit ISO-8601 forms, tried per row, after a space between date and time is made a `T`. (Letting polars infer
+# the format would infer it once, from the first value in the column, and reject every row written differently,
+# e.g. `...Z` after a naive date-time.) `%.f` also matches no fraction; `%#z` matches `Z`, `+hh:mm` and `+hhmm`.
+_ISO_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d")
 
 
-def _parse_timestamp(col: str) -> pl.Expr:
-    """Integer unix seconds, or an ISO-8601 date-time (naive = UTC) converted to unix seconds."""
-    s = pl.col(col).str.strip_chars()
-    as_int = s.cast(pl.Int64, strict=False)
+def _parse_timestamp(lf: pl.LazyFrame, text: pl.Expr, out: str) -> pl.LazyFrame:
+    """Add `out`: stripped `text` as integer unix seconds, or an ISO-8601 date-time (naive = UTC) in unix seconds."""
     # Only the rows that are not integers go through the date-time parsers (they skip nulls): trying every format
-    # on every row took ~1 s per million integer timestamps here, ~0.3 s with the mask.
-    rest = pl.when(as_int.is_null()).then(s)
-    as_dt = [rest.str.to_datetime(f, strict=False, time_zone="UTC", time_unit="us").dt.epoch("s")
+    # on every row took ~1 s per million integer timestamps here, ~0.3 s with the mask. The masked text is a
+    # column of its own: inside one expression polars recomputed it for every format (3x the time).
+    lf = lf.with_columns(text.cast(pl.Int64, strict=False).alias("_tint")).with_columns(
+        pl.when(pl.col("_tint").is_null()).then(text.str.replace(" ", "T", literal=True, n=1)).alias("_trest"))
+    as_dt = [pl.col("_trest").str.to_datetime(f, strict=False, time_zone="UTC", time_unit="us").dt.epoch("s")
              for f in _ISO_FORMATS]
-    return pl.coalesce(as_int, *as_dt)
+    return lf.with_columns(pl.coalesce("_tint", *as_dt).alias(out)).drop("_tint", "_trest")
+
+
+# Helper columns, computed once per row: polars does not share a sub-expression between when/then branches or
+# between the reason and the typed output, and recomputing them took about twice as long.
+_HELPERS = ("_user", "_item", "_session", "_etype", "_tstr", "_ts", "_w", "_w32", "_has_w")
 
 
 def validate_events(events: pl.LazyFrame, cfg: ETLConfig) -> tuple[pl.LazyFrame, pl.LazyFrame]:
@@ -64,42 +68,42 @@ def validate_events(events: pl.LazyFrame, cfg: ETLConfig) -> tuple[pl.LazyFrame,
     has_split = S.SPLIT_COLUMN in names
     split = pl.col(S.SPLIT_COLUMN).str.strip_chars().str.to_lowercase() if has_split else None
 
-    # Parsed once, into a helper column: polars does not share a sub-expression between when/then branches, and
-    # this parse is most of the validation's time (4 parses took 3x as long on Gowalla's 1M rows).
-    events = events.with_columns(_parse_timestamp("timestamp").alias("_ts"))
-    ts = pl.col("_ts")
-    weight = pl.col("weight").str.strip_chars().cast(pl.Float64, strict=False)
-    etype = pl.col("event_type").str.strip_chars().str.to_lowercase()
+    strip = {c: pl.col(c).str.strip_chars() for c in ("user_id", "item_id", "session_id", "timestamp", "weight")}
+    events = events.with_columns(
+        strip["user_id"].alias("_user"), strip["item_id"].alias("_item"),
+        pl.when(strip["session_id"] != "").then(strip["session_id"]).alias("_session"),   # blank -> null
+        pl.col("event_type").str.strip_chars().str.to_lowercase().alias("_etype"),
+        strip["timestamp"].alias("_tstr"),
+        strip["weight"].cast(pl.Float64, strict=False).alias("_w"),
+        (strip["weight"] != "").fill_null(False).alias("_has_w"),
+    ).with_columns(pl.col("_w").cast(pl.Float32).alias("_w32"))
+    events = _parse_timestamp(events, pl.col("_tstr"), "_ts")
+    user, item, session, etype, ts, w32, has_w = (pl.col(c) for c in ("_user", "_item", "_session", "_etype", "_ts",
+                                                                      "_w32", "_has_w"))
+    missing = lambda c: c.is_null() | (c == "")  # noqa: E731  (on stripped text)
     reason = (
-        pl.when(_blank("user_id")).then(pl.lit(S.MISSING_USER_ID))
-        .when(bad_id("user_id")).then(pl.lit(S.BAD_USER_ID))
-        .when(_blank("item_id")).then(pl.lit(S.MISSING_ITEM_ID))
-        .when(bad_id("item_id")).then(pl.lit(S.BAD_ITEM_ID))
-        .when(_blank("timestamp")).then(pl.lit(S.MISSING_TIMESTAMP))
+        pl.when(missing(user)).then(pl.lit(S.MISSING_USER_ID))
+        .when(_bad_stripped_id(user)).then(pl.lit(S.BAD_USER_ID))
+        .when(missing(item)).then(pl.lit(S.MISSING_ITEM_ID))
+        .when(_bad_stripped_id(item)).then(pl.lit(S.BAD_ITEM_ID))
+        .when(missing(pl.col("_tstr"))).then(pl.lit(S.MISSING_TIMESTAMP))
         .when(ts.is_null()).then(pl.lit(S.BAD_TIMESTAMP))
         .when((ts < cfg.min_timestamp) | (ts > cfg.max_timestamp)).then(pl.lit(S.TIMESTAMP_OUT_OF_RANGE))
         .when(etype.is_null() | ~etype.is_in([t.lower() for t in cfg.event_types])).then(pl.lit(S.UNKNOWN_EVENT_TYPE))
         # Finite as f32 too (it is stored as f32): 1e39 is a finite f64 but would be written as inf.
-        .when(~_blank("weight") & (weight.is_null() | ~weight.cast(pl.Float32).is_finite())).then(pl.lit(S.BAD_WEIGHT))
+        .when(has_w & (pl.col("_w").is_null() | ~w32.is_finite())).then(pl.lit(S.BAD_WEIGHT))
         # Checked as f32 too: 1e-50 is positive as f64 and would be stored as 0.
-        .when(~_blank("weight") & (weight.cast(pl.Float32) <= 0)).then(pl.lit(S.NONPOSITIVE_WEIGHT))
-        .when(~_blank("session_id") & bad_id("session_id")).then(pl.lit(S.BAD_SESSION_ID))
+        .when(has_w & (w32 <= 0)).then(pl.lit(S.NONPOSITIVE_WEIGHT))
+        .when(session.is_not_null() & _bad_stripped_id(session)).then(pl.lit(S.BAD_SESSION_ID))
     )
     if has_split:
         reason = reason.when(split.is_null() | ~split.is_in(list(S.SPLIT_VALUES))).then(pl.lit(S.BAD_SPLIT))
-    reason = reason.otherwise(None)
-    tagged = events.with_columns(reason.alias("reason"))
-    quarantined = (tagged.filter(pl.col("reason").is_not_null()).drop("_ts")
+    tagged = events.with_columns(reason.otherwise(None).alias("reason"))
+    quarantined = (tagged.filter(pl.col("reason").is_not_null()).drop(_HELPERS)
                    .with_columns(pl.lit("events").alias("source")))
     good = tagged.filter(pl.col("reason").is_null()).select(
-        pl.col("user_id").str.strip_chars(),
-        pl.col("item_id").str.strip_chars(),
-        etype.alias("event_type"),
-        ts.alias("timestamp"),
-        weight.fill_null(1.0).cast(pl.Float32).alias("weight"),
-        pl.when(_blank("session_id")).then(None).otherwise(pl.col("session_id").str.strip_chars())
-        .alias("session_id"),
-        pl.col(ROW),
+        user.alias("user_id"), item.alias("item_id"), etype.alias("event_type"), ts.alias("timestamp"),
+        w32.fill_null(1.0).alias("weight"), session.alias("session_id"), pl.col(ROW),
         *([split.alias(S.SPLIT_COLUMN)] if has_split else []),
     )
     return good, quarantined

@@ -188,3 +188,21 @@ def test_cli_etl_reads_a_latin1_gzip_table_with_encoding_flag(tmp_path):
     with pytest.raises(SystemExit, match="--encoding"):
         main(["etl", "--tenant", "acme", "--root", str(tmp_path / "art"), "--dataset", "ml-100k",
               "--encoding", "latin-1"])
+
+
+@pytest.mark.parametrize("check_events", [True, False])
+def test_run_etl_gives_the_same_result_with_or_without_the_up_front_check(tmp_path, check_events):
+    from tapestry.config import ETLConfig
+    from tapestry.etl.pipeline import run_etl
+
+    lines = [f"u{i % 3},i{i},view,{1600000000 + i}" for i in range(12)]
+    lines[4] += ",surplus"
+    lines[7] = 'u9,"broken,view,1600000000'
+    path = _write(tmp_path / "events.csv", (HEADER + "\n".join(lines) + "\n").encode())
+    tables = generic_tables(path, check_events=check_events)
+    assert (tables.reread_events is None) == check_events
+    res = run_etl(tables, "acme", root=tmp_path / "art", cfg=ETLConfig(min_user_events=1), log=lambda *a: None)
+    q = pl.read_parquet(res.path / "quarantine.parquet")
+    # Row 7's open quote runs to the end of the file: one record whose item id holds newlines.
+    assert sorted(q.select(ROW, "reason").rows()) == [(4, MALFORMED_LINE), (7, "bad_item_id")]
+    assert res.manifest["counts"]["input_rows"] == 8 and res.manifest["counts"]["valid_rows"] == 6
