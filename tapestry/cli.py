@@ -135,64 +135,104 @@ def cmd_export(args) -> None:
 
 
 def _serve_state(tenant: str, root) -> Path:
-    return tenant_dir(tenant, root) / "serve.json"
+    from tapestry.serving.status import state_path
+
+    return state_path(tenant, root)
+
+
+def port_number(text: str) -> int:
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (1-65535)")
+    return port
+
+
+def serve_child_command(args) -> list[str]:
+    """The foreground `tapestry serve` a detached one starts: every serving option is passed on."""
+    cmd = [sys.executable, "-m", "tapestry.cli", "serve", "--tenant", args.tenant, "--host", args.host,
+           "--timeout", str(args.timeout)]
+    for flag, value in (("--root", args.root), ("--http-port", args.http_port), ("--grpc-port", args.grpc_port),
+                        ("--metrics-port", args.metrics_port)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    return cmd
 
 
 def cmd_serve(args) -> None:
-    from tapestry.serving.triton_server import TritonServer
+    from tapestry.serving import status as st
+    from tapestry.serving.service import run_foreground
+    from tapestry.serving.triton_server import TritonServerError
 
     state = _serve_state(args.tenant, args.root)
+    running = st.live_state(args.tenant, args.root)
+    if running:
+        raise SystemExit(f"a server for tenant {args.tenant} already runs (pid {running['pid']}, HTTP "
+                         f"{running['http_url']}, gRPC {running['grpc_url']}): `tapestry stop --tenant "
+                         f"{args.tenant}` first")
+    ports = [p for p in (args.http_port, args.grpc_port, args.metrics_port) if p is not None]
+    if len(set(ports)) != len(ports):
+        raise SystemExit(f"--http-port, --grpc-port and --metrics-port must differ, got {ports}")
     if args.detach:
         log = tenant_dir(args.tenant, args.root) / "serve.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        state.unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "tapestry.cli", "serve", "--tenant", args.tenant]
-        if args.root:
-            cmd += ["--root", str(args.root)]
+        state.unlink(missing_ok=True)  # stale (checked above): the child's own file is the "ready" signal
         with open(log, "ab") as log_file:  # the child keeps its own copy of the descriptor
-            proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + args.timeout
+            proc = subprocess.Popen(serve_child_command(args), stdout=log_file, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + args.timeout + 30  # the child's own start timeout, plus its imports
         while not state.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"server did not start; see {log}:\n" + log.read_text()[-3000:])
             time.sleep(0.2)
-        print(f"[serve] started in the background: {json.loads(state.read_text())}")
+        info = json.loads(state.read_text())
+        print(f"[serve] tenant={args.tenant} started in the background (pid {info['pid']}): HTTP {info['http_url']}, "
+              f"gRPC {info['grpc_url']}, metrics {info['metrics_url']}, listening on {info['host']}; log {log}")
         return
-    export = latest_version(args.tenant, "export", args.root)
-    server = TritonServer(export / "model_repository", http_port=args.http_port, grpc_port=args.grpc_port)
-    server.start(timeout=args.timeout)
-    atomic_write_json(state, {"pid": os.getpid(), "http_url": server.http_url, "grpc_url": server.grpc_url,
-                              "metrics_url": server.metrics_url, "export": str(export)})
-    print(f"[serve] tenant={args.tenant} Triton ready: HTTP {server.http_url}, gRPC {server.grpc_url} ({export})",
-          flush=True)
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     try:
-        while not stopping and server.running:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        state.unlink(missing_ok=True)
-        server.stop()
-        print("[serve] stopped", flush=True)
+        run_foreground(args.tenant, args.root, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+                       metrics_port=args.metrics_port, timeout=args.timeout)
+    except TritonServerError as e:  # port in use, bad host, a model that fails to load: the message says which
+        raise SystemExit(f"tapestry serve: error: {e}")
 
 
 def cmd_stop(args) -> None:
+    from tapestry.serving import status as st
+
     state = _serve_state(args.tenant, args.root)
-    if not state.exists():
+    info = st.read_state(state)
+    if info is None:
         print(f"[stop] no server running for tenant {args.tenant}")
         return
-    pid = json.loads(state.read_text())["pid"]
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
+    if not st.is_serve_process(info):
+        # Its process is gone (or the pid now belongs to another process, which must not be signalled).
         state.unlink(missing_ok=True)
+        print(f"[stop] no server running for tenant {args.tenant} (removed a stale {state.name})")
         return
-    deadline = time.monotonic() + 30
-    while state.exists() and time.monotonic() < deadline:
+    try:
+        os.kill(info["pid"], signal.SIGTERM)
+    except ProcessLookupError:  # exited since the check: it removes its own state file
+        pass
+    # Wait for the process itself, not only its state file (removed first): when `stop` returns, Triton is down
+    # and its ports are free for the next `serve`.
+    deadline = time.monotonic() + 60  # Triton's own exit timeout, plus stopping five python stubs
+    while st.is_serve_process(info) and time.monotonic() < deadline:
         time.sleep(0.2)
+    if st.is_serve_process(info):
+        raise SystemExit(f"[stop] server for tenant {args.tenant} (pid {info['pid']}) did not stop within 60 s")
     print(f"[stop] server for tenant {args.tenant} stopped")
+
+
+def cmd_status(args) -> None:
+    from tapestry.serving import status as st
+
+    statuses = ([s for s in [st.server_status(args.tenant, args.root)] if s] if args.tenant
+                else st.all_statuses(args.root))
+    if args.json:
+        print(json.dumps(statuses, indent=2))
+    elif not statuses:
+        print(f"no server running for tenant {args.tenant}" if args.tenant else "no server running")
+    else:
+        print("\n".join(st.describe(s) for s in statuses))
 
 
 def print_recommendations(result, user: str, protocol: str) -> None:
@@ -280,10 +320,18 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--max-k", type=int, default=100)
     s = add("serve", cmd_serve, "run the real Triton server on the latest export")
     s.add_argument("--detach", action="store_true", help="start in the background and return when ready")
-    s.add_argument("--http-port", type=int)
-    s.add_argument("--grpc-port", type=int)
-    s.add_argument("--timeout", type=float, default=120.0)
+    s.add_argument("--host", default="127.0.0.1",
+                   help="IPv4 address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
+    s.add_argument("--http-port", type=port_number, help="default: a free port")
+    s.add_argument("--grpc-port", type=port_number, help="default: a free port")
+    s.add_argument("--metrics-port", type=port_number, help="default: a free port")
+    s.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the server to be ready")
     add("stop", cmd_stop, "stop a detached server")
+    stat = sub.add_parser("status", help="what runs for which tenant: pid, host, ports, model version, health")
+    stat.add_argument("--tenant", type=validate_tenant, help="one tenant (default: every tenant under --root)")
+    stat.add_argument("--root", type=Path, default=None, help="artifact root (default $TAPESTRY_HOME or ./artifacts)")
+    stat.add_argument("--json", action="store_true", help="machine-readable output")
+    stat.set_defaults(fn=cmd_status)
     r = add("recommend", cmd_recommend, "ask the served ensemble for recommendations")
     r.add_argument("--user", required=True)
     r.add_argument("-k", type=int, default=10)

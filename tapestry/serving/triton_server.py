@@ -73,16 +73,36 @@ def find_triton_bundle(python_version: tuple[int, int] | None = None) -> TritonB
     return bundle
 
 
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free TCP ports on 127.0.0.1 (the sockets are held together so the ports differ)."""
+LOOPBACK = "127.0.0.1"
+WILDCARD = "0.0.0.0"
+
+
+def free_ports(n: int, host: str = LOOPBACK) -> list[int]:
+    """``n`` distinct free TCP ports on ``host`` (the sockets are held together so the ports differ)."""
     socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
     try:
         for s in socks:
-            s.bind(("127.0.0.1", 0))
+            s.bind((host, 0))
         return [s.getsockname()[1] for s in socks]
     finally:
         for s in socks:
             s.close()
+
+
+def check_port_free(host: str, port: int, kind: str) -> None:
+    """Raise if ``port`` cannot be bound on ``host`` now. Without this, a server already on that port would answer
+    our readiness check and `start()` would report someone else's server as ours."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no conflict
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise TritonServerError(f"cannot use {kind} port {port} on {host}: {e.strerror or e}") from None
+
+
+def connect_host(host: str) -> str:
+    """Where a local client reaches a server bound to ``host``: the wildcard address is reached over loopback."""
+    return LOOPBACK if host in (WILDCARD, "") else host
 
 
 def _http_status(url: str, timeout: float = 1.0) -> int | None:
@@ -98,13 +118,16 @@ def _http_status(url: str, timeout: float = 1.0) -> int | None:
 class TritonServer:
     """A local ``tritonserver`` process on ``model_repository``; ``with TritonServer(repo) as s: ... s.http_url``.
 
-    Ports are picked free at each ``start()`` unless given. ``model_control_mode="explicit"`` loads
+    HTTP, gRPC and metrics listen on ``host`` (an IPv4 address of this machine; loopback by default, so nothing
+    outside this machine can reach the server unless asked: ``"0.0.0.0"`` listens on every interface). Ports are
+    picked free at each ``start()`` unless given. ``model_control_mode="explicit"`` loads
     ``load_models`` (default ``["*"]``) at startup. The log goes to ``log_path`` (default: inside the server's
     temp dir, which ``stop()`` removes).
     """
 
     def __init__(
-        self, model_repository: str | os.PathLike, *, http_port: int | None = None, grpc_port: int | None = None,
+        self, model_repository: str | os.PathLike, *, host: str = LOOPBACK, http_port: int | None = None,
+        grpc_port: int | None = None,
         metrics_port: int | None = None, log_path: str | os.PathLike | None = None, exit_timeout_secs: int = 10,
         disable_auto_complete_config: bool = True, model_control_mode: str = "none",
         load_models: Sequence[str] | None = None, log_verbose: int = 0, extra_args: Sequence[str] = (),
@@ -113,6 +136,7 @@ class TritonServer:
         if model_control_mode not in ("none", "explicit", "poll"):
             raise ValueError(f"model_control_mode must be none, explicit or poll, not {model_control_mode!r}")
         self.model_repository = Path(model_repository).resolve()
+        self.host = host
         self._port_args = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
         self._ports = dict(self._port_args)
         self._log_arg = Path(log_path) if log_path is not None else None
@@ -130,22 +154,23 @@ class TritonServer:
     def _url(self, kind: str) -> str:
         if self._ports[kind] is None:
             raise TritonServerError("server not started: no port chosen yet")
-        return f"127.0.0.1:{self._ports[kind]}"
+        return f"{connect_host(self.host)}:{self._ports[kind]}"
 
-    http_url = property(lambda self: self._url("http"), doc='"127.0.0.1:<port>"')
-    grpc_url = property(lambda self: self._url("grpc"), doc='"127.0.0.1:<port>"')
-    metrics_url = property(lambda self: self._url("metrics"), doc='"127.0.0.1:<port>" (GET /metrics)')
+    http_url = property(lambda self: self._url("http"), doc='"<host>:<port>" (127.0.0.1 for host 0.0.0.0)')
+    grpc_url = property(lambda self: self._url("grpc"), doc='"<host>:<port>"')
+    metrics_url = property(lambda self: self._url("metrics"), doc='"<host>:<port>" (GET /metrics)')
+    ports = property(lambda self: dict(self._ports), doc="{'http': port, 'grpc': port, 'metrics': port}")
 
     pid = property(lambda self: self._proc.pid if self._proc is not None else None, doc="server pid (None if stopped)")
     log_path = property(lambda self: self._log_path, doc="the server's log file (stdout + stderr)")
     running = property(lambda self: self._proc is not None and not self._exited(), doc="started and not exited")
 
     def _command(self, bundle: TritonBundle, backend_dir: Path) -> list[str]:
-        p = self._ports
+        p, host = self._ports, self.host
         cmd = [
             str(bundle.binary), f"--model-repository={self.model_repository}", f"--backend-directory={backend_dir}",
-            "--http-address=127.0.0.1", f"--http-port={p['http']}", "--grpc-address=127.0.0.1",
-            f"--grpc-port={p['grpc']}", "--metrics-address=127.0.0.1", f"--metrics-port={p['metrics']}",
+            f"--http-address={host}", f"--http-port={p['http']}", f"--grpc-address={host}",
+            f"--grpc-port={p['grpc']}", f"--metrics-address={host}", f"--metrics-port={p['metrics']}",
             "--pinned-memory-pool-byte-size=0", "--allow-gpu-metrics=false",
             f"--exit-timeout-secs={self.exit_timeout_secs}", f"--model-control-mode={self.model_control_mode}",
             # A prefix of our own makes the python backend's /dev/shm regions unambiguously ours to clean up.
@@ -181,7 +206,13 @@ class TritonServer:
                 (backend_dir / "python").mkdir(parents=True)
                 for src in (bundle.python_backend_lib, bundle.backend_utils, bundle.stub):
                     (backend_dir / "python" / src.name).symlink_to(src)
-                free = iter(free_ports(3))
+                for kind, port in self._port_args.items():
+                    if port is not None:
+                        check_port_free(self.host, port, kind)
+                try:
+                    free = iter(free_ports(3, self.host))
+                except OSError as e:  # not an address of this machine, or not an IPv4 address
+                    raise TritonServerError(f"cannot listen on host {self.host!r}: {e.strerror or e}") from None
                 self._ports = {k: (v if v is not None else next(free)) for k, v in self._port_args.items()}
                 self._log_path = self._log_arg or self._tmpdir / "tritonserver.log"
                 self._log_path.parent.mkdir(parents=True, exist_ok=True)

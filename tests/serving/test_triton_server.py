@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tapestry.serving.triton_server import SHM_DIR, SHM_PREFIX, TritonServer, TritonServerError, find_triton_bundle
+from tapestry.serving.status import listening_addresses
+from tapestry.serving.triton_server import (SHM_DIR, SHM_PREFIX, TritonServer, TritonServerError, find_triton_bundle,
+                                            free_ports)
 
 from .toy_repository import TOY_RECOMMEND_CONFIG
 
@@ -116,6 +118,41 @@ def test_server_is_ready(server):
     assert server.model_ready("recommend") and server.model_ready("recommend", 1)
     assert not server.model_ready("no-such-model")
     assert server.log_path.exists() and "loading: recommend:1" in server.log_path.read_text()
+
+
+def test_server_listens_on_loopback_only_by_default(server):
+    for port in server.ports.values():
+        assert listening_addresses(port) == ["127.0.0.1"]
+
+
+def test_host_and_explicit_ports_are_used(tmp_path):
+    """An operator's choice: every interface, on the ports asked for (free ones, picked here)."""
+    http, grpc, metrics = free_ports(3, "0.0.0.0")
+    with TritonServer(write_repo(tmp_path), host="0.0.0.0", http_port=http, grpc_port=grpc, metrics_port=metrics) as s:
+        assert s.ports == {"http": http, "grpc": grpc, "metrics": metrics}
+        assert listening_addresses(http) == listening_addresses(metrics) == ["0.0.0.0"]
+        assert listening_addresses(grpc) in (["0.0.0.0"], ["::"])  # gRPC binds the dual-stack wildcard
+        assert s.http_url == f"127.0.0.1:{http}"  # the wildcard is reached over loopback from here
+        assert http_get(f"{s.http_url}/v2/health/ready")[0] == 200
+
+
+def test_a_port_in_use_is_a_clear_error_not_someone_elses_server(tmp_path):
+    # Before this check, another server on the port answered the readiness probe and start() reported success.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        s = TritonServer(write_repo(tmp_path), http_port=port)
+        with pytest.raises(TritonServerError, match=f"cannot use http port {port} on 127.0.0.1: Address already"):
+            s.start(timeout=60)
+        assert s.pid is None
+
+
+def test_a_host_that_is_not_this_machine_is_a_clear_error(tmp_path):
+    s = TritonServer(write_repo(tmp_path), host="192.0.2.1")  # TEST-NET-1: never a local address
+    with pytest.raises(TritonServerError, match="cannot listen on host '192.0.2.1'"):
+        s.start(timeout=60)
+    assert s.pid is None
 
 
 def test_server_answers_an_inference(server):

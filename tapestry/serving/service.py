@@ -1,0 +1,47 @@
+"""`tapestry serve` in the foreground: Triton on the tenant's latest export until SIGTERM or Ctrl-C.
+
+The state file (tapestry.serving.status) is written only once Triton is ready, so its appearance is what a detached
+`tapestry serve` waits for, and it is removed before Triton stops, so no one reads a state of a stopping server.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from tapestry.artifacts import latest_version
+from tapestry.serving import status as st
+from tapestry.serving.triton_server import LOOPBACK, TritonServer
+
+
+def run_foreground(tenant: str, root: Path | None = None, *, host: str = LOOPBACK, http_port: int | None = None,
+                   grpc_port: int | None = None, metrics_port: int | None = None, timeout: float = 120.0) -> None:
+    export = latest_version(tenant, "export", root)
+    manifest = json.loads((export / "artifacts" / "manifest.json").read_text())
+    server = TritonServer(export / "model_repository", host=host, http_port=http_port, grpc_port=grpc_port,
+                          metrics_port=metrics_port)
+    state = st.state_path(tenant, root)
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    server.start(timeout=timeout)
+    try:
+        st.write_state(state, {
+            "pid": os.getpid(), "pid_start": st.process_start(os.getpid()), "triton_pid": server.pid, "host": host,
+            **{f"{kind}_port": port for kind, port in server.ports.items()},
+            "http_url": server.http_url, "grpc_url": server.grpc_url, "metrics_url": server.metrics_url,
+            "export": str(export), "export_version": export.name, "served_model": manifest.get("served_model"),
+            "models_version": Path(manifest.get("models_version", "")).name,
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        })
+        print(f"[serve] tenant={tenant} Triton ready on {host}: HTTP {server.http_url}, gRPC {server.grpc_url}, "
+              f"metrics {server.metrics_url} ({export})", flush=True)
+        while not stopping and server.running:
+            time.sleep(0.5)  # waiting for a signal, not timing anything
+    except KeyboardInterrupt:
+        pass
+    finally:
+        state.unlink(missing_ok=True)
+        server.stop()
+        print("[serve] stopped", flush=True)
