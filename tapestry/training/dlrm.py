@@ -28,8 +28,10 @@ import numpy as np
 import torch
 
 from tapestry.training.base import Recommender
-from tapestry.training.dlrm_features import DENSE, Lists, RankerFeatures, features_from_state, features_state
-from tapestry.training.dlrm_loop import DLRMConfig, build_model, final_scores, list_logits, train_lists
+from tapestry.models.ranking.dlrm import DLRMInference
+from tapestry.training.dlrm_features import (DENSE, Lists, RankerFeatures, features_from_state, features_state,
+                                             flat)
+from tapestry.training.dlrm_loop import DLRMConfig, build_model, final_scores, train_lists
 
 
 def task_spec(data, like_min_weight: float) -> tuple[list[str], object]:
@@ -57,9 +59,10 @@ class DLRMRanker:
                  task_mix: float = 0.0, temperature: float = 1.0):
         self.cfg, self.feats, self.task_names = cfg, features, list(task_names)
         self.task_mix, self.temperature = float(task_mix), float(temperature)
-        self.model = build_model(cfg, features, len(task_names))
+        self.model = build_model(cfg, features, len(task_names))     # the training module (TorchRec tables)
         self.model.load_state_dict(state)
         self.model.eval()
+        self.infer = DLRMInference(self.model).eval()                  # what scores: plain torch, one bag call
 
     @property
     def tables(self):
@@ -73,9 +76,12 @@ class DLRMRanker:
     def log_scores(self, lists: Lists, chunk: int = 64) -> torch.Tensor:
         """[B, N] final scores (log space, -inf at padding) for a batch of lists."""
         out = []
+        keys = self.feats.keys(self.cfg.user_table)
         for s in range(0, len(lists), chunk):
             part = lists.take(np.arange(s, min(s + chunk, len(lists))))
-            logits = list_logits(self.model, self.feats, part, self.cfg.user_table)
+            values, lengths = flat(keys, self.feats.sparse(part, self.cfg.user_table))
+            logits = self.infer(torch.from_numpy(part.dense.reshape(-1, part.dense.shape[-1])), values, lengths)
+            logits = logits.view(len(part), part.cands.shape[1], -1)
             out.append(final_scores(logits, torch.from_numpy(part.cands > 0), self.task_mix))
         return torch.cat(out) if out else torch.zeros(0, lists.cands.shape[1])
 

@@ -35,12 +35,18 @@ def _ragged(frame: pl.DataFrame, key: str, value: str, rows: int) -> tuple[np.nd
     return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), frame[value].to_numpy().astype(np.int64)
 
 
-def gather_ragged(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(values, lengths) of `rows` of a CSR-style table, rows in order."""
+def ragged_positions(offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions into the values, lengths) of `rows` of a CSR-style table, rows in order."""
     starts, lengths = offsets[rows], offsets[rows + 1] - offsets[rows]
     if lengths.sum() == 0:
         return np.zeros(0, np.int64), lengths
-    pos = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(lengths.sum())
+    shift = starts - np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    return np.repeat(shift, lengths) + np.arange(lengths.sum()), lengths
+
+
+def gather_ragged(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(values, lengths) of `rows` of a CSR-style table, rows in order."""
+    pos, lengths = ragged_positions(offsets, rows)
     return values[pos], lengths
 
 
@@ -160,7 +166,7 @@ class RankerFeatures:
         cooc_recent = np.zeros(n, np.float32)
         graph = np.zeros(n, np.float32)
         if recent.size:
-            block = self.cooc[recent][:, cands].toarray()                      # [L, N]
+            block = self._cooc_block(recent, cands)                            # [L, N]
             cooc_last, cooc_recent = block[-1], block.mean(axis=0)
             if self.graph is not None:
                 profile = self.graph[recent].mean(axis=0)
@@ -168,6 +174,21 @@ class RankerFeatures:
         return np.stack([base[:, 0], (s - s.max()) / 10.0 if n else s, np.log1p(np.arange(n)) / 5.0, base[:, 1],
                          self.recent_pop[cands], base[:, 2], base[:, 3], cooc_last * 10.0, cooc_recent * 10.0,
                          graph, np.full(n, np.log1p(len(history)) / 5.0)], axis=1).astype(np.float32)
+
+    def _cooc_block(self, rows: np.ndarray, cands: np.ndarray) -> np.ndarray:
+        """cooc[rows][:, cands] as a dense [L, N] array: the rows' stored entries matched to the candidates by a
+        sorted search (scipy's double fancy indexing costs ~2 ms per request; this ~0.1 ms)."""
+        m = self.cooc
+        pos, lens = ragged_positions(m.indptr, rows)
+        cols, vals = m.indices[pos], m.data[pos]
+        row_of = np.repeat(np.arange(len(rows)), lens)
+        order = np.argsort(cands, kind="stable")
+        sorted_c = cands[order]
+        at = np.minimum(np.searchsorted(sorted_c, cols), len(cands) - 1)
+        hit = sorted_c[at] == cols
+        block = np.zeros((len(rows), len(cands)), np.float32)
+        block[row_of[hit], order[at[hit]]] = vals[hit]
+        return block
 
     def request(self, cands: np.ndarray, scores: np.ndarray, history: np.ndarray, user_attrs: np.ndarray,
                 user: int = 0) -> Lists:
@@ -233,12 +254,18 @@ class RankerFeatures:
         return tables
 
 
+def flat(keys: list[str], parts: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, lengths) concatenated key by key: the KJT layout, also what FlatEmbeddingBags reads."""
+    values = np.concatenate([parts[k][0] for k in keys]).astype(np.int64)
+    lengths = np.concatenate([parts[k][1] for k in keys]).astype(np.int64)
+    return torch.from_numpy(values), torch.from_numpy(lengths)
+
+
 def to_kjt(keys: list[str], parts: dict[str, tuple[np.ndarray, np.ndarray]]):
     from torchrec import KeyedJaggedTensor
 
-    values = np.concatenate([parts[k][0] for k in keys]).astype(np.int64)
-    lengths = np.concatenate([parts[k][1] for k in keys]).astype(np.int32)
-    return KeyedJaggedTensor(keys=keys, values=torch.from_numpy(values), lengths=torch.from_numpy(lengths))
+    values, lengths = flat(keys, parts)
+    return KeyedJaggedTensor(keys=keys, values=values, lengths=lengths.int())
 
 
 def features_state(f: RankerFeatures) -> dict:

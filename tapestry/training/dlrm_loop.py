@@ -133,7 +133,7 @@ def _fit_temperature(score: torch.Tensor, positive: torch.Tensor) -> float:
     """The T minimising the NLL of softmax(score / T) at the target (a 1-D search over log T)."""
     best, best_nll = 1.0, float("inf")
     finite = torch.isfinite(score)
-    for t in np.exp(np.linspace(np.log(0.05), np.log(20), 61)):
+    for t in np.exp(np.linspace(np.log(0.01), np.log(100), 81)):
         s = torch.where(finite, score / float(t), torch.full_like(score, float("-inf")))
         nll = float(-torch.log_softmax(s, 1)[torch.arange(len(positive)), positive].mean())
         if nll < best_nll:
@@ -207,8 +207,11 @@ def train_lists(cfg: DLRMConfig, features: RankerFeatures, task_names: list[str]
     D.shutdown()
     if rank != 0:
         return None
-    mix, temperature = _select_mix_and_temperature(cfg, features, task_names, best_state, hold)
+    mix, temperature, final = _select_mix_and_temperature(cfg, features, task_names, best_state, hold)
+    # The same holdout lists in retrieval order (candidates arrive sorted by the retriever): the baseline.
+    gain = np.where(hold.positive < 10, 1.0 / np.log2(hold.positive + 2.0), 0.0)
     return {"state": best_state, "task_names": list(task_names), "task_mix": mix, "temperature": temperature,
+            "holdout_retrieval_ndcg@10": float(gain.mean()) if len(hold) else 0.0, "holdout_final_ndcg@10": final,
             "history": history, "holdout_ndcg@10": best, "train_seconds": seconds, "processes": size,
             "examples_per_second": examples_total / max(seconds, 1e-9), "train_lists": len(train),
             "holdout_lists": len(hold), "config": dataclasses.asdict(cfg)}
@@ -229,9 +232,10 @@ def _holdout_ndcg(place, features, hold: Lists, cfg, rank, size, device) -> floa
 
 
 @torch.no_grad()
-def _select_mix_and_temperature(cfg, features, task_names, state, hold: Lists) -> tuple[float, float]:
+def _select_mix_and_temperature(cfg, features, task_names, state, hold: Lists) -> tuple[float, float, float]:
+    """(task mix, temperature, holdout NDCG@10 of the final score)."""
     if len(hold) == 0:
-        return 0.0, 1.0
+        return 0.0, 1.0, 0.0
     model = build_model(cfg, features, len(task_names))
     model.load_state_dict(state)
     model.eval()
@@ -240,7 +244,8 @@ def _select_mix_and_temperature(cfg, features, task_names, state, hold: Lists) -
     mixes = cfg.task_mixes if len(task_names) > 1 else (0.0,)
     # Ties keep the first (smallest) mix: an extra task has to earn its weight.
     mix = max(mixes, key=lambda m: (ndcg_sum(final_scores(logits, mask, m), pos), -m))
-    return float(mix), _fit_temperature(final_scores(logits, mask, mix), pos)
+    final = final_scores(logits, mask, mix)
+    return float(mix), _fit_temperature(final, pos), ndcg_sum(final, pos) / len(hold)
 
 
 def main(argv=None) -> None:

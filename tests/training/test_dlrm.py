@@ -138,3 +138,22 @@ def test_distributed_needs_a_shardable_model():
         _check_config(TrainConfig(models=("popularity",), serve="", distributed=2))
     with pytest.raises(ValueError, match="must come before"):
         _check_config(TrainConfig(models=("popularity", "dlrm", "lightgcn", "sasrec_lightgcn"), serve=""))
+
+
+def test_cooccurrence_block_equals_scipy_indexing(feats):
+    rows, cands = np.array([3, 1, 3]), np.array([9, 2, 50, 4, 7])
+    np.testing.assert_array_equal(feats._cooc_block(rows, cands), feats.cooc[rows][:, cands].toarray())
+
+
+def test_inference_module_equals_the_torchrec_model(fitted, data):
+    from tapestry.training.dlrm_loop import list_logits
+
+    _, ranker = fitted
+    r = ranker.ranker
+    hist = data.sequences(("train",))
+    lists = r.features(np.arange(1, 21), np.linspace(2, 0, 20), hist[3], r.tables.user_attrs[3])
+    with torch.no_grad():
+        expected = list_logits(r.model, r.feats, lists, False)        # EmbeddingBagCollection + KJT
+    from tapestry.training.dlrm_loop import final_scores
+    torch.testing.assert_close(r.log_scores(lists), final_scores(expected, torch.ones(1, 20, dtype=torch.bool),
+                                                                 r.task_mix))

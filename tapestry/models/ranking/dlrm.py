@@ -87,13 +87,15 @@ class DLRM(nn.Module):
         else:
             self.relations = None
 
+    def rank(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        """Logits [R, T] from dense [R, F] and the pooled sparse vectors [R, S, D] (in `feature_names` order)."""
+        return self.heads(self.top(self.interaction(self.bottom(dense), sparse)))
+
     def forward(self, dense: torch.Tensor, features: KeyedJaggedTensor,
                 kg_relation: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         pooled = self.embedding_bag_collection(features).to_dict()
         rows = dense.shape[0]
-        sparse = torch.stack([pooled[name][:rows] for name in self.feature_names], dim=1)
-        x = self.interaction(self.bottom(dense), sparse)
-        logits = self.heads(self.top(x))
+        logits = self.rank(dense, torch.stack([pooled[name][:rows] for name in self.feature_names], dim=1))
         kg = None
         if kg_relation is not None and kg_relation.numel():
             if self.relations is None:
@@ -103,6 +105,45 @@ class DLRM(nn.Module):
             tail = torch.stack([pooled[k][rows:] for k in self.relation_keys], dim=0).sum(0)
             kg = (head + self.relations(kg_relation) - tail).norm(dim=1)
         return logits, kg
+
+
+class FlatEmbeddingBags(nn.Module):
+    """Inference twin of an EmbeddingBagCollection (mean pooling): every table stacked into one weight matrix, so
+    all keys pool in ONE `embedding_bag` call instead of a KJT split and one call per table. Plain torch: the
+    serving path needs neither TorchRec's KJT machinery (~2 ms per request here) nor FBGEMM."""
+
+    def __init__(self, ebc: EmbeddingBagCollection, keys: list[str]):
+        super().__init__()
+        weights, base, row = [], {}, 0
+        for cfg in ebc.embedding_bag_configs():
+            w = ebc.embedding_bags[cfg.name].weight.detach()
+            base.update({f: row for f in cfg.feature_names})     # a shared table serves several keys
+            weights.append(w)
+            row += w.shape[0]
+        self.register_buffer("weight", torch.cat(weights).clone())
+        self.register_buffer("key_base", torch.tensor([base[k] for k in keys], dtype=torch.long))
+
+    def forward(self, values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """KJT-ordered `values` / `lengths` ([K * R], key-major) -> pooled [R, K, D]; an empty bag pools to 0."""
+        k = self.key_base.numel()
+        per_key = lengths.view(k, -1).sum(1)
+        ids = values + torch.repeat_interleave(self.key_base, per_key)
+        offsets = torch.cumsum(lengths, 0) - lengths
+        pooled = nn.functional.embedding_bag(ids, self.weight, offsets, mode="mean")
+        return pooled.view(k, -1, self.weight.shape[1]).transpose(0, 1)
+
+
+class DLRMInference(nn.Module):
+    """The unsharded inference module: a trained DLRM's dense layers over FlatEmbeddingBags of its tables."""
+
+    def __init__(self, dlrm: DLRM):
+        super().__init__()
+        self.bags = FlatEmbeddingBags(dlrm.embedding_bag_collection, dlrm.feature_names)
+        self.bottom, self.interaction, self.top, self.heads = dlrm.bottom, dlrm.interaction, dlrm.top, dlrm.heads
+
+    def forward(self, dense: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        sparse = self.bags(values, lengths)
+        return self.heads(self.top(self.interaction(self.bottom(dense), sparse)))
 
 
 def listwise_loss(logits: torch.Tensor, mask: torch.Tensor, positive: torch.Tensor,
