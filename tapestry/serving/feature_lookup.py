@@ -3,8 +3,8 @@
 The embedded default store is the exported `users.parquet`, held in memory. The tenant in the request must match
 the tenant the repository was exported for: a request never reads another tenant's features. An unknown user id is
 a cold user (popularity recommendations), not an error; an unknown id in the exclude list is ignored (the client's
-catalogue may be newer than the export). Malformed ids (empty user id, not UTF-8, control characters, too long, too
-many) are request errors: tapestry.serving.validate.
+catalogue may be newer than the export). Malformed ids (empty user id, not UTF-8, control/invisible characters,
+too long, too many) are request errors: tapestry.serving.validate.
 """
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ CASES = {
     "non-UTF-8 USER_ID": (grpc_recommend_inputs(user=b"\xff\xfe"), "USER_ID is not valid UTF-8: b'\\xff\\xfe'"),
     "non-UTF-8 TENANT": (grpc_recommend_inputs(tenant=b"\xe2\x82"), "TENANT is not valid UTF-8"),
     "non-UTF-8 exclude id": (grpc_recommend_inputs(exclude=(b"1", b"\xc0\xaf")), "EXCLUDE_ITEM_IDS is not valid"),
-    "USER_ID with a NUL": (grpc_recommend_inputs(user=b"1\x00"), "USER_ID contains control characters"),
+    "USER_ID with a NUL": (grpc_recommend_inputs(user=b"1\x00"), "USER_ID contains control or invisible characters"),
     "K = 0": (grpc_recommend_inputs(k=0), f"K must be between 1 and {MAX_K}, got 0"),
     "K = -7": (grpc_recommend_inputs(k=-7), "got -7"),
     "K = 10^9": (grpc_recommend_inputs(k=10**9), "got 1000000000"),

@@ -29,8 +29,9 @@ ENSEMBLE_CASES = {
     # The stages' own checks (tapestry/serving/validate.py).
     "empty USER_ID": (recommend_inputs(user=""), "USER_ID is empty"),
     "blank USER_ID": (recommend_inputs(user="  \t "), "USER_ID is empty"),
-    "USER_ID with NUL": (recommend_inputs(user="1\x00"), "USER_ID contains control characters"),
-    "USER_ID with escape sequence": (recommend_inputs(user="\x1b[2J1"), "USER_ID contains control characters"),
+    "USER_ID with NUL": (recommend_inputs(user="1\x00"), "USER_ID contains control or invisible characters"),
+    "USER_ID with escape sequence": (recommend_inputs(user="\x1b[2J1"), "USER_ID contains control or invisible characters"),
+    "USER_ID with a zero-width space": (recommend_inputs(user="1\u200b"), "USER_ID contains control or invisible"),
     "USER_ID of 100k characters": (recommend_inputs(user="1" * 100_000), "USER_ID is 100000 characters long"),
     "USER_ID lone surrogate": (recommend_inputs(user="\udcff"), "USER_ID is not valid UTF-8"),
     "K = 0": (recommend_inputs(k=0), f"K must be between 1 and {MAX_K}, got 0"),

@@ -52,8 +52,12 @@ def test_tensor_shape_and_kind_are_checked(tensors, message):
     (b"   ", "USER_ID is empty"),
     (b"\xc3\x28", "USER_ID is not valid UTF-8"),
     ("\udcff".encode("utf-8", "surrogatepass"), "USER_ID is not valid UTF-8"),  # a lone surrogate (JSON "\udcff")
-    (b"u\x00x", "USER_ID contains control characters: 'u\\x00x'"),
-    (b"u\x1b[31m", "USER_ID contains control characters"),
+    (b"u\x00x", "USER_ID contains control or invisible characters: 'u\\x00x'"),
+    (b"u\x1b[31m", "USER_ID contains control or invisible characters"),
+    ("u\u200bx".encode(), "USER_ID contains control or invisible characters: 'u\\u200bx'"),  # zero-width space
+    ("u\u202ex".encode(), "contains control or invisible"),  # right-to-left override
+    ("u\u2028x".encode(), "contains control or invisible"),  # line separator
+    ("u\ufffd".encode(), "contains control or invisible"),  # bytes that did not decode upstream
     (b"7" * 257, "USER_ID is 257 characters long, at most 256"),
     (5, "USER_ID must hold strings, got int"),
 ])
@@ -61,6 +65,12 @@ def test_bad_ids_are_request_errors(value, message):
     with pytest.raises(RequestError) as info:
         v.single_text({"USER_ID": _bytes(value)}, "USER_ID")
     assert message in str(info.value)
+
+
+def test_id_limits_are_the_etl_id_policy():
+    from tapestry.etl import schema
+
+    assert v.MAX_ID_CHARS == schema.MAX_ID_LENGTH
 
 
 def test_ids_are_stripped_and_unicode_ids_are_fine():
