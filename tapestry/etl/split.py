@@ -18,9 +18,14 @@ FIXED = "fixed"
 def leave_one_out(events: pl.LazyFrame, min_user_events: int = 3) -> dict[str, pl.LazyFrame]:
     """`events` needs user_idx, timestamp and source_row. Users with < min_user_events stay wholly in train."""
     ordered = events.sort(["user_idx", "timestamp", "source_row"])
-    n = pl.len().over("user_idx")
-    from_end = n - pl.int_range(pl.len()).over("user_idx")  # 1 for the last event, 2 for the one before
-    tagged = ordered.with_columns(from_end.alias("_from_end"), n.alias("_n"))
+    # Each user's rows are one run of the sorted user column: its first and last row numbers give the count and
+    # the position from the end in O(n). (The same with `.over("user_idx")` windows took ~5 CPU-s per million
+    # events with many small users, most of `tapestry etl`'s time.) user_idx >= 1, so -1 marks "no neighbour".
+    row, user = pl.int_range(pl.len(), dtype=pl.Int64), pl.col("user_idx")
+    first = pl.when(user != user.shift(1, fill_value=-1)).then(row).forward_fill()
+    last = pl.when(user != user.shift(-1, fill_value=-1)).then(row).backward_fill()
+    tagged = ordered.with_columns((last - row + 1).alias("_from_end"),   # 1 for the last event, 2 for the one before
+                                  (last - first + 1).alias("_n"))
     evaluable = pl.col("_n") >= min_user_events
     out = {
         "train": tagged.filter(~evaluable | (pl.col("_from_end") > 2)),
