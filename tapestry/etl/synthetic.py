@@ -142,3 +142,63 @@ def synthetic_tables(num_users: int = 200, num_items: int = 100, events_per_user
     return RawTables(events=ev.lazy(), items=with_row(it).lazy(), users=with_row(us).lazy(),
                      item_entity_columns=["genre"], user_entity_columns=["age_group"], rejected=rejected,
                      sources={"events": f"synthetic(seed={seed})", "items": "synthetic", "users": "synthetic"})
+
+
+# --- large event tables, for the ETL benchmark (benchmarks/etl.py) -------------------------------------------
+# A rough mix of what real exports hold: 5% ISO-8601 timestamps, mixed-case event types, optional weights, and
+# `bad_fraction` of the rows broken in one of these ways (each a quarantine reason the ETL must find).
+_BAD_KINDS = (  # (column, bad value): None = the column's value times 1000 (milliseconds passed as seconds)
+    ("user_id", ""), ("user_id", "=cmd()"), ("item_id", "i\x07"), ("timestamp", "yesterday"), ("timestamp", None),
+    ("event_type", "teleport"), ("weight", "heavy"), ("weight", "-1"),
+)
+
+
+def event_table_chunks(rows: int, seed: int = 0, chunk_rows: int = 1_000_000, bad_fraction: float = 0.01,
+                       num_users: int = 1_000_000, num_items: int = 200_000):
+    """All-string event frames of a large synthetic table, `chunk_rows` at a time: never all in memory.
+
+    The same (rows, seed, chunk_rows) always gives the same table, and a shorter table is a prefix of a longer
+    one (chunk k depends only on seed and k).
+    """
+    for k, start in enumerate(range(0, rows, chunk_rows)):
+        n = min(chunk_rows, rows - start)
+        rng = np.random.default_rng([seed, k])
+        ts = BASE_TIMESTAMP + rng.integers(0, 30_000_000, n)
+        raw = pl.DataFrame({
+            "u": rng.integers(0, num_users, n), "i": (rng.zipf(1.3, n) - 1) % num_items,
+            "t": rng.integers(0, 4, n), "ts": ts, "iso": rng.random(n) < 0.05, "w": rng.integers(0, 6, n),
+            "s": rng.integers(0, 20, n), "bad": np.where(rng.random(n) < bad_fraction,
+                                                         rng.integers(0, len(_BAD_KINDS), n), -1),
+        })
+        frame = raw.select(
+            pl.format("u{}", "u").alias("user_id"),
+            pl.format("i{}", "i").alias("item_id"),
+            pl.col("t").replace_strict({0: "view", 1: "click", 2: "purchase", 3: "View"},
+                                       return_dtype=pl.String).alias("event_type"),
+            pl.when("iso").then(pl.from_epoch("ts").dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
+            .otherwise(pl.col("ts").cast(pl.String)).alias("timestamp"),
+            pl.when(pl.col("w") > 0).then(pl.col("w").cast(pl.String)).alias("weight"),
+            pl.format("u{}-s{}", "u", "s").alias("session_id"),
+            "bad", "ts",
+        )
+        fixes = {}
+        for code, (column, value) in enumerate(_BAD_KINDS):
+            bad_value = (pl.col("ts") * 1000).cast(pl.String) if value is None else pl.lit(value)
+            fixes[column] = pl.when(pl.col("bad") == code).then(bad_value).otherwise(fixes.get(column, pl.col(column)))
+        yield frame.with_columns(**fixes).drop("bad", "ts")
+
+
+def write_event_table(path, rows: int, seed: int = 0, chunk_rows: int = 1_000_000, bad_fraction: float = 0.01,
+                      prefix: tuple | None = None) -> None:
+    """Write event_table_chunks to a CSV file, chunk by chunk; `prefix=(path, rows)` also writes the first rows
+    (a whole number of chunks) to a second file, in the same pass."""
+    prefix_file = open(prefix[0], "wb") if prefix else None
+    try:
+        with open(path, "wb") as f:
+            for k, chunk in enumerate(event_table_chunks(rows, seed, chunk_rows, bad_fraction)):
+                chunk.write_csv(f, include_header=k == 0)
+                if prefix_file is not None and k * chunk_rows < prefix[1]:
+                    chunk.write_csv(prefix_file, include_header=k == 0)
+    finally:
+        if prefix_file is not None:
+            prefix_file.close()
