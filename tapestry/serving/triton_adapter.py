@@ -24,6 +24,17 @@ def resolve_artifact_dir(model_dir: str, params: dict) -> Path:
     return path if path.is_absolute() else (Path(model_dir).parent / path).resolve()
 
 
+def check_config(stage_cls: type[Stage], model_config: dict) -> None:
+    """The model's config.pbtxt must declare every input the stage reads. Triton passes a model only its declared
+    inputs, so a repository exported by an older tapestry (before every stage took TENANT) would load and then
+    refuse every request: fail at load instead, saying what to do."""
+    declared = {i["name"] for i in model_config.get("input", [])}
+    missing = [name for name in stage_cls.inputs if name not in declared]
+    if missing:
+        raise RuntimeError(f"model '{stage_cls.name}': config.pbtxt does not declare input(s) {missing}; the model "
+                           "repository was exported by an older tapestry: run `tapestry export` again")
+
+
 def triton_model(stage_cls: type[Stage]):
     class TritonPythonModel:
         def initialize(self, args):
@@ -38,6 +49,7 @@ def triton_model(stage_cls: type[Stage]):
             torch.set_num_threads(1)
             faiss.omp_set_num_threads(1)
             cfg = json.loads(args["model_config"])
+            check_config(stage_cls, cfg)
             self.stage = stage_cls.from_artifacts(
                 resolve_artifact_dir(args["model_repository"], cfg.get("parameters", {})))
             self.out_dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in cfg["output"]}
