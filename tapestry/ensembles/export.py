@@ -2,7 +2,9 @@
 
 model_repository/ is a copy of the templates in triton_models/ (their ARTIFACT_DIR parameter points at
 ../artifacts); artifacts/ holds what the stages read: users.parquet (online features: full time-ordered history
-and attribute indices), items.parquet, sasrec.pt, items.faiss, popularity.npy, rerank.npz, manifest.json.
+and attribute indices), items.parquet, sasrec.pt, items.faiss, popularity.npy, rerank.npz, manifest.json, and
+dlrm_ranker.pt when the run trained a DLRM ranker on the served model's candidates: then the rerank stage uses it
+instead of the feature reranker (manifest "reranker": "dlrm" or "feature").
 """
 from __future__ import annotations
 
@@ -83,12 +85,23 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
     sasrec = SASRecRecommender.load(models_dir / registry.get(served).filename)
     reranker = FeatureReranker.load(models_dir / "rerank.npz")
     item_emb = sasrec.model.item_embeddings().detach().cpu().float().numpy()
-    num_candidates = num_candidates or train_cfg.get("rerank", {}).get("num_candidates", 100)
 
     all_events = pl.read_parquet(etl_dir / "events.parquet")
     popularity = np.zeros(data.num_items, dtype=np.float32)
     vc = all_events.group_by("item_idx").len()
     popularity[vc["item_idx"].to_numpy()] = vc["len"].to_numpy()
+
+    # A ranker trained on the served model's candidates (registry entries whose config names a `retriever`)
+    # replaces the feature reranker; its file is the unsharded inference state, however it was trained.
+    rankers = [m for m in train_cfg["models"] if train_cfg.get("resolved", {}).get(m, {}).get("retriever") == served]
+    dlrm = None
+    if rankers:
+        from tapestry.training.base import Recommender
+
+        dlrm = Recommender.load(models_dir / registry.get(rankers[-1]).filename, device="cpu").ranker
+        num_candidates = num_candidates or dlrm.cfg.num_candidates   # the list length it was trained on
+
+    num_candidates = num_candidates or train_cfg.get("rerank", {}).get("num_candidates", 100)
 
     with new_version(tenant, "export", root) as v:
         art = v.tmp / "artifacts"
@@ -99,6 +112,8 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
         faiss.write_index(build_faiss_index(item_emb), str(art / "items.faiss"))
         np.save(art / "popularity.npy", popularity)
         shutil.copy2(models_dir / "rerank.npz", art / "rerank.npz")
+        if dlrm is not None:
+            dlrm.save(art / "dlrm_ranker.pt")
         atomic_write_json(art / "manifest.json", {
             "tenant": tenant,
             "models_version": str(models_dir),
@@ -112,6 +127,8 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
             "num_user_attrs": int(reranker.tables.user_attrs.shape[1]),
             "num_candidates": int(num_candidates),
             "max_k": int(max_k),
+            "reranker": "dlrm" if dlrm is not None else "feature",
+            "ranker_model": rankers[-1] if rankers else None,
         })
         shutil.copytree(TEMPLATES, v.tmp / "model_repository",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))

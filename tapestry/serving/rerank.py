@@ -1,4 +1,9 @@
-"""Stage 5: score the filtered candidates with the feature reranker, keep the top K, attach ids and titles."""
+"""Stage 5: score the filtered candidates with the reranker, keep the top K, attach ids and titles.
+
+The reranker is the DLRM ranker when the export has one (manifest "reranker": "dlrm"; its SCORES are calibrated
+log-probabilities), else the feature reranker. Both take (candidates, retrieval scores, history, user attributes);
+the DLRM reads the time-ordered HISTORY window, the feature reranker the SEEN set.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,8 +39,13 @@ class Rerank(Stage):
         for idx, iid, title in items.select("item_idx", "item_id", "title").iter_rows():
             ids[idx], titles[idx] = iid, title or ""
         m = export_manifest(artifact_dir)
-        return cls(m["tenant"], FeatureReranker.load(artifact_dir / "rerank.npz"), ids, titles, m["max_k"],
-                   m["max_len"])
+        if m.get("reranker") == "dlrm":
+            from tapestry.training.dlrm import DLRMRanker   # TorchRec is imported only where a DLRM is served
+
+            reranker = DLRMRanker.load(artifact_dir / "dlrm_ranker.pt")
+        else:
+            reranker = FeatureReranker.load(artifact_dir / "rerank.npz")
+        return cls(m["tenant"], reranker, ids, titles, m["max_k"], m["max_len"])
 
     def __call__(self, t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         v.tenant(t, self.tenant)
@@ -53,7 +63,8 @@ class Rerank(Stage):
             raise RequestError("no items left to recommend after removing seen and excluded items")
         if not np.isfinite(scores).all():  # -inf only marks the filter's placeholder (item 0), never a real item
             raise RequestError("FILTERED_SCORES must be finite for every real candidate")
-        feats = self.reranker.features(cands, scores, seen, user_attrs)
+        feats = self.reranker.features(cands, scores, history if getattr(self.reranker, "ordered_history", False)
+                                       else seen, user_attrs)
         final = self.reranker.score(feats)
         order = np.argsort(-final, kind="stable")[:k]
         top = cands[order]

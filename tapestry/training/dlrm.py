@@ -86,8 +86,10 @@ class DLRMRanker:
         return torch.cat(out) if out else torch.zeros(0, lists.cands.shape[1])
 
     def score(self, lists: Lists) -> np.ndarray:
-        """Calibrated P(next interaction = candidate | candidates) for a one-list batch (the serving call)."""
-        return torch.softmax(self.log_scores(lists)[0] / self.temperature, 0).numpy().astype(np.float32)
+        """Calibrated log P(next interaction = candidate | these candidates) for a one-list batch (the serving
+        call). Log, not P: the order then equals the offline one exactly (probabilities of far-down candidates
+        underflow to equal zeros at a sharp temperature)."""
+        return torch.log_softmax(self.log_scores(lists)[0] / self.temperature, 0).numpy().astype(np.float32)
 
     # ---- persistence (plain tensors and Python values: torch.load(weights_only=True) reads it) ---------------
     def payload(self) -> dict:
@@ -169,7 +171,7 @@ class DLRMRecommender(Recommender):
             raise ValueError(f"dlrm reranks {self.cfg.retriever!r}'s candidates: train it earlier in the same run "
                              f"(trained so far: {sorted(upstream)})")
         self.retriever = upstream[self.cfg.retriever]
-        if self.cfg.graph_from is not None:
+        if self.cfg.graph_from is not None and self.ranker is None:     # a loaded ranker carries its vectors
             if self.cfg.graph_from not in upstream:
                 raise ValueError(f"dlrm graph_from={self.cfg.graph_from!r} must be trained earlier in the same run")
             self.graph_vectors = upstream[self.cfg.graph_from].item_embeddings().detach().cpu().float().numpy()
