@@ -9,11 +9,11 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # Tenant ids become directory names and Triton request fields, so keep them to a safe alphabet.
-_TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 def validate_tenant(tenant: str) -> str:
-    if not isinstance(tenant, str) or not _TENANT_RE.match(tenant):
+    if not isinstance(tenant, str) or not _TENANT_RE.fullmatch(tenant):   # fullmatch: `$` admits a trailing newline
         raise ValueError(
             f"invalid tenant id {tenant!r}: use 1-64 characters from [A-Za-z0-9_-], starting with a letter or digit"
         )

@@ -91,7 +91,7 @@ def test_latest_version_falls_back_to_highest_complete_version(tmp_path):
     assert latest_version("acme", "etl", tmp_path) == stage / "v0003"
 
 
-@pytest.mark.parametrize("tenant", ["../x", "a/b", ".."])
+@pytest.mark.parametrize("tenant", ["../x", "a/b", "..", "abc\n", "", "a" * 65])
 def test_artifact_paths_reject_bad_tenants(tmp_path, tenant):
     with pytest.raises(ValueError):
         stage_dir(tenant, "etl", tmp_path)
