@@ -18,7 +18,8 @@ Facts this code relies on (checked by tests/training/test_dlrm_distributed.py an
 - Gradients equal to ~1e-9 are equal: but Adam(W) divides by their root mean square, so parameters whose exact
   gradient is zero (a listwise softmax is blind to biases shared by a list) move by rounding noise. The equality
   test therefore steps the dense part with SGD; training uses AdamW.
-- The CPU planner never proposes row-wise; `row_wise` here forces it through the constraints (tested less).
+- TorchRec's sharder leaves row-wise out of its CPU list, so the planner refuses it ("No available sharding type");
+  asking for `row_wise` here swaps in a sharder that offers it, and it then trains like the others (tested).
 - `dist.barrier()` before `destroy_process_group()`: without it about 1 run in 9 aborted at exit.
 """
 from __future__ import annotations
@@ -132,7 +133,7 @@ class Placement:
         planner = EmbeddingShardingPlanner(
             topology=Topology(world_size=size, local_world_size=size, compute_device=device.type),
             constraints=constraints)
-        sharders = [EmbeddingBagCollectionSharder()]
+        sharders = [_RowWiseAllowedSharder() if "row_wise" in sharding_types else EmbeddingBagCollectionSharder()]
         plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
         dmp = DistributedModelParallel(model, device=device, plan=plan, sharders=sharders)
         load_full_state(dmp, full)
@@ -144,6 +145,18 @@ class Placement:
         if self.plan is None:
             return {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
         return gather_full_state(self.module, self.rank)
+
+
+def _RowWiseAllowedSharder():
+    """TorchRec's EBC sharder, also offering row-wise on CPU (its CPU list leaves row-wise out)."""
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+
+    class Sharder(EmbeddingBagCollectionSharder):
+        def sharding_types(self, compute_device_type: str) -> list[str]:
+            types = super().sharding_types(compute_device_type)
+            return types if "row_wise" in types else [*types, "row_wise"]
+
+    return Sharder()
 
 
 def load_full_state(dmp: nn.Module, full: dict[str, torch.Tensor]) -> None:

@@ -1,5 +1,5 @@
 """Two CPU processes under torchrun (gloo): the TorchRec-sharded DLRM equals the unsharded one, forward and after
-one training step, table-wise and column-wise; the sharded training loop runs and its gathered state loads into
+one training step, table-wise, column-wise and row-wise; the sharded training loop runs and its gathered state loads into
 the unsharded inference model. The work happens in dlrm_sharded_check.py (one torchrun job, ~30 s on 2 cores)."""
 from __future__ import annotations
 
@@ -25,12 +25,14 @@ def report(tiny_etl, tmp_path_factory) -> dict:
     return json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("sharding", ["table_wise", "column_wise"])
+@pytest.mark.parametrize("sharding", ["table_wise", "column_wise", "row_wise"])
 def test_sharded_equals_unsharded(report, sharding):
     r = report[sharding]
     assert f"| {sharding}" in r["plan"]                       # the planner really chose this sharding type
     if sharding == "column_wise":
         assert "[101, 4]" in r["plan"]                         # the 8 columns of the item table split 4 + 4
+    if sharding == "row_wise":
+        assert "[51, 8]" in r["plan"] and "[50, 8]" in r["plan"]   # its 101 rows split 51 + 50 (forced on CPU)
     assert r["forward"] < 1e-5, r
     assert r["after_step"] < 1e-5, r
     assert max(r["state"].values()) < 1e-5, r["state"]      # every table and dense tensor after the step
