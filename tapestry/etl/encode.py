@@ -41,13 +41,18 @@ class IdEncoder:
         """Table size including the OOV row: valid indices are 0..len-1."""
         return self.mapping.height + 1
 
-    def encode(self, frame: pl.LazyFrame | pl.DataFrame, column: str | None = None):
-        """Add `<name>_idx` for `column` (default `<name>_id`); unknown ids get OOV_INDEX."""
+    def encode(self, frame: pl.LazyFrame | pl.DataFrame, column: str | None = None, maintain_order: bool = True):
+        """Add `<name>_idx` for `column` (default `<name>_id`); unknown ids get OOV_INDEX.
+
+        maintain_order=False lets the join return rows in any order (half the time in the streaming engine), for
+        callers that sort afterwards.
+        """
         column = column or self.id_col
         m = self.mapping.rename({self.id_col: column})
         if isinstance(frame, pl.LazyFrame):
             m = m.lazy()
-        return frame.join(m, on=column, how="left", maintain_order="left").with_columns(
+        order = "left" if maintain_order else "none"
+        return frame.join(m, on=column, how="left", maintain_order=order).with_columns(
             pl.col(self.idx_col).fill_null(OOV_INDEX)
         )
 

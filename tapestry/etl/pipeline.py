@@ -16,7 +16,8 @@ from tapestry.config import ETLConfig, validate_tenant
 from tapestry.etl.encode import IdEncoder
 from tapestry.etl.schema import ENTITY_VALUE_SEPARATOR, ITEM_TEXT_COLUMNS, SPLIT_COLUMN
 from tapestry.etl.sources import ROW, RawTables
-from tapestry.etl.split import FIXED, LEAVE_ONE_OUT, fixed_split, leave_one_out
+from tapestry.etl.split import (FIXED, LEAVE_ONE_OUT, fixed_split_sorted, leave_one_out_tagged, sort_by_user,
+                                 tag_positions)
 from tapestry.etl.validate import validate_entities, validate_events
 
 EVENT_OUT_COLUMNS = ["user_idx", "item_idx", "event_type", "timestamp", "weight", "session_id"]
@@ -75,6 +76,17 @@ def validate_to_parquet(tables: RawTables, cfg: ETLConfig, scratch: Path) -> tup
     return pl.scan_parquet(paths[0]), pl.scan_parquet(paths[1])
 
 
+def _sort_and_split(encoded: pl.LazyFrame, num_users: int, rows: int, split_kind: str, scratch: Path) -> pl.LazyFrame:
+    """Encoded events in SORT_KEY order (tagged for leave-one-out), as a scan of scratch files.
+
+    The encoded table is streamed to scratch, then sorted a range of users at a time (split.sort_by_user), so
+    memory holds the id maps and about one range, not the table.
+    """
+    encoded.sink_parquet(scratch / "encoded.parquet")
+    each = tag_positions if split_kind == LEAVE_ONE_OUT else None
+    return sort_by_user(scratch / "encoded.parquet", num_users, rows, scratch, each)
+
+
 def _height(lf: pl.LazyFrame) -> int:
     return lf.select(pl.len()).collect().item()
 
@@ -112,9 +124,12 @@ def _run(tables: RawTables, tenant: str, root: Path | None, cfg: ETLConfig, log,
     # Only the distinct ids are collected: the id maps must be in memory, the events need not be.
     users = IdEncoder.fit("user", good.select(pl.col("user_id").unique()).collect()["user_id"])
     items = IdEncoder.fit("item", good.select(pl.col("item_id").unique()).collect()["item_id"])
-    encoded = items.encode(users.encode(good)).sort(["user_idx", "timestamp", ROW])
     split_kind = FIXED if SPLIT_COLUMN in good.collect_schema().names() else LEAVE_ONE_OUT
-    splits = fixed_split(encoded) if split_kind == FIXED else leave_one_out(encoded, cfg.min_user_events)
+    # Join order is free: the sort below puts every row in place (source_row breaks all ties).
+    encoded = items.encode(users.encode(good, maintain_order=False), maintain_order=False)
+    encoded = _sort_and_split(encoded, len(users), n_good, split_kind, scratch)
+    splits = (fixed_split_sorted(encoded) if split_kind == FIXED
+              else leave_one_out_tagged(encoded, cfg.min_user_events))
 
     quarantine = [_as_strings(bad_events)] + [_as_strings(r).lazy() for r in tables.rejected if r.height]
     item_table, item_entities = _entities(tables.items, "item_id", tables.item_entity_columns, items, quarantine)
@@ -136,7 +151,7 @@ def _run(tables: RawTables, tenant: str, root: Path | None, cfg: ETLConfig, log,
     with new_version(tenant, "etl", root) as v:
         out = v.tmp
         cols = EVENT_OUT_COLUMNS
-        # Streamed straight into the version directory: the encoded events are never collected here.
+        # Streamed from the sorted scratch file straight into the version directory.
         pl.collect_all([encoded.select(cols).sink_parquet(out / "events.parquet", lazy=True),
                         *[splits[name].select(cols).sink_parquet(out / f"{name}.parquet", lazy=True)
                           for name in ("train", "valid", "test")],

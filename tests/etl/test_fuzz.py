@@ -157,7 +157,8 @@ def test_run_etl_counts_add_up(good, bad, check_events):
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "events.csv"
         path.write_text(text)
-        res = run_etl(generic_tables(path, check_events=check_events), "fuzz", root=Path(d) / "art", cfg=CFG, log=lambda *a: None)
+        res = run_etl(generic_tables(path, check_events=check_events), "fuzz", root=Path(d) / "art", cfg=CFG,
+                      log=lambda *a: None)
         q = pl.read_parquet(res.path / "quarantine.parquet")
         c = res.manifest["counts"]
         assert c["input_rows"] == len(good) + len(bad)

@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from tapestry.etl.pipeline import run_etl
-from tapestry.etl.sources import generic_tables
+from tapestry.etl.sources import RawTables, generic_tables
 from tapestry.etl.split import leave_one_out
 
 # (user_idx, item_idx, timestamp, source_row), deliberately not in time order.
@@ -110,3 +110,31 @@ def test_split_through_run_etl_keeps_input_order_on_ties(tmp_path):
     assert [name[i] for i in read("train")["item_idx"]] == ["b", "d", "a", "b"]  # bob (2 events) wholly in train
     events = read("events")
     assert [name[i] for i in events["item_idx"]] == ["b", "d", "a", "c", "a", "b"]
+
+
+def _artifacts(path) -> dict[str, pl.DataFrame]:
+    return {p.name: pl.read_parquet(p) for p in sorted(path.iterdir()) if p.suffix == ".parquet"}
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_sorting_a_range_of_users_at_a_time_gives_the_same_artifacts(tmp_path, monkeypatch, fixed):
+    """run_etl sorts large tables in user ranges (split.sort_by_user); forced here with tiny ranges."""
+    import numpy as np
+
+    from tapestry.etl import split as split_module
+    from tapestry.etl.synthetic import synthetic_tables
+
+    tables = lambda: synthetic_tables(num_users=120, num_items=40, seed=2, bad_rows=2)  # noqa: E731
+    if fixed:   # the same events with a given split column
+        base = tables()
+        rng = np.random.default_rng(0)
+        events = base.events.collect()
+        events = events.with_columns(pl.Series("split", rng.choice(["train", "valid", "test"], events.height)))
+        tables = lambda: RawTables(events=events.lazy(), sources={"events": "test"})  # noqa: E731
+    whole = run_etl(tables(), "t", root=tmp_path / "a", log=lambda *a: None)
+    monkeypatch.setattr(split_module, "BUCKET_ROWS", 37)
+    ranged = run_etl(tables(), "t", root=tmp_path / "b", log=lambda *a: None)
+    a, b = _artifacts(whole.path), _artifacts(ranged.path)
+    assert a.keys() == b.keys() and all(a[k].equals(b[k]) for k in a)
+    assert whole.manifest["counts"] == ranged.manifest["counts"]
+    assert whole.manifest["split"] == ("fixed" if fixed else "leave_one_out")
