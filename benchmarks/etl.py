@@ -57,13 +57,15 @@ class _PeakAnon:
 
 
 def _polars_worker(path: Path, out: Path) -> dict:
+    import polars as pl
+
     from tapestry.config import ETLConfig
     from tapestry.etl.pipeline import validate_to_parquet
     from tapestry.etl.sources import generic_tables
 
     tables = generic_tables(path, check_events=False)   # as `tapestry etl --events` reads it
     good, bad = validate_to_parquet(tables, ETLConfig(), out)
-    return {"valid": good.select("source_row").collect().height, "quarantined": bad.select("source_row").collect().height}
+    return {"valid": good.select(pl.len()).collect().item(), "quarantined": bad.select(pl.len()).collect().item()}
 
 
 def _run_etl_worker(path: Path, out: Path) -> dict:
