@@ -1,6 +1,9 @@
 """`tapestry etl`: validate -> encode -> split -> write a versioned artifact directory (atomically).
 
 The split is leave-one-out unless the events carry a `split` column (a fixed, adapter-given split): see etl/split.py.
+Memory stays bounded whatever the event table's size: validation and encoding are streamed through scratch Parquet
+files in $TMPDIR (removed at the end), and the sort behind the split takes a range of users at a time; only the id
+maps (one row per distinct user and item) and the small entity tables are held whole.
 """
 from __future__ import annotations
 
