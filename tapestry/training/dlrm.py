@@ -189,17 +189,19 @@ class DLRMRecommender(Recommender):
         if len(lists) < 2:
             raise ValueError(f"dlrm: only {len(lists)} validation targets among the retriever's candidates; "
                              "it needs a validation split (leave-one-out) to train on")
-        result = self._train(feats, names, lists)
+        vectors = self.retriever.item_embeddings().detach().cpu().float().numpy() if c.item_init else None
+        result = self._train(feats, names, lists, vectors)
         self.report = {k: v for k, v in result.items() if k not in ("state", "config")}
         self.loss_history_ = [h["loss"] for h in result["history"]]
         self.ranker = DLRMRanker(c, feats, names, result["state"], result["task_mix"], result["temperature"])
         return self
 
-    def _train(self, feats, names, lists) -> dict:
+    def _train(self, feats, names, lists, vectors) -> dict:
         if self.processes <= 1:
-            return train_lists(self.cfg, feats, names, lists, log=self._log)
+            return train_lists(self.cfg, feats, names, lists, log=self._log, item_vectors=vectors)
         with tempfile.TemporaryDirectory(prefix="tapestry-dlrm-") as tmp:
-            torch.save({"config": self.cfg, "features": feats, "task_names": names, "lists": lists},
+            torch.save({"config": self.cfg, "features": feats, "task_names": names, "lists": lists,
+                        "item_vectors": vectors},
                        Path(tmp) / "job.pt")
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.processes}",
                    "-m", "tapestry.training.dlrm_loop", tmp]

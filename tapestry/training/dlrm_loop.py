@@ -34,12 +34,15 @@ class DLRMConfig:
     retriever: str = "sasrec_lightgcn"   # registry name of the model whose candidates are reranked
     graph_from: str | None = "lightgcn"  # registry name of a model whose item vectors give `graph_similarity`
     num_candidates: int = 100            # per list, as serving retrieves them
-    embedding_dim: int = 16              # every table's width (= the bottom MLP's output)
+    embedding_dim: int = 64              # every table's width (= the bottom MLP's output; = SASRec's width)
     bottom_mlp: tuple[int, ...] = (64,)  # hidden widths before the final embedding_dim layer
     top_mlp: tuple[int, ...] = (64, 32)
     dropout: float = 0.1
     history_len: int = 20                # items in the history bag and the co-occurrence features
     user_table: bool = False             # a user-id table: off, as each user gives one training list
+    item_init: bool = True               # start the item table from the retriever's item vectors (L2-normalised,
+                                         # randomly projected to embedding_dim if wider): ~2k training lists
+                                         # cannot learn 3k+ item vectors from scratch
     cross_buckets: int = 1 << 14
     like_min_weight: float = 4.0         # single-event-type data with weights (ratings): weight >= this = "like"
     task_mixes: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0)   # candidates for the extra tasks' weight, chosen on holdout
@@ -48,7 +51,7 @@ class DLRMConfig:
     batch_size: int = 32                 # lists per global step (split over the processes)
     sparse_optimizer: str = "rowwise_adagrad"   # sgd | adagrad | rowwise_adagrad (fused into the backward)
     dense_optimizer: str = "adamw"               # adamw | sgd
-    sparse_lr: float = 0.05
+    sparse_lr: float = 0.01
     dense_lr: float = 2e-3
     weight_decay: float = 1e-4
     kg_weight: float = 0.0               # TransE auxiliary loss weight (0 = off)
@@ -157,9 +160,25 @@ def step_loss(module, features: RankerFeatures, lists: Lists, cfg: DLRMConfig, t
     return loss, logits
 
 
+def init_item_table(model: DLRM, vectors: np.ndarray) -> None:
+    """Copy L2-normalised item vectors into the item table (unit norm keeps the dot interactions in [-1, 1]).
+    Rows that are all zero (padding) stay zero."""
+    table = model.embedding_bag_collection.embedding_bags["item"].weight
+    if vectors.shape[0] != table.shape[0]:
+        raise ValueError(f"item_init: {vectors.shape[0]} item vectors for an item table of {table.shape[0]} rows")
+    if vectors.shape[1] != table.shape[1]:
+        # A fixed random projection to the table's width keeps the vectors' geometry (Johnson-Lindenstrauss).
+        proj = np.random.default_rng(0).normal(size=(vectors.shape[1], table.shape[1])) / np.sqrt(table.shape[1])
+        vectors = vectors @ proj
+    v = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    with torch.no_grad():
+        table.copy_(torch.from_numpy(v.astype(np.float32)))
+
+
 def train_lists(cfg: DLRMConfig, features: RankerFeatures, task_names: list[str], lists: Lists,
-                log=print) -> dict:
-    """Train on `lists` (a `holdout` share kept apart); the result on rank 0, None on other ranks."""
+                log=print, item_vectors: np.ndarray | None = None) -> dict:
+    """Train on `lists` (a `holdout` share kept apart); the result on rank 0, None on other ranks.
+    `item_vectors` [num_items, embedding_dim] start the item table when `cfg.item_init`."""
     device = D.init_process_group()
     rank, size = D.world()
     rng = np.random.default_rng(cfg.seed)
@@ -169,6 +188,8 @@ def train_lists(cfg: DLRMConfig, features: RankerFeatures, task_names: list[str]
     hold, train = lists.take(np.sort(order[:n_hold])), lists.take(np.sort(order[n_hold:]))
     torch.manual_seed(cfg.seed)                    # every rank builds the same initial weights
     model = build_model(cfg, features, len(task_names))
+    if cfg.item_init and item_vectors is not None:
+        init_item_table(model, item_vectors)
     place = D.Placement.create(model, model.embedding_bag_collection, device, cfg.sparse_optimizer, cfg.sparse_lr,
                                cfg.dense_lr, cfg.weight_decay, cfg.sharding_types, cfg.embedding_dim // max(size, 1),
                                dense_optimizer=cfg.dense_optimizer)
@@ -253,7 +274,8 @@ def main(argv=None) -> None:
     # Our own file, written by the parent process a moment ago: it holds dataclasses, hence weights_only=False.
     payload = torch.load(job / "job.pt", map_location="cpu", weights_only=False)
     torch.set_num_threads(int(payload.get("threads", 1)))
-    out = train_lists(payload["config"], payload["features"], payload["task_names"], payload["lists"])
+    out = train_lists(payload["config"], payload["features"], payload["task_names"], payload["lists"],
+                      item_vectors=payload.get("item_vectors"))
     if out is not None:
         torch.save(out, job / "result.pt")
 
