@@ -98,10 +98,12 @@ class Placement:
     def create(cls, model: nn.Module, ebc: nn.Module, device: torch.device, sparse_optimizer: str, sparse_lr: float,
                dense_lr: float, weight_decay: float = 0.0, sharding_types: tuple[str, ...] = ("table_wise",),
                column_shard_dim: int | None = None, shard: bool = True,
-               dense_optimizer: str = "adamw") -> "Placement":
+               dense_optimizer: str = "adamw", table_lrs: dict[str, float] | None = None) -> "Placement":
         """`model` holds its unsharded, initialised weights; `ebc` is its EmbeddingBagCollection. Every rank must
         pass the same weights (build them under the same seed): sharding copies them into the local shards.
-        `shard=False` keeps the model whole even inside a process group (a reference twin in tests)."""
+        `shard=False` keeps the model whole even inside a process group (a reference twin in tests).
+        `table_lrs` overrides `sparse_lr` per table name (0 freezes a table: FBGEMM groups tables by optimizer
+        settings, so this costs nothing)."""
         from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
         if sparse_optimizer not in SPARSE_OPTIMIZERS:
@@ -111,7 +113,10 @@ class Placement:
         single = not shard or size == 1 or not dist.is_initialized()
         if single:
             model.to(device)     # before the in-backward optimizers attach to the parameters
-        apply_optimizer_in_backward(_sparse_optimizer(sparse_optimizer), ebc.parameters(), kwargs)
+        for cfg in ebc.embedding_bag_configs():
+            lr = (table_lrs or {}).get(cfg.name, sparse_lr)
+            apply_optimizer_in_backward(_sparse_optimizer(sparse_optimizer), [ebc.embedding_bags[cfg.name].weight],
+                                        {**kwargs, "lr": lr})
         make_dense = _dense_optimizer(dense_optimizer, dense_lr, weight_decay)
         if single:
             return cls(model, make_dense([p for p in model.parameters() if not hasattr(p, "_in_backward_optimizers")]),

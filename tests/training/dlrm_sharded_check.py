@@ -49,7 +49,7 @@ def main(etl_dir: str, out_path: str) -> None:
     for sharding, sparse_opt in (("table_wise", "rowwise_adagrad"), ("column_wise", "adagrad"),
                                  ("row_wise", "rowwise_adagrad")):
         cfg = DLRMConfig(embedding_dim=8, bottom_mlp=(8,), top_mlp=(8,), dropout=0.0, kg_weight=0.5,
-                         sharding_types=(sharding,), sparse_optimizer=sparse_opt, sparse_lr=0.1,
+                         sharding_types=(sharding,), sparse_optimizer=sparse_opt, sparse_lr=0.1, item_lr=None,
                          dense_optimizer="sgd", dense_lr=0.1)
         places = {}
         for name, shard in (("ref", False), ("sharded", True)):
