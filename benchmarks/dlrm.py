@@ -106,6 +106,7 @@ def main() -> None:
             best = (row, ranker)
     row, ranker = best
     out["chosen"] = row["params"]
+    out["chosen_config"] = dataclasses.asdict(ranker.cfg)       # every resolved hyper-parameter
 
     # ---- quality: test, once, for the chosen config ---------------------------------------------------------
     k = 10
