@@ -119,6 +119,8 @@ class RankerFeatures:
     def build(cls, data, history_len: int = 20, max_history: int = 100, cooc_window: int = 3,
               cooc_top_k: int = 200, recent_share: float = 0.1, cross_buckets: int = 1 << 14,
               graph: np.ndarray | None = None) -> "RankerFeatures":
+        if history_len < 1:
+            raise ValueError(f"history_len must be >= 1, got {history_len}")
         rerank = RerankTables.build(data)
         ent = data.item_entities
         item_types = sorted(ent["entity_type"].unique().to_list())
