@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tapestry.artifacts import atomic_write_json, tenant_dir
 from tapestry.config import artifacts_root
+from tapestry.serving.triton_server import http_status
 
 STATE_FILE = "serve.json"
 PROBE_USER = "tapestry-status-probe"  # an id no tenant has: the probe is a cold-user request through all stages
@@ -84,16 +85,6 @@ def listening_addresses(port: int) -> list[str]:
     return sorted(found)
 
 
-def _get(url: str, timeout: float) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except (OSError, ValueError):
-        return None
-
-
 def probe_inference(http_url: str, tenant: str, timeout: float = 10.0) -> str:
     """"ok" when a real request passes through every stage; else why not. Readiness alone is not enough: a crashed
     python-backend stub is not restarted and its model keeps reporting READY."""
@@ -129,9 +120,9 @@ def server_status(tenant: str, root: Path | None = None, timeout: float = 2.0) -
     http = state["http_url"]
     status.update(
         running=True,
-        live=_get(f"http://{http}/v2/health/live", timeout) == 200,
-        ready=_get(f"http://{http}/v2/health/ready", timeout) == 200,
-        model_ready=_get(f"http://{http}/v2/models/recommend/ready", timeout) == 200,
+        live=http_status(f"http://{http}/v2/health/live", timeout) == 200,
+        ready=http_status(f"http://{http}/v2/health/ready", timeout) == 200,
+        model_ready=http_status(f"http://{http}/v2/models/recommend/ready", timeout) == 200,
         listening={kind: listening_addresses(int(state[f"{kind}_port"])) for kind in ("http", "grpc", "metrics")},
     )
     status["inference"] = probe_inference(http, tenant, timeout=max(timeout, 10.0)) if status["ready"] else "-"

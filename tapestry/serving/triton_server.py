@@ -105,7 +105,8 @@ def connect_host(host: str) -> str:
     return LOOPBACK if host in (WILDCARD, "") else host
 
 
-def _http_status(url: str, timeout: float = 1.0) -> int | None:
+def http_status(url: str, timeout: float = 1.0) -> int | None:
+    """The HTTP status of a GET, or None when nothing answers."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             return resp.status
@@ -243,7 +244,7 @@ class TritonServer:
                 proc, report = self._proc, self._failure_report()
                 self.stop()  # reaps it
                 raise TritonServerError(f"tritonserver exited during startup (exit code {proc.returncode}){report}")
-            if _http_status(ready_url, timeout=0.5) == 200:
+            if http_status(ready_url, timeout=0.5) == 200:
                 return
             if time.monotonic() > deadline:
                 raise TritonServerError(f"tritonserver not ready after {timeout:g} s{self._failure_report()}")
@@ -297,7 +298,7 @@ class TritonServer:
 
     def model_ready(self, name: str, version: str | int | None = None) -> bool:
         path = f"/v2/models/{name}" + (f"/versions/{version}" if version is not None else "") + "/ready"
-        return _http_status(f"http://{self.http_url}{path}") == 200
+        return http_status(f"http://{self.http_url}{path}") == 200
 
     def log_text(self) -> str:
         """This run's server log (since the last ``start()``)."""
