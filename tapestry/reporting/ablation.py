@@ -41,9 +41,9 @@ def format_ablation_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_ablation(rows: list[dict], path: Path) -> Path:
-    """One horizontal bar chart of NDCG@k per data set (rows of the figure) and slice (columns)."""
-    from tapestry.reporting.plots import pyplot
+def ablation_png(rows: list[dict]) -> bytes:
+    """One horizontal bar chart of NDCG@k per data set (rows of the figure) and slice (columns), as PNG bytes."""
+    from tapestry.reporting.plots import png_bytes, pyplot
 
     plt = pyplot()
     datasets = list(dict.fromkeys(r["dataset"] for r in rows)) or ["(none)"]
@@ -62,7 +62,10 @@ def plot_ablation(rows: list[dict], path: Path) -> Path:
             if not n:
                 # An empty slice is a fact about the data (e.g. no cold test items), not a zero score.
                 ax.text(0.5, 0.5, "empty slice", ha="center", va="center", transform=ax.transAxes, color="grey")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return png_bytes(fig, dpi=110)
+
+
+def plot_ablation(rows: list[dict], path: Path) -> Path:
+    """The same chart written to a PNG file (the benchmark's ablation.png)."""
+    Path(path).write_bytes(ablation_png(rows))
     return Path(path)

@@ -17,7 +17,7 @@ import polars as pl
 
 from tapestry.artifacts import atomic_write_text, latest_version, stage_dir
 from tapestry.config import PROJECT_ROOT, validate_tenant
-from tapestry.reporting.ablation import ablation_rows, plot_ablation
+from tapestry.reporting.ablation import ablation_png, ablation_rows
 from tapestry.reporting.plots import latency_histograms_png, loss_curves_png
 
 CSS = """
@@ -68,7 +68,7 @@ def _data_section(etl_dir: Path) -> str:
     return "".join(out)
 
 
-def _metrics_section(metrics: dict, tenant: str, tmp_png: Path) -> str:
+def _metrics_section(metrics: dict, tenant: str) -> str:
     rows = ablation_rows(metrics, tenant)
     if not rows:
         return "<h2>Metrics</h2><p class=empty>No evaluated model.</p>"
@@ -76,9 +76,7 @@ def _metrics_section(metrics: dict, tenant: str, tmp_png: Path) -> str:
     table = _table(["model", "slice", "test users", f"Recall@{k}", f"NDCG@{k}", f"valid NDCG@{k}", "fit s"],
                    [[r["model"], r["slice"], r["users"], r["recall"], r["ndcg"], r["valid_ndcg"], _seconds(r)]
                     for r in rows], left=2)
-    plot_ablation(rows, tmp_png)
-    png = tmp_png.read_bytes()
-    tmp_png.unlink()
+    png = ablation_png(rows)
     return ("<h2>Metrics per model and slice</h2><p class=meta>Test split, full ranking over all items; cold items /"
             " cold users are the test targets with few training interactions / users with short histories.</p>"
             + table + _img(png, "NDCG per model and slice"))
@@ -91,7 +89,7 @@ def _loss_section(metrics: dict) -> str:
     return "<h2>Training loss</h2>" + _img(loss_curves_png(histories), "training loss per epoch")
 
 
-def _benchmark_ablation_section(paths: list[Path], tmp_png: Path) -> str:
+def _benchmark_ablation_section(paths: list[Path]) -> str:
     rows = []
     for p in paths:
         report = json.loads(Path(p).read_text())
@@ -101,9 +99,7 @@ def _benchmark_ablation_section(paths: list[Path], tmp_png: Path) -> str:
     table = _table(["data set", "model", "slice", "users", "Recall@k", "NDCG@k", "valid NDCG@k", "fit s", "device"],
                    [[r["dataset"], r["model"], r["slice"], r["users"], r["recall"], r["ndcg"], r["valid_ndcg"],
                      _seconds(r), r["device"]] for r in rows], left=3)
-    plot_ablation(rows, tmp_png)
-    png = tmp_png.read_bytes()
-    tmp_png.unlink()
+    png = ablation_png(rows)
     names = ", ".join(html.escape(Path(p).name) for p in paths)
     return f"<h2>Ablation benchmark</h2><p class=meta>{names}</p>" + table + _img(png, "ablation NDCG")
 
@@ -131,8 +127,6 @@ def build_report(tenant: str, root: Path | None = None, ablation: list[Path] | N
     model_dir = latest_version(tenant, "models", root)
     metrics = json.loads((model_dir / "metrics.json").read_text())
     etl_dir = Path((model_dir / "etl_version.txt").read_text().strip())
-    tmp_png = stage_dir(tenant, "reports", root) / f".plot-{time.time_ns()}.png"
-    tmp_png.parent.mkdir(parents=True, exist_ok=True)
     if latency is None:
         default = PROJECT_ROOT / "benchmarks" / "results" / f"serving_latency-{tenant}.json"
         latency = default if default.exists() else None
@@ -142,8 +136,8 @@ def build_report(tenant: str, root: Path | None = None, ablation: list[Path] | N
              f"<p class=meta>models {html.escape(str(model_dir))} - generated "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}</p>",
              _data_section(etl_dir) if etl_dir.is_dir() else f"<p class=empty>ETL {etl_dir} no longer exists.</p>",
-             _metrics_section(metrics, tenant, tmp_png), _loss_section(metrics),
-             _benchmark_ablation_section(list(ablation or []), tmp_png), _latency_section(latency),
+             _metrics_section(metrics, tenant), _loss_section(metrics),
+             _benchmark_ablation_section(list(ablation or [])), _latency_section(latency),
              "</body></html>"]
     return "\n".join(parts)
 

@@ -14,10 +14,10 @@ def pyplot():
     return plt
 
 
-def _png(fig) -> bytes:
+def png_bytes(fig, dpi: int = 100) -> bytes:
     buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png", dpi=dpi)
     pyplot().close(fig)
     return buf.getvalue()
 
@@ -38,7 +38,7 @@ def loss_curves_png(histories: dict[str, list[float]]) -> bytes:
         ax.set_xlabel("epoch", fontsize=8)
         ax.set_ylabel("loss", fontsize=8)
         ax.tick_params(labelsize=7)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def latency_histograms_png(samples: dict[str, list[float]]) -> bytes:
@@ -58,4 +58,4 @@ def latency_histograms_png(samples: dict[str, list[float]]) -> bytes:
         ax.set_xlabel("ms", fontsize=8)
         ax.legend(fontsize=7)
         ax.tick_params(labelsize=7)
-    return _png(fig)
+    return png_bytes(fig)
