@@ -37,3 +37,13 @@ def server(exported):
     export, _ = exported
     with TritonServer(export.model_repository) as s:
         yield s
+
+
+def served_and_local(server, local, protocol: str, tenant: str, users: list[str], k: int = 10):
+    """(Triton's answer, the in-process pipeline's answer) for each user, over `protocol` ("http" or "grpc")."""
+    from tapestry.serving.client import RecommendClient
+
+    url = server.http_url if protocol == "http" else server.grpc_url
+    with RecommendClient(url, protocol=protocol) as client:
+        for user in users:
+            yield client.recommend(tenant, user, k=k), local.recommend(tenant, user, k=k)

@@ -13,12 +13,13 @@ from tapestry.config import TrainConfig  # noqa: E402
 from tapestry.ensembles import run_export  # noqa: E402
 from tapestry.etl import run_etl  # noqa: E402
 from tapestry.etl.synthetic import synthetic_tables  # noqa: E402
-from tapestry.serving.client import RecommendClient  # noqa: E402
 from tapestry.serving.pipeline import RecommendPipeline  # noqa: E402
 from tapestry.serving.triton_server import TritonServer  # noqa: E402
 from tapestry.training.base import Recommender  # noqa: E402
 from tapestry.training.data import InteractionData  # noqa: E402
 from tapestry.training.pipeline import run_train  # noqa: E402
+
+from .conftest import served_and_local  # noqa: E402
 
 pytestmark = pytest.mark.integration
 TENANT = "dlrmtiny"
@@ -72,12 +73,8 @@ def server(exported):
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_served_answer_equals_in_process(exported, server, local, protocol):
     users = pl.read_parquet(exported[1] / "user_map.parquet")["user_id"].to_list()
-    url = server.http_url if protocol == "http" else server.grpc_url
-    with RecommendClient(url, protocol=protocol) as client:
-        for user in (users[0], users[50], users[-1]):
-            served = client.recommend(TENANT, user, k=10)
-            expected = local.recommend(TENANT, user, k=10)
-            assert served.item_ids == expected.item_ids
-            np.testing.assert_allclose(served.scores, expected.scores, rtol=1e-5, atol=1e-5)
-            # Calibrated log-probabilities over the candidates: negative, best first.
-            assert all(s <= 0 for s in served.scores) and served.scores == sorted(served.scores, reverse=True)
+    for served, expected in served_and_local(server, local, protocol, TENANT, [users[0], users[50], users[-1]]):
+        assert served.item_ids == expected.item_ids
+        np.testing.assert_allclose(served.scores, expected.scores, rtol=1e-5, atol=1e-5)
+        # Calibrated log-probabilities over the candidates: negative, best first.
+        assert all(s <= 0 for s in served.scores) and served.scores == sorted(served.scores, reverse=True)

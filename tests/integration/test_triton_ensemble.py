@@ -10,7 +10,7 @@ import pytest
 from tapestry.serving.client import RecommendClient, RecommendError
 from tapestry.serving.pipeline import RecommendPipeline
 
-from .conftest import TENANT
+from .conftest import TENANT, served_and_local
 
 pytestmark = pytest.mark.integration
 
@@ -23,16 +23,12 @@ def local(exported):
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_served_answer_equals_in_process_pipeline(server, local, exported, protocol):
     _, users = exported
-    url = server.http_url if protocol == "http" else server.grpc_url
-    with RecommendClient(url, protocol=protocol) as client:
-        for user in (users[0], users[100], users[-1]):
-            served = client.recommend(TENANT, user, k=10)
-            expected = local.recommend(TENANT, user, k=10)
-            assert served.item_ids == expected.item_ids
-            assert served.titles == expected.titles
-            np.testing.assert_allclose(served.scores, expected.scores, rtol=1e-5, atol=1e-6)
-            assert served.strategy == "personalized"
-            assert len(set(served.item_ids)) == 10
+    for served, expected in served_and_local(server, local, protocol, TENANT, [users[0], users[100], users[-1]]):
+        assert served.item_ids == expected.item_ids
+        assert served.titles == expected.titles
+        np.testing.assert_allclose(served.scores, expected.scores, rtol=1e-5, atol=1e-6)
+        assert served.strategy == "personalized"
+        assert len(set(served.item_ids)) == 10
 
 
 def test_recommendations_exclude_seen_and_requested_items(server, exported):
