@@ -74,17 +74,22 @@ def cmd_etl(args) -> None:
     run_etl(tables, args.tenant, args.root, cfg)
 
 
+SEQUENTIAL_PREFIXES = ("sasrec", "bert4rec", "comirec")   # registry names the export can serve
+
+
 def train_config(args) -> TrainConfig:
     cfg = TrainConfig.smoke() if getattr(args, "quick", False) else TrainConfig()
     changes = {}
     if getattr(args, "models", None):
         changes["models"] = tuple(m.strip() for m in args.models.split(",") if m.strip())
         if cfg.serve not in changes["models"]:
-            # The default served model is not in the line-up: serve the last SASRec-family model asked for, if any.
-            seq = [m for m in changes["models"] if m.startswith("sasrec")]
+            # The default served model is not in the line-up: serve the last sequential encoder asked for, if any.
+            seq = [m for m in changes["models"] if m.startswith(SEQUENTIAL_PREFIXES)]
             changes["serve"] = seq[-1] if seq else ""
     if getattr(args, "serve", None) is not None:
         changes["serve"] = args.serve
+    if getattr(args, "session", None) is not None:
+        changes["session"] = args.session
     if getattr(args, "distributed", None):
         changes["distributed"] = args.distributed
     if getattr(args, "params", None):
@@ -131,7 +136,7 @@ def cmd_evaluate(args) -> None:
 def cmd_export(args) -> None:
     from tapestry.ensembles import run_export
 
-    run_export(args.tenant, args.root, max_k=args.max_k)
+    run_export(args.tenant, args.root, max_k=args.max_k, serve=args.serve)
 
 
 def _serve_state(tenant: str, root) -> Path:
@@ -235,8 +240,10 @@ def cmd_status(args) -> None:
         print("\n".join(st.describe(s) for s in statuses))
 
 
-def print_recommendations(result, user: str, protocol: str) -> None:
-    print(f"top {len(result.item_ids)} for user {user} ({result.strategy}, via Triton {protocol}):")
+def print_recommendations(result, user: str, protocol: str, recent=None) -> None:
+    extra = f", {len(recent)} recent events" if recent else ""
+    extra += f", {result.ignored_items} unknown recent items ignored" if result.ignored_items else ""
+    print(f"top {len(result.item_ids)} for user {user} ({result.strategy}{extra}, via Triton {protocol}):")
     for rank, (iid, title, score) in enumerate(zip(result.item_ids, result.titles, result.scores), 1):
         print(f"  {rank:>2}. {iid:>8}  {score:8.3f}  {title}")
 
@@ -252,12 +259,14 @@ def cmd_recommend(args) -> None:
                              f"{args.tenant} --detach` first, or pass --url")
         url = json.loads(state.read_text())["grpc_url" if args.protocol == "grpc" else "http_url"]
     exclude = [x for x in (args.exclude or "").split(",") if x]
+    recent = [x for x in args.recent.split(",") if x] if args.recent is not None else None
     try:
         with RecommendClient(url, protocol=args.protocol) as client:
-            result = client.recommend(args.tenant, args.user, k=args.k, exclude_item_ids=exclude)
+            result = client.recommend(args.tenant, args.user, k=args.k, exclude_item_ids=exclude,
+                                      recent_item_ids=recent)
     except RecommendError as e:
         raise SystemExit(f"recommend failed: {e}")
-    print_recommendations(result, args.user, args.protocol)
+    print_recommendations(result, args.user, args.protocol, recent)
 
 
 def cmd_models(args) -> None:
@@ -311,13 +320,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--models", help="comma-separated registry names in training order (default: "
                                     "popularity,lightgcn,sasrec_lightgcn); `tapestry models` lists them")
     t.add_argument("--params", help='JSON hyper-parameter overrides per model, e.g. \'{"lightgcn": {"epochs": 5}}\'')
-    t.add_argument("--serve", help="the SASRec-family model to fit the reranker on and export ('' = none)")
+    t.add_argument("--serve", help="the sequential encoder to fit the reranker on and export: sasrec*, bert4rec, "
+                                   "comirec* ('' = none)")
+    t.add_argument("--session", help="the anonymous-session encoder exported beside it (default 'auto': the "
+                                     "line-up's model over the served item table, e.g. srgnn_shared; '' = none: "
+                                     "anonymous sessions are encoded by the served model)")
     t.add_argument("--distributed", type=int, metavar="N", help="train the sharded models (dlrm) on N processes "
                                                               "under torchrun: TorchRec-sharded tables, gloo on CPU")
     v = add("evaluate", cmd_evaluate, "full-ranking Recall/NDCG/MRR of the latest models")
     v.add_argument("--output", help="JSON path (default: <models>/evaluation.json)")
     x = add("export", cmd_export, "FAISS index + Triton model repository")
     x.add_argument("--max-k", type=int, default=100)
+    x.add_argument("--serve", help="export another trained sequential encoder than the run's served one")
     s = add("serve", cmd_serve, "run the real Triton server on the latest export")
     s.add_argument("--detach", action="store_true", help="start in the background and return when ready")
     s.add_argument("--host", default="127.0.0.1",
@@ -337,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-k", type=int, default=10)
     r.add_argument("--protocol", choices=("http", "grpc"), default="http")
     r.add_argument("--exclude", help="comma-separated item ids never to return")
+    r.add_argument("--recent", help="comma-separated item ids the user interacted with since the export, oldest "
+                                    "first (with an unknown --user: an anonymous session)")
     r.add_argument("--url", help="host:port (default: from the running `tapestry serve`)")
     rp = add("report", cmd_report, "one self-contained HTML page: data, metrics per model and slice, loss curves, "
                                    "ablation, serving latency")

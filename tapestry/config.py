@@ -58,14 +58,18 @@ class RerankConfig:
 # tapestry.training.registry entries; `serve` names the sequential model whose encoder and item table are exported.
 # sasrec_lightgcn was chosen on ML-1M's VALIDATION split (NDCG@10 0.1746 vs SASRec-random 0.1686 and LightGCN-init
 # 0.1687; benchmarks/results/ablation-ml-1m.json); the ablation benchmark trains the other variants.
-DEFAULT_MODELS = ("popularity", "lightgcn", "sasrec_lightgcn")
+# srgnn_shared encodes anonymous sessions over sasrec_lightgcn's item table (the same FAISS index).
+DEFAULT_MODELS = ("popularity", "lightgcn", "sasrec_lightgcn", "srgnn_shared")
 
 
 @dataclass
 class TrainConfig:
     models: tuple[str, ...] = DEFAULT_MODELS
     params: dict[str, dict] = field(default_factory=dict)   # per-model hyper-parameter overrides, by name
-    serve: str = "sasrec_lightgcn"   # the model exported for serving (a SASRec-family model)
+    serve: str = "sasrec_lightgcn"   # the model exported for serving (a sequential encoder: sasrec*, bert4rec, comirec*)
+    # The anonymous-session encoder exported beside it (SR-GNN over the served item table). "auto": the line-up's
+    # model whose item_table_from is `serve`, if any; "": none (sessions are encoded by the served model).
+    session: str = "auto"
     rerank: RerankConfig = field(default_factory=RerankConfig)
     quick: bool = False           # smoke-sized: every stage runs for real in seconds (tests, `--quick`)
     device: str = "auto"          # "auto" picks CUDA when present, else CPU: the same code path either way

@@ -45,29 +45,37 @@ def run_demo(tenant: str, root: Path | None = None, dataset: str = "ml-1m", quic
     with _timed(timings, "export"):
         export = run_export(tenant, root)
 
-    # Two users with history plus one the system has never seen (popularity fallback).
+    # The kinds of request serving answers: a known user; the same user with events newer than the export
+    # (RECENT_ITEM_IDS); an anonymous visitor whose session is only recent events (SR-GNN when exported); a visitor
+    # with nothing at all (popularity).
     import polars as pl
 
-    users = pl.read_parquet(etl.path / "user_map.parquet")["user_id"].to_list()
-    demo_users = [users[0], users[len(users) // 2], "no-such-user"]
+    users = pl.read_parquet(export.artifact_dir / "users.parquet")
+    item_table = pl.read_parquet(export.artifact_dir / "items.parquet")
+    items = dict(zip(item_table["item_idx"].to_list(), item_table["item_id"].to_list()))
+    known, other = users.row(0, named=True), users.row(len(users) // 2, named=True)
+    fresh = [items[i] for i in other["history"][-3:] if i not in set(known["history"])]
+    requests = [(known["user_id"], None), (known["user_id"], fresh + ["not-in-catalogue"]),
+                ("visitor-1", [items[i] for i in other["history"][-4:]]), ("visitor-2", None)]
     served = {}
     with _timed(timings, "serve+recommend"):
         with TritonServer(export.model_repository) as server:
             print(f"Triton ready: HTTP {server.http_url}  gRPC {server.grpc_url}")
             for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
                 with RecommendClient(url, protocol=protocol) as client:
-                    for user in demo_users:
-                        result = client.recommend(tenant, user, k=10)
-                        served[(protocol, user)] = result
-                        print_recommendations(result, user, protocol)
+                    for n, (user, recent) in enumerate(requests):
+                        result = client.recommend(tenant, user, k=10, recent_item_ids=recent)
+                        served[(protocol, n)] = result
+                        print_recommendations(result, user, protocol, recent)
                     try:
-                        client.recommend("other-tenant", demo_users[0], k=10)
+                        client.recommend("other-tenant", known["user_id"], k=10)
                     except RecommendError as e:
                         print(f"another tenant's request is refused ({protocol}): {e}")
     local = RecommendPipeline.from_artifacts(export.artifact_dir)
-    agree = all(served[(p, u)].item_ids == local.recommend(tenant, u, 10).item_ids
-                for p in ("http", "grpc") for u in demo_users)
-    print(f"\nTriton HTTP == gRPC == in-process pipeline for {len(demo_users)} users: {agree}")
+    agree = all(served[(p, n)].item_ids == local.recommend(tenant, u, 10, recent_item_ids=r).item_ids
+                for p in ("http", "grpc") for n, (u, r) in enumerate(requests))
+    print(f"\nTriton HTTP == gRPC == in-process pipeline for {len(requests)} requests "
+          f"({', '.join(served[('http', n)].strategy for n in range(len(requests)))}): {agree}")
     timings["total"] = round(time.perf_counter() - t_all, 2)
     print("\nwall time per stage (s): " + ", ".join(f"{k}={v:.1f}" for k, v in timings.items()))
     report = {"tenant": tenant, "dataset": dataset, "timings_s": timings, "metrics": metrics,

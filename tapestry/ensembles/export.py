@@ -2,7 +2,8 @@
 
 model_repository/ is a copy of the templates in triton_models/ (their ARTIFACT_DIR parameter points at
 ../artifacts); artifacts/ holds what the stages read: users.parquet (online features: full time-ordered history
-and attribute indices), items.parquet, sasrec.pt, items.faiss, popularity.npy, rerank.npz, manifest.json, and
+and attribute indices), items.parquet, user_encoder.pt (the served sequential encoder: one or K interest vectors
+per user), session_encoder.pt (SR-GNN for anonymous sessions, when the run trained one), items.faiss, popularity.npy, rerank.npz, manifest.json, and
 dlrm_ranker.pt when the run trained a DLRM ranker on the served model's candidates: then the rerank stage uses it
 instead of the feature reranker (manifest "reranker": "dlrm" or "feature").
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import polars as pl
+import torch
 
 from tapestry.artifacts import atomic_write_json, latest_version, new_version
 from tapestry.config import PROJECT_ROOT, validate_tenant
@@ -61,11 +63,41 @@ def build_faiss_index(item_embeddings: np.ndarray) -> faiss.Index:
     return index
 
 
-def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K, num_candidates: int | None = None,
-               log=print) -> ExportResult:
-    from tapestry.serving.user_encoder import save_sasrec_module
+def _served_encoders(models_dir: Path, train_cfg: dict, served: str, session: str | None):
+    """(user encoder module, session encoder module or None) of a trained run, checked against the contract."""
+    from tapestry.serving.encoders import check_servable
     from tapestry.training import registry
-    from tapestry.training.sasrec import SASRecRecommender
+    from tapestry.training.base import Recommender
+
+    def module(name: str):
+        model = Recommender.load(models_dir / registry.get(name).filename, device="cpu")
+        if not hasattr(model, "serving_module"):
+            raise ValueError(f"{name} ({type(model).__name__}) cannot be served: the export serves sequential "
+                             "encoders (sasrec*, bert4rec, comirec*); choose one with `--serve`")
+        m = model.serving_module()
+        check_servable(m, name)
+        return m
+
+    encoder = module(served)
+    if not session:
+        return encoder, None
+    if session not in train_cfg["models"]:
+        raise ValueError(f"session encoder {session!r} was not trained in {models_dir}")
+    session_encoder = module(session)
+    # Anonymous sessions search the same FAISS index, so the session model must score against the served table.
+    # (allclose: a table copied on a GPU and the same table recomputed on the CPU may differ in the last bits)
+    if not torch.allclose(session_encoder.item_embeddings().detach().cpu(),
+                          encoder.item_embeddings().detach().cpu(), rtol=1e-5, atol=1e-6):
+        raise ValueError(f"session encoder {session!r} does not share {served!r}'s item table: train it with "
+                         f"item_table_from={served!r} (registry entry srgnn_shared does so for sasrec_lightgcn)")
+    return encoder, session_encoder
+
+
+def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K, num_candidates: int | None = None,
+               serve: str | None = None, log=print) -> ExportResult:
+    """Export the latest trained run. `serve` overrides the run's served model (any trained sequential encoder);
+    the feature reranker stays the one fitted on the run's own served model."""
+    from tapestry.serving.encoders import save_encoder, interest_vectors
 
     validate_tenant(tenant)
     if not (TEMPLATES / "recommend" / "config.pbtxt").exists():
@@ -77,14 +109,20 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
     etl_dir = Path((models_dir / "etl_version.txt").read_text().strip())
     data = InteractionData.load(etl_dir)
     train_cfg = json.loads((models_dir / "config.json").read_text())
-    served = train_cfg.get("serve")
-    if not served or not (models_dir / "rerank.npz").exists():
-        raise ValueError(f"{models_dir} has no served model and reranker (trained with serve={served!r} on a split "
-                         "without validation?): nothing to export")
-    # The served model must be SASRec-family: its module is the user encoder and its item table feeds FAISS.
-    sasrec = SASRecRecommender.load(models_dir / registry.get(served).filename)
+    run_served = train_cfg.get("serve")
+    if not run_served or not (models_dir / "rerank.npz").exists():
+        raise ValueError(f"{models_dir} has no served model and reranker (trained with serve={run_served!r} on a "
+                         "split without validation?): nothing to export")
+    served = serve or run_served
+    if served not in train_cfg["models"]:
+        raise ValueError(f"serve={served!r} was not trained in {models_dir} (trained: {train_cfg['models']})")
+    # The session encoder belongs to the run's served model (it shares that model's item table).
+    session = train_cfg.get("session") if served == run_served else None
+    encoder, session_encoder = _served_encoders(models_dir, train_cfg, served, session)
     reranker = FeatureReranker.load(models_dir / "rerank.npz")
-    item_emb = sasrec.model.item_embeddings().detach().cpu().float().numpy()
+    item_emb = encoder.item_embeddings().detach().cpu().float().numpy()
+    with torch.no_grad():
+        num_interests = int(interest_vectors(encoder, torch.ones(1, 1, dtype=torch.long)).shape[1])
 
     all_events = pl.read_parquet(etl_dir / "events.parquet")
     popularity = np.zeros(data.num_items, dtype=np.float32)
@@ -96,6 +134,7 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
     rankers = [m for m in train_cfg["models"] if train_cfg.get("resolved", {}).get(m, {}).get("retriever") == served]
     dlrm = None
     if rankers:
+        from tapestry.training import registry
         from tapestry.training.base import Recommender
 
         dlrm = Recommender.load(models_dir / registry.get(rankers[-1]).filename, device="cpu").ranker
@@ -108,7 +147,9 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
         art.mkdir()
         _online_users(etl_dir, reranker.tables.user_attrs).write_parquet(art / "users.parquet")
         data.items.write_parquet(art / "items.parquet")
-        save_sasrec_module(sasrec.model, art / "sasrec.pt")
+        save_encoder(encoder, art / "user_encoder.pt")
+        if session_encoder is not None:
+            save_encoder(session_encoder, art / "session_encoder.pt")
         faiss.write_index(build_faiss_index(item_emb), str(art / "items.faiss"))
         np.save(art / "popularity.npy", popularity)
         shutil.copy2(models_dir / "rerank.npz", art / "rerank.npz")
@@ -118,9 +159,13 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
             "tenant": tenant,
             "models_version": str(models_dir),
             "served_model": served,
+            "user_encoder": "user_encoder.pt",
+            "num_interests": num_interests,
+            "session_model": session or None,
+            "session_encoder": "session_encoder.pt" if session_encoder is not None else None,
             "etl_version": str(etl_dir),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "max_len": int(sasrec.model.max_len),
+            "max_len": int(encoder.max_len),
             "embedding_dim": int(item_emb.shape[1]),
             "num_items": int(data.num_items),
             "num_users": int(data.num_users),

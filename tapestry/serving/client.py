@@ -9,7 +9,7 @@ from typing import Iterable
 import numpy as np
 from tritonclient.utils import InferenceServerException
 
-OUTPUTS = ("ITEM_IDS", "SCORES", "TITLES", "STRATEGY")
+OUTPUTS = ("ITEM_IDS", "SCORES", "TITLES", "STRATEGY", "IGNORED_ITEMS")
 
 
 @dataclass
@@ -17,7 +17,8 @@ class RecommendationResult:
     item_ids: list[str] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     titles: list[str] = field(default_factory=list)
-    strategy: str = ""
+    strategy: str = ""        # personalized | session | popularity
+    ignored_items: int = 0    # RECENT_ITEM_IDS the served catalogue does not know (skipped, not an error)
 
 
 class RecommendError(Exception):
@@ -58,6 +59,7 @@ class RecommendClient:
         for scheme in ("http://", "grpc://"):
             url = url.removeprefix(scheme)
         self.url, self.protocol, self.timeout, self.model_name = url, protocol, float(timeout), model_name
+        self._outputs: tuple[str, ...] | None = None
         if protocol == "http":
             import tritonclient.http as tc
 
@@ -77,8 +79,11 @@ class RecommendClient:
         return inp
 
     def recommend(
-        self, tenant: str, user_id: str, k: int = 10, exclude_item_ids: Iterable[str] = ()
+        self, tenant: str, user_id: str, k: int = 10, exclude_item_ids: Iterable[str] = (),
+        recent_item_ids: Iterable[str] | None = None,
     ) -> RecommendationResult:
+        """Top-k for `user_id`. `recent_item_ids`: the user's events since the last export, oldest first (for an
+        id the store does not know, e.g. an anonymous session id, they are the whole history)."""
         if int(k) < 1:
             raise ValueError(f"k must be >= 1, not {k}")
         exclude = [str(i).encode("utf-8") for i in exclude_item_ids] or [b""]
@@ -88,11 +93,15 @@ class RecommendClient:
             self._input("K", np.array([int(k)], dtype=np.int32), "INT32"),
             self._input("EXCLUDE_ITEM_IDS", np.array(exclude, dtype=np.object_), "BYTES"),
         ]
+        if recent_item_ids is not None:
+            recent = [str(i).encode("utf-8") for i in recent_item_ids] or [b""]
+            inputs.append(self._input("RECENT_ITEM_IDS", np.array(recent, dtype=np.object_), "BYTES"))
+        names = self._served_outputs()
         if self.protocol == "http":
-            outputs = [self._tc.InferRequestedOutput(n, binary_data=True) for n in OUTPUTS]
+            outputs = [self._tc.InferRequestedOutput(n, binary_data=True) for n in names]
             kwargs = {}
         else:
-            outputs = [self._tc.InferRequestedOutput(n) for n in OUTPUTS]
+            outputs = [self._tc.InferRequestedOutput(n) for n in names]
             kwargs = {"client_timeout": self.timeout}
         try:
             res = self._client.infer(self.model_name, inputs, outputs=outputs, **kwargs)
@@ -101,12 +110,28 @@ class RecommendClient:
         except OSError as e:  # the HTTP client raises connection errors / timeouts as they are
             raise RecommendError(f"{type(e).__name__}: {e}", status=None, protocol=self.protocol) from e
         strategy = res.as_numpy("STRATEGY").reshape(-1)
+        ignored = res.as_numpy("IGNORED_ITEMS") if "IGNORED_ITEMS" in names else None
         return RecommendationResult(
             item_ids=[_to_str(x) for x in res.as_numpy("ITEM_IDS").reshape(-1)],
             scores=[float(x) for x in res.as_numpy("SCORES").reshape(-1)],
             titles=[_to_str(x) for x in res.as_numpy("TITLES").reshape(-1)],
             strategy=_to_str(strategy[0]) if strategy.size else "",
+            ignored_items=int(ignored.reshape(-1)[0]) if ignored is not None and ignored.size else 0,
         )
+
+    def _served_outputs(self) -> tuple[str, ...]:
+        """OUTPUTS that the served model declares (read once): a repository exported by an older tapestry has no
+        IGNORED_ITEMS, and asking Triton for an undeclared output fails the whole request."""
+        if self._outputs is None:
+            try:
+                md = self._client.get_model_metadata(self.model_name)
+            except InferenceServerException as e:
+                raise RecommendError.from_triton(e, self.protocol) from e
+            except OSError as e:
+                raise RecommendError(f"{type(e).__name__}: {e}", status=None, protocol=self.protocol) from e
+            declared = {o["name"] for o in md["outputs"]} if isinstance(md, dict) else {o.name for o in md.outputs}
+            self._outputs = tuple(n for n in OUTPUTS if n in declared)
+        return self._outputs
 
     def wait_until_ready(self, timeout: float = 30.0, interval: float = 0.1) -> None:
         """Block until the server and the model are ready; ``TimeoutError`` after ``timeout`` seconds."""

@@ -1,10 +1,17 @@
-"""Stage 1: raw user id -> encoded history, seen set, exclude set and user attributes (the online feature store).
+"""Stage 1: raw user id (+ events since the export) -> encoded history, seen set, exclude set, user attributes.
 
 The embedded default store is the exported `users.parquet`, held in memory. The tenant in the request must match
-the tenant the repository was exported for: a request never reads another tenant's features. An unknown user id is
-a cold user (popularity recommendations), not an error; an unknown id in the exclude list is ignored (the client's
-catalogue may be newer than the export). Malformed ids (empty user id, not UTF-8, control/invisible characters,
-too long, too many) are request errors: tapestry.serving.validate.
+the tenant the repository was exported for: a request never reads another tenant's features.
+
+RECENT_ITEM_IDS (optional; time order, oldest first) are events newer than the export: they are appended to the
+stored history before encoding, exactly as if the export had held them, and join the seen set. Ids the catalogue
+does not know are ignored and counted (IGNORED_ITEMS: the client's catalogue may be newer than the export), never
+an error; `""` entries are placeholders and not counted.
+
+USER_KIND says what was found: a stored user (KNOWN: the served sequential encoder reads the history), an unknown
+id with recent events (SESSION: an anonymous visitor; the session encoder reads those events), or nothing usable
+(COLD: popularity). Malformed ids (empty user id, not UTF-8, control/invisible characters, too long, too many) are
+request errors: tapestry.serving.validate.
 """
 from __future__ import annotations
 
@@ -14,13 +21,16 @@ import numpy as np
 import polars as pl
 
 from tapestry.serving import validate as v
-from tapestry.serving.stage import Stage, export_manifest
+from tapestry.serving.stage import USER_COLD, USER_KNOWN, USER_SESSION, Stage, export_manifest
+
+_NO_USER = (0, np.zeros(0, np.int64), np.zeros(0, np.int64))
 
 
 class FeatureLookup(Stage):
     name = "feature_lookup"
-    inputs = ("TENANT", "USER_ID", "EXCLUDE_ITEM_IDS")
-    outputs = ("HISTORY", "SEEN", "EXCLUDE", "USER_ATTRS")
+    inputs = ("TENANT", "USER_ID", "EXCLUDE_ITEM_IDS", "RECENT_ITEM_IDS")
+    optional_inputs = frozenset({"RECENT_ITEM_IDS"})
+    outputs = ("HISTORY", "SEEN", "EXCLUDE", "USER_ATTRS", "USER_KIND", "IGNORED_ITEMS")
 
     def __init__(self, tenant: str, max_len: int, users: pl.DataFrame, item_ids: list[str], num_attrs: int):
         self.tenant = tenant
@@ -45,11 +55,18 @@ class FeatureLookup(Stage):
         v.tenant(t, self.tenant)
         user_id = v.single_text(t, "USER_ID")
         exclude_ids = v.texts(t, "EXCLUDE_ITEM_IDS", max_size=v.MAX_EXCLUDE_IDS)
-        _, history, attrs = self._users.get(user_id, (0, np.zeros(0, np.int64), np.zeros(0, np.int64)))
-        recent = history[-self.max_len:]
+        recent_ids = [x for x in (v.texts(t, "RECENT_ITEM_IDS", max_size=v.MAX_RECENT_IDS)
+                                  if t.get("RECENT_ITEM_IDS") is not None else []) if x]
+        known = user_id in self._users
+        _, stored, attrs = self._users.get(user_id, _NO_USER)
+        recent = [self._items.get(x, 0) for x in recent_ids]
+        ignored = sum(1 for i in recent if i == 0)
+        history = np.concatenate([stored, np.asarray([i for i in recent if i], dtype=np.int64)])
+        window = history[-self.max_len:]
         padded = np.zeros(self.max_len, dtype=np.int64)
-        if recent.size:
-            padded[-recent.size:] = recent  # left padding: the newest item is always the last position
+        if window.size:
+            padded[-window.size:] = window  # left padding: the newest item is always the last position
+        kind = USER_COLD if history.size == 0 else (USER_KNOWN if known else USER_SESSION)
         exclude = [self._items.get(x, 0) for x in exclude_ids]
         user_attrs = np.zeros(self.num_attrs, dtype=np.float32)
         user_attrs[attrs] = 1.0
@@ -59,4 +76,6 @@ class FeatureLookup(Stage):
             "SEEN": np.concatenate([[0], np.unique(history)]).astype(np.int64),
             "EXCLUDE": np.array(sorted({0, *exclude}), dtype=np.int64),
             "USER_ATTRS": user_attrs,
+            "USER_KIND": np.array([kind], dtype=np.int32),
+            "IGNORED_ITEMS": np.array([ignored], dtype=np.int32),
         }

@@ -20,14 +20,19 @@ from tapestry.serving.user_encoder import UserEncoder
 STAGE_ORDER = (FeatureLookup, UserEncoder, Retrieval, CandidateFilter, Rerank)
 
 
-def request_tensors(tenant: str, user_id: str, k: int, exclude_item_ids=()) -> dict[str, np.ndarray]:
+def request_tensors(tenant: str, user_id: str, k: int, exclude_item_ids=(), recent_item_ids=None
+                    ) -> dict[str, np.ndarray]:
+    """The ensemble's request; RECENT_ITEM_IDS only when given (it is an optional input)."""
     exclude = list(exclude_item_ids) or [""]
-    return {
+    out = {
         "TENANT": bytes_array([tenant]),
         "USER_ID": bytes_array([str(user_id)]),
         "K": np.array([k], dtype=np.int32),
         "EXCLUDE_ITEM_IDS": bytes_array(exclude),
     }
+    if recent_item_ids is not None:
+        out["RECENT_ITEM_IDS"] = bytes_array(list(recent_item_ids) or [""])
+    return out
 
 
 class RecommendPipeline:
@@ -41,14 +46,16 @@ class RecommendPipeline:
     def run(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         env = dict(tensors)
         for stage in self.stages:
-            env.update(stage({name: env[name] for name in stage.inputs}))
+            env.update(stage({name: env[name] for name in stage.inputs if name in env}))
         return env
 
-    def recommend(self, tenant: str, user_id: str, k: int = 10, exclude_item_ids=()) -> RecommendationResult:
-        out = self.run(request_tensors(tenant, user_id, k, exclude_item_ids))
+    def recommend(self, tenant: str, user_id: str, k: int = 10, exclude_item_ids=(),
+                  recent_item_ids=None) -> RecommendationResult:
+        out = self.run(request_tensors(tenant, user_id, k, exclude_item_ids, recent_item_ids))
         return RecommendationResult(
             item_ids=[as_str(x) for x in out["ITEM_IDS"]],
             scores=[float(x) for x in out["SCORES"]],
             titles=[as_str(x) for x in out["TITLES"]],
             strategy=as_str(out["STRATEGY"][0]),
+            ignored_items=int(out["IGNORED_ITEMS"][0]),
         )

@@ -12,13 +12,13 @@ import numpy as np
 import polars as pl
 
 from tapestry.serving import validate as v
-from tapestry.serving.stage import RequestError, Stage, bytes_array, export_manifest
+from tapestry.serving.stage import STRATEGIES, RequestError, Stage, bytes_array, export_manifest
 from tapestry.training.reranker import FeatureReranker
 
 
 class Rerank(Stage):
     name = "rerank"
-    inputs = ("TENANT", "FILTERED", "FILTERED_SCORES", "HISTORY", "SEEN", "USER_ATTRS", "K")
+    inputs = ("TENANT", "FILTERED", "FILTERED_SCORES", "HISTORY", "SEEN", "USER_ATTRS", "USER_KIND", "K")
     outputs = ("ITEM_IDS", "SCORES", "TITLES", "STRATEGY")
 
     def __init__(self, tenant: str, reranker: FeatureReranker, item_ids: list[str], titles: list[str], max_k: int,
@@ -57,6 +57,9 @@ class Rerank(Stage):
         seen = v.item_indices(t, "SEEN", n, max_size=n)
         num_attrs = self.reranker.tables.user_attrs.shape[1]
         user_attrs = v.floats(t, "USER_ATTRS", size=num_attrs)
+        kind = int(v.tensor(t, "USER_KIND", "int", max_size=1)[0])
+        if kind not in STRATEGIES:
+            raise RequestError(f"USER_KIND must be one of {sorted(STRATEGIES)}, got {kind}")
         keep = cands > 0
         cands, scores = cands[keep], scores[keep]
         if cands.size == 0:
@@ -72,5 +75,5 @@ class Rerank(Stage):
             "ITEM_IDS": bytes_array(self.item_ids[i] for i in top),
             "SCORES": final[order].astype(np.float32),
             "TITLES": bytes_array(self.titles[i] for i in top),
-            "STRATEGY": bytes_array(["personalized" if (history > 0).any() else "popularity"]),
+            "STRATEGY": bytes_array([STRATEGIES[kind]]),
         }

@@ -17,10 +17,17 @@ class RequestError(ValueError):
     """The request is wrong (unknown tenant, bad K, ...): Triton answers INVALID_ARGUMENT / HTTP 400."""
 
 
+# USER_KIND, what feature_lookup found out about the requester (user_encoder picks the encoder by it, rerank
+# reports it as STRATEGY): no usable events at all / a stored user (+ recent events) / an unknown id with events.
+USER_COLD, USER_KNOWN, USER_SESSION = 0, 1, 2
+STRATEGIES = {USER_COLD: "popularity", USER_KNOWN: "personalized", USER_SESSION: "session"}
+
+
 class Stage:
     name: str = ""
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
+    optional_inputs: frozenset[str] = frozenset()   # may be absent from a request (declared `optional` in Triton)
 
     def __call__(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # pragma: no cover - abstract
         raise NotImplementedError

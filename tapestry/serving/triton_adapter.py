@@ -63,6 +63,8 @@ def triton_model(stage_cls: type[Stage]):
                     for name in self.stage.inputs:
                         tensor = pb.get_input_tensor_by_name(request, name)
                         if tensor is None:
+                            if name in self.stage.optional_inputs:
+                                continue
                             raise RequestError(f"missing input tensor {name}")
                         tensors[name] = tensor.as_numpy()
                     out = self.stage(tensors)

@@ -1,6 +1,10 @@
-"""Stage 2: the user's recent history -> a user vector (SASRec over graph-initialised item embeddings).
+"""Stage 2: the user's history -> USER_EMB [K, D], the user's interest vectors (K = 1 for single-vector models).
 
-An all-padding history (unknown user, or no events) gives the zero vector: retrieval reads that as "cold".
+The encoder is whatever model the export serves (SASRec and its graph hybrids, BERT4Rec: one vector; ComiRec: K
+interest vectors), rebuilt from `user_encoder.pt` (tapestry.serving.encoders). An anonymous visitor (USER_KIND
+SESSION: an unknown id with recent events) is encoded by the session encoder when the export has one
+(`session_encoder.pt`, SR-GNN over the served item table, so its vector searches the same FAISS index), else by
+the served encoder from those events alone. No events at all (COLD) gives a zero row: retrieval reads it as cold.
 """
 from __future__ import annotations
 
@@ -9,51 +13,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tapestry.artifacts import atomic_write_bytes
 from tapestry.serving import validate as v
-from tapestry.serving.stage import Stage, export_manifest
-
-
-def sasrec_kwargs(model) -> dict:
-    """The constructor arguments of a SASRec module, read back from the module itself."""
-    return {"num_items": model.item_emb.num_embeddings, "hidden_dim": model.hidden_dim,
-            "num_blocks": len(model.blocks), "num_heads": model.blocks[0].num_heads if len(model.blocks) else 1,
-            "max_len": model.max_len, "dropout": model.emb_drop.p, "side_dim": model.side_dim, "fusion": model.fusion}
-
-
-def save_sasrec_module(model, path: Path) -> None:
-    """The inference-only part of SASRec (kwargs + weights), written atomically for the serving side."""
-    import io
-
-    buf = io.BytesIO()
-    torch.save({"kwargs": sasrec_kwargs(model),
-                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, buf)
-    atomic_write_bytes(Path(path), buf.getvalue())
-
-
-def load_sasrec_module(path: Path):
-    from tapestry.models.sequential.sasrec import SASRec
-
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model = SASRec(**state["kwargs"])
-    model.load_state_dict(state["state_dict"])
-    return model.eval()
+from tapestry.serving.encoders import interest_vectors, load_encoder
+from tapestry.serving.stage import USER_SESSION, Stage, export_manifest
 
 
 class UserEncoder(Stage):
     name = "user_encoder"
-    inputs = ("TENANT", "HISTORY")
+    inputs = ("TENANT", "HISTORY", "USER_KIND")
     outputs = ("USER_EMB",)
 
-    def __init__(self, tenant: str, model: torch.nn.Module):
+    def __init__(self, tenant: str, model: torch.nn.Module, session_model: torch.nn.Module | None = None):
         self.tenant = tenant
         self.model = model.eval()
-        self.num_items, self.max_len = model.item_emb.num_embeddings, model.max_len
+        self.session_model = session_model.eval() if session_model is not None else None
+        self.num_items, self.max_len = model.num_items, model.max_len
+        self.dim = int(model.item_embeddings().shape[1])
 
     @classmethod
     def from_artifacts(cls, artifact_dir: Path) -> "UserEncoder":
         artifact_dir = Path(artifact_dir)
-        return cls(export_manifest(artifact_dir)["tenant"], load_sasrec_module(artifact_dir / "sasrec.pt"))
+        m = export_manifest(artifact_dir)
+        session = m.get("session_encoder")
+        return cls(m["tenant"], load_encoder(artifact_dir / m.get("user_encoder", "sasrec.pt")),
+                   load_encoder(artifact_dir / session) if session else None)
 
     @torch.inference_mode()
     def __call__(self, t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -61,8 +44,9 @@ class UserEncoder(Stage):
         # An index past the item table would be an IndexError inside torch; a longer history than the positional
         # table would be cut silently. Both mean the caller is not feature_lookup: say so.
         history = v.item_indices(t, "HISTORY", self.num_items, max_size=self.max_len)
+        kind = int(v.tensor(t, "USER_KIND", "int", max_size=1)[0])
         if not (history > 0).any():
-            dim = self.model.item_embeddings().shape[1]
-            return {"USER_EMB": np.zeros(dim, dtype=np.float32)}
-        emb = self.model.encode(torch.from_numpy(history).unsqueeze(0))[0]
-        return {"USER_EMB": emb.float().numpy()}
+            return {"USER_EMB": np.zeros((1, self.dim), dtype=np.float32)}
+        model = self.session_model if kind == USER_SESSION and self.session_model is not None else self.model
+        seqs = torch.from_numpy(history[-model.max_len:]).unsqueeze(0)
+        return {"USER_EMB": interest_vectors(model, seqs)[0].float().numpy()}

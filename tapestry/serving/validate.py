@@ -20,6 +20,8 @@ from tapestry.serving.stage import RequestError
 
 MAX_ID_CHARS = 256        # a user or item id longer than this is not an id (= the ETL's schema.MAX_ID_LENGTH)
 MAX_EXCLUDE_IDS = 1_000   # an exclude list is "items already shown/bought"; more is a misuse, not a request
+MAX_RECENT_IDS = 1_000    # events since the last export; the encoder reads only the newest max_len of them
+MAX_INTERESTS = 64        # rows of a USER_EMB (interest vectors per user)
 MAX_SHOWN_CHARS = 48      # how much of a rejected value an error message repeats
 
 _BAD_ID_CATEGORIES = {"Cc", "Cf", "Zl", "Zp"}  # control, format (zero-width, bidi), line/paragraph separators
@@ -133,6 +135,21 @@ def floats(t: dict, name: str, *, size: int | None = None, min_size: int = 1, ma
     ok = np.isfinite(arr) | (np.isneginf(arr) if allow_neg_inf else False)
     if not ok.all():
         raise RequestError(f"{name} holds {int((~ok).sum())} non-finite value(s) (NaN or infinity)")
+    return arr
+
+
+def float_rows(t: dict, name: str, *, cols: int, max_rows: int) -> np.ndarray:
+    """A finite float32 matrix [rows, cols] (1 <= rows <= max_rows): e.g. a user's K interest vectors."""
+    if t.get(name) is None:
+        raise RequestError(f"missing input tensor {name}")
+    arr = np.asarray(t[name])
+    if arr.ndim != 2 or arr.shape[1] != cols or not 1 <= arr.shape[0] <= max_rows:
+        raise RequestError(f"{name} must have shape [1..{max_rows}, {cols}], got {list(arr.shape)}")
+    if not _is_kind(arr, "float"):
+        raise RequestError(f"{name} must be {_KINDS['float']}, got {arr.dtype}")
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        raise RequestError(f"{name} holds {int((~np.isfinite(arr)).sum())} non-finite value(s) (NaN or infinity)")
     return arr
 
 

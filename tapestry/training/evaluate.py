@@ -7,7 +7,9 @@ mis-rank models (Krichene & Rendle 2020).
 
 Two shapes of held-out data, one code path:
 - leave-one-out (one target per user: ML-1M, Amazon Beauty): Recall@k = hit rate, NDCG@k = 1/log2(rank + 2),
-  plus MRR; ties ranked pessimistically (tapestry.training.metrics);
+  plus MRR and Recall@100 (the candidate generator's view); ties ranked pessimistically
+  (tapestry.training.metrics). The test "overall" row adds coverage@k: distinct items in anyone's top-k over the
+  catalogue (a model that shows everyone the same hits scores low however accurate it is);
 - a fixed split with several targets per user (Gowalla): Recall@k = hits / |targets|, NDCG@k = DCG / ideal DCG
   over min(|targets|, k) positions, as the LightGCN / NGCF code computes them.
 
@@ -41,27 +43,49 @@ def _history_mask(scores: torch.Tensor, hist: list[np.ndarray]) -> torch.Tensor:
     return mask
 
 
-def evaluation_ranks(model, data, split: str = "test", batch_size: int = 256, histories=None) -> np.ndarray:
-    """0-based pessimistic rank of each row's target (rows in `data.<split>` order; one target per row)."""
+def evaluation_ranks(model, data, split: str = "test", batch_size: int = 256, histories=None,
+                     top_k: int | None = None):
+    """0-based pessimistic rank of each row's target (rows in `data.<split>` order; one target per row).
+
+    With `top_k`, also the set of items that appear in any row's top-k list (for coverage): (ranks, items).
+    """
     _check_split(split)
     frame = getattr(data, split)
     users = frame["user_idx"].to_numpy()
     targets = frame["item_idx"].to_numpy()
     if histories is None:
         histories = data.sequences(HISTORY_SPLITS[split])
-    out = []
+    out, recommended = [], set()
     for start in range(0, len(users), batch_size):
         u = users[start:start + batch_size]
         hist = [histories[x] for x in u]
         scores = model.score(u, hist)
-        out.append(ranks_from_scores(scores, targets[start:start + batch_size], _history_mask(scores, hist))
-                   .cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+        mask = _history_mask(scores, hist)
+        out.append(ranks_from_scores(scores, targets[start:start + batch_size], mask).cpu().numpy())
+        if top_k:
+            recommended.update(_top_items(scores, mask, top_k))
+    ranks = np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+    return (ranks, recommended) if top_k else ranks
+
+
+def _top_items(scores: torch.Tensor, mask: torch.Tensor, k: int) -> set[int]:
+    """Distinct items in the rows' top-k (unseen, finite scores only)."""
+    masked = scores.float().masked_fill(mask, -torch.inf)
+    top = torch.topk(masked, min(k, masked.shape[1]), dim=1)
+    return set(top.indices[torch.isfinite(top.values)].cpu().tolist())
+
+
+def coverage(recommended: set[int], num_items: int) -> float:
+    """Catalogue coverage: distinct items recommended in anyone's top-k / real items (index 0 is padding)."""
+    return len(recommended) / max(num_items - 1, 1)
+
+
+RETRIEVAL_K = 100      # Recall@100: what a candidate generator must get into the reranker's list
 
 
 def metrics_from_ranks(ranks: np.ndarray, k: int = 10) -> dict:
     return {f"recall@{k}": recall_at_k(ranks, k), f"ndcg@{k}": ndcg_at_k(ranks, k), "mrr": mrr(ranks),
-            "num_users": int(len(ranks))}
+            f"recall@{RETRIEVAL_K}": recall_at_k(ranks, RETRIEVAL_K), "num_users": int(len(ranks))}
 
 
 def multi_target_metrics(model, data, split: str = "test", k: int = 20, batch_size: int = 256,
@@ -124,8 +148,8 @@ def evaluate_slices(model, data, split: str = "test", k: int = 10, batch_size: i
         return {"overall": overall,
                 "cold_items": multi_target_metrics(model, data, split, k, batch_size, histories, cold_item_users),
                 "cold_users": multi_target_metrics(model, data, split, k, batch_size, histories, cold_user_ids)}
-    ranks = evaluation_ranks(model, data, split, batch_size, histories)
+    ranks, recommended = evaluation_ranks(model, data, split, batch_size, histories, top_k=k)
     targets = frame["item_idx"].to_numpy()
-    return {"overall": metrics_from_ranks(ranks, k),
+    return {"overall": {**metrics_from_ranks(ranks, k), f"coverage@{k}": coverage(recommended, data.num_items)},
             "cold_items": metrics_from_ranks(ranks[popularity[targets] <= cold_item_max], k),
             "cold_users": metrics_from_ranks(ranks[hist_len[users] <= cold_user_max], k)}

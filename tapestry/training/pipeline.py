@@ -32,6 +32,8 @@ from tapestry.training.reranker import FeatureReranker
 from tapestry.timing import Stage
 
 RERANK_FILE = "rerank.npz"
+# Config fields that name another registry model, read through `bind`: it must be trained earlier in the same run.
+UPSTREAM_FIELDS = ("item_init_from", "graph_from", "retriever", "teacher", "item_table_from")
 
 
 @dataclass
@@ -67,11 +69,17 @@ def _check_config(cfg: TrainConfig) -> None:
                          f"{list(cfg.models)}")
     if cfg.serve and cfg.serve not in cfg.models:
         raise ValueError(f"serve={cfg.serve!r} is not among the trained models {list(cfg.models)}")
+    if cfg.session not in ("", "auto"):
+        if cfg.session not in cfg.models:
+            raise ValueError(f"session={cfg.session!r} is not among the trained models {list(cfg.models)}")
+        if _table_source(cfg, cfg.session) != cfg.serve:
+            raise ValueError(f"session={cfg.session!r} must score against the served model's item table "
+                             f"(item_table_from={cfg.serve!r}), it has "
+                             f"item_table_from={_table_source(cfg, cfg.session)!r}")
     for i, name in enumerate(cfg.models):
         model = registry.build(name, cfg.params.get(name), quick=cfg.quick, device="cpu")
         c = model.cfg
-        for source in (getattr(c, "item_init_from", None), getattr(c, "graph_from", None),
-                       getattr(c, "retriever", None)):
+        for source in (getattr(c, field, None) for field in UPSTREAM_FIELDS):
             if source is not None and source not in cfg.models[:i]:
                 raise ValueError(f"{name} reads {source!r}, which must come before it in models {list(cfg.models)}")
         if getattr(c, "item_init_from", None):
@@ -82,9 +90,21 @@ def _check_config(cfg: TrainConfig) -> None:
                                  f"== hidden_dim ({c.hidden_dim})")
 
 
+def _table_source(cfg: TrainConfig, name: str) -> str | None:
+    return getattr(registry.build(name, cfg.params.get(name), quick=cfg.quick, device="cpu").cfg, "item_table_from", None)
+
+
+def resolve_session(cfg: TrainConfig) -> TrainConfig:
+    """session="auto" -> the line-up's model over the served item table (srgnn_shared by default), or ""."""
+    if cfg.session != "auto":
+        return cfg
+    found = [m for m in cfg.models if cfg.serve and _table_source(cfg, m) == cfg.serve]
+    return dataclasses.replace(cfg, session=found[-1] if found else "")
+
+
 def run_train(tenant: str, root: Path | None = None, cfg: TrainConfig | None = None, log=print) -> TrainResult:
     validate_tenant(tenant)
-    cfg = cfg or TrainConfig()
+    cfg = resolve_session(cfg or TrainConfig())
     _check_config(cfg)
     t_all = time.perf_counter()
     etl_dir = latest_version(tenant, "etl", root)

@@ -86,3 +86,28 @@ register(ModelSpec("dlrm", "tapestry.training.dlrm:DLRMRecommender",
                    "DLRM ranker over sasrec_lightgcn's candidates: TorchRec tables (shardable: --distributed N), "
                    "multi-task heads, optional TransE loss",
                    quick=dict(embedding_dim=8, bottom_mlp=(16,), top_mlp=(16,), epochs=2, num_candidates=30)))
+
+# ---- issue 8: the user side (two-tower baseline, multi-interest, BERT4Rec, session graphs, distillation) ----------
+register(ModelSpec("two_tower", "tapestry.training.two_tower:TwoTowerRecommender",
+                   "two-tower baseline: history+attribute user tower, ID+attribute item tower, in-batch softmax "
+                   "with log-Q correction", quick=dict(embedding_dim=16, epochs=1)))
+register(ModelSpec("two_tower_distill", "tapestry.training.distill:DistilledTwoTowerRecommender",
+                   "two-tower student distilled from a stronger scorer (teacher: hybrid SASRec, or its DLRM ranker)",
+                   params=dict(teacher="sasrec_lightgcn"), quick=dict(embedding_dim=16, epochs=1)))
+register(ModelSpec("comirec", "tapestry.training.comirec:ComiRecRecommender",
+                   "ComiRec-SA multi-interest encoder: K interest vectors per user, max-sim retrieval",
+                   quick=dict(hidden_dim=16, max_len=20, epochs=1)))
+register(ModelSpec("comirec_lightgcn", "tapestry.training.comirec:ComiRecRecommender",
+                   "ComiRec-SA over LightGCN item vectors (frozen, fused by a learned projection)",
+                   params=dict(graph_from="lightgcn"), quick=dict(hidden_dim=16, max_len=20, epochs=1)))
+register(ModelSpec("bert4rec", "tapestry.training.bert4rec:BERT4RecRecommender",
+                   "BERT4Rec: bidirectional transformer with the Cloze (masked item) objective",
+                   quick=dict(hidden_dim=16, num_blocks=1, max_len=20, epochs=1)))
+register(ModelSpec("srgnn", "tapestry.training.srgnn:SRGNNRecommender",
+                   "SR-GNN session-graph encoder (gated GNN over the session's item graph + soft attention)",
+                   quick=dict(hidden_dim=16, epochs=1)))
+register(ModelSpec("srgnn_shared", "tapestry.training.srgnn:SRGNNRecommender",
+                   "SR-GNN over the served model's item table (frozen): anonymous sessions share its FAISS index",
+                   # The last 5 prefixes of each history and 5 epochs: ~1 min on ML-1M (2 cores), the served default.
+                   params=dict(item_table_from="sasrec_lightgcn", max_prefixes_per_user=5, epochs=5),
+                   quick=dict(hidden_dim=16, epochs=1)))

@@ -128,6 +128,10 @@ class SASRecRecommender(Recommender):
     def item_embeddings(self) -> torch.Tensor:
         return self.model.item_embeddings().detach()
 
+    def serving_module(self) -> SASRec:
+        """The module the export serves as the user encoder (tapestry.serving.encoders)."""
+        return self.model.eval()
+
     @torch.no_grad()
     def encode(self, histories: list[np.ndarray], batch_size: int = 512) -> torch.Tensor:
         """User vectors [B, D] from item histories (time order); an empty history gives zeros."""

@@ -10,7 +10,7 @@ import pytest
 from tapestry.config import TrainConfig
 from tapestry.ensembles import run_export
 from tapestry.serving.pipeline import RecommendPipeline
-from tapestry.serving.user_encoder import load_sasrec_module
+from tapestry.serving.encoders import load_encoder
 from tapestry.training.pipeline import run_train
 from tapestry.training.sasrec import SASRecRecommender
 
@@ -30,10 +30,13 @@ def test_repository_and_artifacts_are_complete(exported):
     export, _ = exported
     for model in ("feature_lookup", "user_encoder", "retrieval", "filter", "rerank", "recommend"):
         assert (export.model_repository / model / "config.pbtxt").exists()
-    for name in ("users.parquet", "items.parquet", "sasrec.pt", "items.faiss", "popularity.npy", "rerank.npz"):
+    for name in ("users.parquet", "items.parquet", "user_encoder.pt", "items.faiss", "popularity.npy", "rerank.npz"):
         assert (export.artifact_dir / name).exists(), name
     manifest = json.loads((export.artifact_dir / "manifest.json").read_text())
     assert manifest["tenant"] == "tiny" and manifest["max_k"] == 20
+    assert manifest["user_encoder"] == "user_encoder.pt" and manifest["num_interests"] == 1
+    # The default line-up's SR-GNN reads the served item table, so it is exported as the session encoder.
+    assert manifest["session_model"] == "srgnn_shared" and (export.artifact_dir / "session_encoder.pt").exists()
     assert export.path.parent.parent.name == "tiny", "exports live under their tenant"
     assert not list(export.path.parent.glob(".tmp-*")), "no temp directories left behind"
 
@@ -46,7 +49,7 @@ def test_faiss_index_holds_sasrec_item_vectors_under_item_ids(exported):
     assert index.ntotal == emb.shape[0] - 1
     for item in (1, emb.shape[0] // 2, emb.shape[0] - 1):
         np.testing.assert_allclose(index.reconstruct(item), emb[item], rtol=1e-6)
-    served = load_sasrec_module(export.artifact_dir / "sasrec.pt")
+    served = load_encoder(export.artifact_dir / "user_encoder.pt")
     np.testing.assert_array_equal(served.item_embeddings().detach().numpy(), emb)
 
 
@@ -70,3 +73,13 @@ def test_in_process_pipeline_never_recommends_seen_items(exported):
         assert result.strategy == "personalized"
         assert not seen & set(result.item_ids)
         assert result.scores == sorted(result.scores, reverse=True)
+
+
+def test_session_encoder_must_share_the_served_item_table(tiny_etl):
+    from tapestry.training.pipeline import resolve_session, _check_config
+
+    cfg = TrainConfig.smoke(models=("popularity", "sasrec", "srgnn"), serve="sasrec", session="srgnn")
+    with pytest.raises(ValueError, match="must score against the served model's item table"):
+        _check_config(cfg)
+    assert resolve_session(TrainConfig.smoke(models=("popularity", "sasrec"), serve="sasrec")).session == ""
+    assert resolve_session(TrainConfig.smoke()).session == "srgnn_shared"

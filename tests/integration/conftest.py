@@ -6,7 +6,7 @@ gRPC malformed-request suites must hit the same server anyway (it has to keep an
 import polars as pl
 import pytest
 
-from tapestry.config import TrainConfig, datasets_dir
+from tapestry.config import DEFAULT_MODELS, TrainConfig, datasets_dir
 from tapestry.ensembles import run_export
 from tapestry.etl import run_etl
 from tapestry.etl.movielens import movielens_100k
@@ -26,10 +26,19 @@ def exported(tmp_path_factory):
         pytest.skip(f"MovieLens-100K not found under {directory} (set TAPESTRY_DATASETS)")
     root = tmp_path_factory.mktemp("artifacts")
     etl = run_etl(movielens_100k(directory), TENANT, root, **QUIET)
-    run_train(TENANT, root, TrainConfig.smoke(), **QUIET)
+    # The default line-up (SASRec hybrid served, SR-GNN over its item table for anonymous sessions) plus ComiRec,
+    # whose K interest vectors a second export serves (`exported_multi_interest`).
+    run_train(TENANT, root, TrainConfig.smoke(models=DEFAULT_MODELS + ("comirec",)), **QUIET)
     export = run_export(TENANT, root, max_k=MAX_K, **QUIET)
     users = pl.read_parquet(etl.path / "user_map.parquet")["user_id"].to_list()
     return export, users
+
+
+@pytest.fixture(scope="session")
+def exported_multi_interest(exported):
+    """A second export of the same run, serving ComiRec (K = 4 interest vectors per user)."""
+    export, _ = exported
+    return run_export(TENANT, export.path.parents[2], max_k=MAX_K, serve="comirec", **QUIET)
 
 
 @pytest.fixture(scope="session")
@@ -39,11 +48,13 @@ def server(exported):
         yield s
 
 
-def served_and_local(server, local, protocol: str, tenant: str, users: list[str], k: int = 10):
-    """(Triton's answer, the in-process pipeline's answer) for each user, over `protocol` ("http" or "grpc")."""
+def served_and_local(server, local, protocol: str, tenant: str, users: list[str], k: int = 10, recent=None):
+    """(Triton's answer, the in-process pipeline's answer) for each user, over `protocol` ("http" or "grpc");
+    `recent`: the RECENT_ITEM_IDS sent with every request (None: the input is left out)."""
     from tapestry.serving.client import RecommendClient
 
     url = server.http_url if protocol == "http" else server.grpc_url
     with RecommendClient(url, protocol=protocol) as client:
         for user in users:
-            yield client.recommend(tenant, user, k=k), local.recommend(tenant, user, k=k)
+            yield (client.recommend(tenant, user, k=k, recent_item_ids=recent),
+                   local.recommend(tenant, user, k=k, recent_item_ids=recent))

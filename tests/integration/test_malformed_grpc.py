@@ -93,7 +93,7 @@ def _retrieval_inputs(exported, tenant=TENANT.encode(), dim=None):
     manifest = json.loads((exported[0].artifact_dir / "manifest.json").read_text())
     dim = manifest["embedding_dim"] if dim is None else dim
     return [grpc_input("TENANT", "BYTES", [1], bytes_contents=[tenant]),
-            grpc_input("USER_EMB", "FP32", [dim], fp32_contents=[0.1] * dim),
+            grpc_input("USER_EMB", "FP32", [1, dim], fp32_contents=[0.1] * dim),
             grpc_input("SEEN", "INT64", [1], int64_contents=[0]),
             grpc_input("EXCLUDE", "INT64", [1], int64_contents=[0])]
 
@@ -106,12 +106,13 @@ def test_direct_stage_calls_check_tenant_and_inputs(rpc, exported):
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "missing required input(s) ['TENANT']" in details
     # Was a 500 "retrieval failed: AssertionError": a vector of the wrong dimension reached FAISS.
     code, details = rpc.call("retrieval", _retrieval_inputs(exported, dim=3))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and "USER_EMB must have at least" in details
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "USER_EMB must have shape [1..64, " in details
+    kind = grpc_input("USER_KIND", "INT32", [1], int_contents=[1])
     code, details = rpc.call("user_encoder", [grpc_input("TENANT", "BYTES", [1], bytes_contents=[b"../ml100k"]),
-                                              grpc_input("HISTORY", "INT64", [1], int64_contents=[1])])
+                                              grpc_input("HISTORY", "INT64", [1], int64_contents=[1]), kind])
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "is not a valid tenant id" in details
     code, details = rpc.call("user_encoder", [grpc_input("TENANT", "BYTES", [1], bytes_contents=[b"ml100k"]),
-                                              grpc_input("HISTORY", "INT64", [1], int64_contents=[10**12])])
+                                              grpc_input("HISTORY", "INT64", [1], int64_contents=[10**12]), kind])
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "HISTORY holds 1 item index(es) outside" in details
 
 

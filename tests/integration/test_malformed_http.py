@@ -24,12 +24,19 @@ ENSEMBLE_CASES = {
     "TENANT of rank 2": (replace(OK, "TENANT", shape=[1, 1]), "unexpected shape for input 'TENANT'"),
     "K missing": (replace(OK, "K"), "missing required input(s) ['K']"),
     "TENANT missing": (replace(OK, "TENANT"), "missing required input(s) ['TENANT']"),
-    "no inputs": ([], "expected 4 inputs but got 0"),
-    "unknown extra input": (OK + [tensor("X", "INT32", [1])], "expected 4 inputs but got 5"),
+    "no inputs": ([], "expected number of inputs between 4 and 5 but got 0"),   # RECENT_ITEM_IDS is optional
+    "unknown extra input": (OK + [tensor("X", "INT32", [1])], "'X'"),
+    "two unknown extra inputs": (OK + [tensor("X", "INT32", [1]), tensor("Y", "INT32", [1])],
+                                 "expected number of inputs between 4 and 5 but got 6"),
     # The stages' own checks (tapestry/serving/validate.py).
     "empty USER_ID": (recommend_inputs(user=""), "USER_ID is empty"),
     "blank USER_ID": (recommend_inputs(user="  \t "), "USER_ID is empty"),
     "USER_ID with NUL": (recommend_inputs(user="1\x00"), "USER_ID contains control or invisible characters"),
+    "RECENT_ITEM_IDS with NUL": (OK + [tensor("RECENT_ITEM_IDS", "BYTES", ["1\x00"])],
+                                 "RECENT_ITEM_IDS contains control or invisible characters"),
+    "RECENT_ITEM_IDS of 1,001 ids": (OK + [tensor("RECENT_ITEM_IDS", "BYTES", ["1"] * 1001)],
+                                     "RECENT_ITEM_IDS has 1001 elements, at most 1000 are allowed"),
+    "RECENT_ITEM_IDS as integers": (OK + [tensor("RECENT_ITEM_IDS", "INT32", [1])], "RECENT_ITEM_IDS"),
     "USER_ID with escape sequence": (recommend_inputs(user="\x1b[2J1"), "USER_ID contains control or invisible characters"),
     "USER_ID with a zero-width space": (recommend_inputs(user="1\u200b"), "USER_ID contains control or invisible"),
     "USER_ID of 100k characters": (recommend_inputs(user="1" * 100_000), "USER_ID is 100000 characters long"),
@@ -146,14 +153,15 @@ def stage_calls(exported):
     t = tensor("TENANT", "BYTES", [TENANT])
     return {
         "feature_lookup": [t, tensor("USER_ID", "BYTES", ["1"]), tensor("EXCLUDE_ITEM_IDS", "BYTES", [""])],
-        "user_encoder": [t, tensor("HISTORY", "INT64", [0] * (max_len - 2) + [1, 2])],
-        "retrieval": [t, tensor("USER_EMB", "FP32", [0.1] * dim), tensor("SEEN", "INT64", [0]),
+        "user_encoder": [t, tensor("HISTORY", "INT64", [0] * (max_len - 2) + [1, 2]), tensor("USER_KIND", "INT32", [1])],
+        "retrieval": [t, tensor("USER_EMB", "FP32", [0.1] * dim, shape=[1, dim]), tensor("SEEN", "INT64", [0]),
                       tensor("EXCLUDE", "INT64", [0])],
         "filter": [t, tensor("CANDIDATES", "INT64", [3, 2, 1]), tensor("CANDIDATE_SCORES", "FP32", [3.0, 2.0, 1.0]),
                    tensor("SEEN", "INT64", [0, 2]), tensor("EXCLUDE", "INT64", [0])],
         "rerank": [t, tensor("FILTERED", "INT64", [3, 1]), tensor("FILTERED_SCORES", "FP32", [2.0, 1.0]),
                    tensor("HISTORY", "INT64", [0] * (max_len - 1) + [2]), tensor("SEEN", "INT64", [0, 2]),
-                   tensor("USER_ATTRS", "FP32", [0.0] * attrs), tensor("K", "INT32", [2])],
+                   tensor("USER_ATTRS", "FP32", [0.0] * attrs), tensor("USER_KIND", "INT32", [1]),
+                   tensor("K", "INT32", [2])],
         "_sizes": (dim, n, attrs, max_len),
     }
 
@@ -180,8 +188,10 @@ def _stage_cases(sizes):
     dim, n, attrs, max_len = sizes
     return [
         # Was a 500 "retrieval failed: AssertionError" (the vector reached FAISS with the wrong dimension).
-        ("retrieval", "USER_EMB", {"data": [1.0, 2.0], "shape": [2]}, f"USER_EMB must have at least {dim} element"),
-        ("retrieval", "USER_EMB", {"data": [], "shape": [0]}, "USER_EMB must have at least"),
+        ("retrieval", "USER_EMB", {"data": [1.0, 2.0], "shape": [1, 2]}, f"USER_EMB must have shape [1..64, {dim}]"),
+        ("retrieval", "USER_EMB", {"data": [], "shape": [0, dim]}, f"got [0, {dim}]"),
+        ("retrieval", "USER_EMB", {"data": [0.5] * (65 * dim), "shape": [65, dim]}, f"got [65, {dim}]"),
+        ("rerank", "USER_KIND", {"data": [9], "shape": [1]}, "USER_KIND must be one of [0, 1, 2], got 9"),
         ("retrieval", "SEEN", {"data": [n + 5], "shape": [1]}, f"SEEN holds 1 item index(es) outside 0..{n - 1}"),
         ("retrieval", "SEEN", {"data": [0] * (n + 1), "shape": [n + 1]}, f"at most {n} are allowed"),
         ("user_encoder", "HISTORY", {"data": [999_999], "shape": [1]}, "HISTORY holds 1 item index(es) outside"),
@@ -196,7 +206,7 @@ def _stage_cases(sizes):
     ]
 
 
-@pytest.mark.parametrize("index", range(13))
+@pytest.mark.parametrize("index", range(15))
 def test_malformed_direct_stage_call_is_a_400(server, stage_calls, index):
     stage, name, change, message = _stage_cases(stage_calls["_sizes"])[index]
     status, answer = infer_json(server.http_url, stage, replace(stage_calls[stage], name, **change))

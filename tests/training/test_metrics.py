@@ -87,7 +87,18 @@ def test_evaluate_masks_the_history_of_its_split(tiny_etl, split):
     data = InteractionData.load(tiny_etl)
     # Perfect only if the history (train for valid, train + valid for test) is exactly what gets masked.
     m = evaluate(_Oracle(data, split), data, split, k=1)
-    assert m == {"recall@1": 1.0, "ndcg@1": 1.0, "mrr": 1.0, "num_users": getattr(data, split).height}
+    assert m == {"recall@1": 1.0, "ndcg@1": 1.0, "mrr": 1.0, "recall@100": 1.0, "num_users": getattr(data, split).height}
+
+
+def test_coverage_counts_distinct_top_k_items_over_the_catalogue(tiny_etl):
+    from tapestry.training.evaluate import evaluate_slices
+
+    data = InteractionData.load(tiny_etl)
+    oracle = _Oracle(data, "test")             # each user's top-1 is their own target: coverage = distinct targets
+    targets = set(data.test["item_idx"].to_list())
+    m = evaluate_slices(oracle, data, "test", k=1)["overall"]
+    assert m["coverage@1"] == pytest.approx(len(targets) / (data.num_items - 1))
+    assert m["coverage@1"] < 1.0
 
 
 def test_evaluate_test_split_counts_valid_item_as_history(tiny_etl):

@@ -38,7 +38,8 @@ def test_writes_a_complete_version(trained, tiny_etl):
     assert (result.path / "etl_version.txt").read_text().strip() == str(tiny_etl)
     saved = json.loads((result.path / "config.json").read_text())
     resolved = saved.pop("resolved")
-    assert saved == json.loads(json.dumps(dataclasses.asdict(TINY)))
+    # The config as given, with session="auto" resolved (no model of this line-up reads the served item table).
+    assert saved == json.loads(json.dumps(dataclasses.asdict(dataclasses.replace(TINY, session=""))))
     assert resolved["lightgcn"]["epochs"] == 5 and resolved["sasrec_lightgcn_init"]["item_init_from"] == "lightgcn"
 
 
@@ -58,8 +59,10 @@ def test_metrics_json(trained):
             epochs = {"popularity": 0, "lightgcn": 5}.get(name, _SEQ["epochs"])
             assert len(m["loss_history"]) == epochs and all(x > 0 for x in m["loss_history"])
         for split in ("valid", "test"):
-            extra = {"num_candidates"} if reranked else set()
-            assert set(m[split]) == {"recall@10", "ndcg@10", "mrr", "num_users"} | extra
+            extra = {"num_candidates"} if reranked else ({"coverage@10"} if split == "test" else set())
+            assert set(m[split]) == {"recall@10", "ndcg@10", "mrr", "recall@100", "num_users"} | extra
+            if "coverage@10" in m[split]:
+                assert 0 < m[split]["coverage@10"] <= 1
             assert m[split]["num_users"] == 200 and 0 <= m[split]["ndcg@10"] <= m[split]["recall@10"] <= 1
 
 

@@ -65,6 +65,9 @@ class SASRec(nn.Module):
         super().__init__()
         if fusion not in ("add", "gate"):
             raise ValueError(f"fusion must be 'add' or 'gate', got {fusion!r}")
+        # The constructor arguments, so serving rebuilds the module from a file (tapestry.serving.encoders).
+        self.init_args = dict(num_items=num_items, hidden_dim=hidden_dim, num_blocks=num_blocks, num_heads=num_heads,
+                              max_len=max_len, dropout=dropout, side_dim=side_dim, fusion=fusion)
         self.num_items = num_items
         self.hidden_dim = hidden_dim
         self.max_len = max_len
@@ -81,13 +84,9 @@ class SASRec(nn.Module):
         nn.init.xavier_normal_(self.pos_emb.weight)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
-        self.side_dim, self.fusion = side_dim, fusion
-        # Always registered (possibly empty) so TorchScript sees the same attributes either way.
-        self.register_buffer("side_emb", torch.zeros(num_items if side_dim else 0, side_dim))
-        self.side_proj = nn.Linear(max(side_dim, 1), hidden_dim, bias=False)
+        self.fusion = fusion
+        add_side_table(self, num_items, side_dim, hidden_dim)
         self.gate = nn.Linear(2 * hidden_dim, 1)
-        if side_dim:
-            nn.init.zeros_(self.side_proj.weight)   # start as plain SASRec; the projection learns its share
 
     def item_table(self) -> torch.Tensor:
         """The (fused) item table [num_items, D] used for inputs and scores; row 0 (padding) is zero."""
@@ -100,17 +99,11 @@ class SASRec(nn.Module):
             fused = g * table + (1.0 - g) * side
         else:
             fused = table + side
-        pad = torch.ones(fused.shape[0], 1, device=fused.device, dtype=fused.dtype)
-        pad[0] = 0.0
-        return fused * pad
+        return zero_padding_row(fused)
 
     def set_side_embeddings(self, side: torch.Tensor) -> None:
         """Install the frozen side vectors [num_items, side_dim] (row 0 is forced to zero)."""
-        if tuple(side.shape) != tuple(self.side_emb.shape):
-            raise ValueError(f"side embeddings have shape {tuple(side.shape)}, expected {tuple(self.side_emb.shape)}")
-        with torch.no_grad():
-            self.side_emb.copy_(side.to(self.side_emb))
-            self.side_emb[0].zero_()
+        set_side_embeddings(self, side)
 
     def forward(self, seqs: torch.Tensor) -> torch.Tensor:
         """seqs [B, L] item indices, left-padded with 0 -> hidden states [B, L, D] (zeros at padding)."""
@@ -148,6 +141,36 @@ class SASRec(nn.Module):
         with torch.no_grad():
             self.item_emb.weight.copy_(weights.to(self.item_emb.weight))
             self.item_emb.weight[0].zero_()
+
+
+def add_side_table(module: nn.Module, num_items: int, side_dim: int, hidden_dim: int) -> None:
+    """Give `module` the frozen side table of graph fusion: `side_dim`, a buffer `side_emb` [num_items, side_dim]
+    and a projection `side_proj` into the hidden space, zero-initialised so the model starts as its ID-only self.
+
+    Shared by the sequential encoders that fuse graph item vectors (SASRec, ComiRec). The buffer is always
+    registered (empty without side vectors) so TorchScript and state_dicts see the same attributes either way.
+    """
+    module.side_dim = side_dim
+    module.register_buffer("side_emb", torch.zeros(num_items if side_dim else 0, side_dim))
+    module.side_proj = nn.Linear(max(side_dim, 1), hidden_dim, bias=False)
+    if side_dim:
+        nn.init.zeros_(module.side_proj.weight)   # the projection learns its share from zero
+
+
+def set_side_embeddings(module: nn.Module, side: torch.Tensor) -> None:
+    """Copy frozen side vectors [num_items, side_dim] into `module.side_emb` (row 0, padding, forced to zero)."""
+    if tuple(side.shape) != tuple(module.side_emb.shape):
+        raise ValueError(f"side embeddings have shape {tuple(side.shape)}, expected {tuple(module.side_emb.shape)}")
+    with torch.no_grad():
+        module.side_emb.copy_(side.to(module.side_emb))
+        module.side_emb[0].zero_()
+
+
+def zero_padding_row(table: torch.Tensor) -> torch.Tensor:
+    """`table` with row 0 (padding) zeroed, differentiably (a fused table's row 0 is not zero by itself)."""
+    pad = torch.ones(table.shape[0], 1, device=table.device, dtype=table.dtype)
+    pad[0] = 0.0
+    return table * pad
 
 
 def left_pad(histories: list[np.ndarray], max_len: int, width: int | None = None) -> np.ndarray:
