@@ -1,0 +1,198 @@
+"""The two-tower baseline and its distilled student: shared API, serving contract, log-Q, distillation."""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+from tapestry.models.retrieval.two_tower import TwoTower
+from tapestry.models.sequential.sasrec import left_pad
+from tapestry.training.base import Recommender
+from tapestry.training.data import InteractionData
+from tapestry.training.distill import DistilledTwoTowerRecommender, distillation_loss
+from tapestry.training.sasrec import SASRecRecommender
+from tapestry.training.two_tower import PrefixExamples, TwoTowerRecommender, in_batch_softmax_loss
+
+from .recommender_mixin import RecommenderMixin
+from .test_recommenders import SASREC, needs_cuda
+
+TWO_TOWER = dict(embedding_dim=32, hidden_dim=64, max_len=20, epochs=8, batch_size=128, lr=5e-3, seed=0)
+DISTILL = dict(TWO_TOWER, teacher="teacher", teacher_top=20, alpha=0.7, distill_prefixes=2, distill_batch_size=64)
+
+
+@functools.lru_cache(maxsize=None)
+def _teacher(etl_path: str, device: str) -> SASRecRecommender:
+    """The small SASRec teacher, fitted once per data set and device (the mixin calls make() twice)."""
+    data = InteractionData.load(etl_path)
+    return SASRecRecommender(**SASREC, device=device, progress=False).fit(data)
+
+
+def _serving_scores(model, users, hist) -> torch.Tensor:
+    m = model.serving_module()
+    seqs = torch.from_numpy(left_pad(hist, m.max_len)).to(model.device)
+    scores = m.encode(seqs, model._attrs_of(users)) @ m.item_embeddings().T
+    scores[:, 0] = -torch.inf
+    return scores
+
+
+class TestTwoTower(RecommenderMixin):
+    params: dict = {}
+
+    @classmethod
+    def make(cls, data, graph):
+        return TwoTowerRecommender(**TWO_TOWER, **cls.params, device=cls.device, progress=False)
+
+    def test_score_is_the_serving_inner_product(self, model, data, histories):
+        users = self._users(data)
+        hist = [histories[u] for u in users]
+        m = model.serving_module()
+        assert not m.training and m.num_items == data.num_items and m.max_len == TWO_TOWER["max_len"]
+        torch.testing.assert_close(model.score(users, hist), _serving_scores(model, users, hist))
+        items = model.item_embeddings()
+        assert items.shape == (data.num_items, TWO_TOWER["embedding_dim"]) and not items[0].any()
+
+    def test_training_loss_goes_down(self, model):
+        assert model.loss_history_[-1] < 0.8 * model.loss_history_[0]
+
+    def test_empty_history_scores_are_zero(self, model):
+        if model.user_attrs is not None:
+            pytest.skip("with user attributes a known user has a vector without history")
+        scores = model.score(np.array([0]), [np.zeros(0, dtype=np.int64)])
+        assert torch.isfinite(scores[0, 1:]).all() and not scores[0, 1:].any()
+
+
+class TestTwoTowerUserAttrs(TestTwoTower):
+    params = dict(use_user_attrs=True)
+
+    def test_attributes_reach_the_user_tower(self, model, data):
+        assert model.user_attrs.shape[0] == data.num_users and model.serving_module().num_user_attrs > 0
+        # A user with no history is still scored from their attributes; an unknown user (0) gets zeros.
+        u = int(data.user_entities["user_idx"][0])
+        scores = model.score(np.array([u, 0]), [np.zeros(0, dtype=np.int64)] * 2)
+        assert scores[0, 1:].abs().sum() > 0 and not scores[1, 1:].any()
+
+
+def test_prefix_examples_are_the_left_padded_histories():
+    seqs = [np.zeros(0, np.int64), np.array([4, 5, 6, 7, 8]), np.array([9]), np.array([2, 3])]
+    ex = PrefixExamples(seqs, max_len=3)
+    assert len(ex) == 4 + 1                                  # every next item of users with >= 2 events
+    batch, targets, users = ex.batch(torch.arange(len(ex)))
+    expected = [(seqs[u][:t], seqs[u][t], u) for u in (1, 3) for t in range(1, len(seqs[u]))]
+    assert batch.tolist() == left_pad([e[0] for e in expected], 3, 3).tolist()
+    assert targets.tolist() == [e[1] for e in expected] and users.tolist() == [e[2] for e in expected]
+    capped = PrefixExamples(seqs, max_len=3, per_user=2)     # only the 2 most recent targets per user
+    assert capped.batch(torch.arange(len(capped)))[1].tolist() == [7, 8, 3]
+    log_q = ex.target_log_q(10)
+    assert log_q[5] == log_q[3] and log_q[5] > log_q[1]      # each target once; never-a-target items get a floor
+
+
+def test_logq_switch_changes_the_loss(tiny_etl):
+    data = InteractionData.load(tiny_etl)
+    fit = lambda logq: TwoTowerRecommender(**dict(TWO_TOWER, epochs=1, logq=logq), progress=False,  # noqa: E731
+                                           device="cpu").fit(data)
+    assert fit(True).loss_history_ != fit(False).loss_history_
+
+
+def test_in_batch_loss_logq_and_duplicate_masking():
+    torch.manual_seed(0)
+    tower = TwoTower(10, 8, 5, temperature=0.1)
+    users = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    targets = torch.tensor([1, 2, 3, 4])
+    plain = in_batch_softmax_loss(tower, users, targets, None)
+    # A constant log q shifts every logit alike: no change. A skewed one changes the loss.
+    torch.testing.assert_close(in_batch_softmax_loss(tower, users, targets, torch.full((10,), -2.3)), plain)
+    skewed = torch.linspace(-5, -1, 10)
+    assert not torch.isclose(in_batch_softmax_loss(tower, users, targets, skewed), plain)
+    # Every row holds the same item: the duplicates are masked, the positive is alone, the loss is 0.
+    same = torch.tensor([3, 3, 3, 3])
+    torch.testing.assert_close(in_batch_softmax_loss(tower, users, same, skewed), torch.tensor(0.0))
+
+
+class TestDistilledTwoTower(RecommenderMixin):
+    @classmethod
+    def make(cls, data, graph):
+        model = DistilledTwoTowerRecommender(**DISTILL, device=cls.device, progress=False)
+        model.bind({"teacher": _teacher(str(data.path), cls.device)})
+        return model
+
+    def test_agrees_with_the_teacher_more_than_the_plain_two_tower(self, model, data, histories):
+        plain = TwoTowerRecommender(**TWO_TOWER, device=self.device, progress=False).fit(data)
+        teacher = _teacher(str(data.path), self.device)
+        users = data.valid["user_idx"].to_numpy()
+
+        def overlap(m):
+            return np.mean([len(set(m.recommend(int(u), histories[u], 10)[0].tolist())
+                                & set(teacher.recommend(int(u), histories[u], 10)[0].tolist())) / 10
+                            for u in users])
+
+        student, baseline = overlap(model), overlap(plain)
+        assert student > baseline + 0.05, (student, baseline)
+
+    def test_score_is_the_serving_inner_product(self, model, data, histories):
+        users = self._users(data)
+        hist = [histories[u] for u in users]
+        torch.testing.assert_close(model.score(users, hist), _serving_scores(model, users, hist))
+
+    def test_loaded_student_needs_no_teacher(self, model, tmp_path):
+        loaded = Recommender.load(model.save(tmp_path / "m.pt"))
+        loaded.bind({})                          # evaluate_models binds with whatever was loaded: no teacher needed
+        assert loaded.cfg.teacher == "teacher" and loaded.teacher is None
+
+
+def test_missing_teacher_is_a_clear_error():
+    model = DistilledTwoTowerRecommender(**DISTILL, device="cpu")
+    with pytest.raises(ValueError, match="teacher='teacher'.*trained earlier"):
+        model.bind({"sasrec": object()})
+    with pytest.raises(ValueError, match="bind"):
+        model.fit(None)
+
+
+class _CandidateTeacher(Recommender):
+    """A DLRM-like teacher: finite scores on a few candidates per user, -inf elsewhere."""
+
+    def fit(self, data, graph=None):
+        self.num_items = data.num_items
+        return self
+
+    def score(self, user_idx, histories):
+        out = torch.full((len(user_idx), self.num_items), -torch.inf)
+        out[:, 1:6] = torch.arange(5, 0, -1, dtype=torch.float)          # items 1..5 ranked 1 > 2 > ... > 5
+        return out
+
+    def _get_state(self):
+        return {}
+
+    def _set_state(self, state):
+        pass
+
+
+def test_teacher_lists_handle_minus_inf_and_history(tiny_etl):
+    data = InteractionData.load(tiny_etl)
+    model = DistilledTwoTowerRecommender(**DISTILL, device="cpu")
+    model.bind({"teacher": _CandidateTeacher(device="cpu").fit(data)})
+    lists = model.teacher_lists(data)
+    items, probs = lists["items"], lists["probs"]
+    assert items.shape[1] == DISTILL["teacher_top"] and torch.isfinite(probs).all()
+    assert ((items > 0).sum(1) <= 5).all() and (items[:, 5:] == 0).all()     # only the finite candidates
+    assert (probs[items == 0] == 0).all()
+    torch.testing.assert_close(probs.sum(1), torch.ones(len(probs)))
+    seqs = lists["seqs"]
+    for row in range(len(items)):                                            # history items never in a list
+        assert not set(items[row][items[row] > 0].tolist()) & set(seqs[row][seqs[row] > 0].tolist())
+    users = torch.nn.functional.normalize(torch.randn(len(items), model.cfg.embedding_dim), dim=1)
+    tower = model._build(data)
+    for scope in ("batch", "list"):
+        loss = distillation_loss(tower, users, items, probs, scope)
+        assert torch.isfinite(loss) and loss > 0
+
+
+@needs_cuda
+class TestTwoTowerGPU(TestTwoTower):
+    device = "cuda"
+
+
+@needs_cuda
+class TestDistilledTwoTowerGPU(TestDistilledTwoTower):
+    device = "cuda"
