@@ -136,7 +136,7 @@ def cmd_evaluate(args) -> None:
 def cmd_export(args) -> None:
     from tapestry.ensembles import run_export
 
-    run_export(args.tenant, args.root, max_k=args.max_k, serve=args.serve)
+    run_export(args.tenant, args.root, max_k=args.max_k, serve=args.serve, index=args.index)
 
 
 def _serve_state(tenant: str, root) -> Path:
@@ -332,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     x = add("export", cmd_export, "FAISS index + Triton model repository")
     x.add_argument("--max-k", type=int, default=100)
     x.add_argument("--serve", help="export another trained sequential encoder than the run's served one")
+    x.add_argument("--index", default="auto", help="FAISS index: auto (exact below 50k items, else IVF+SQ8 with an "
+                                                   "exact re-score, tuned to recall@100 >= 0.95), Flat, "
+                                                   "IVF4096,Flat, HNSW32, ... (benchmarks/ann.py compares them)")
     s = add("serve", cmd_serve, "run the real Triton server on the latest export")
     s.add_argument("--detach", action="store_true", help="start in the background and return when ready")
     s.add_argument("--host", default="127.0.0.1",

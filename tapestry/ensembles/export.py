@@ -57,10 +57,32 @@ def _online_users(etl_dir: Path, user_attrs: np.ndarray) -> pl.DataFrame:
 
 def build_faiss_index(item_embeddings: np.ndarray) -> faiss.Index:
     """Exact inner-product index over items 1..n, with FAISS ids equal to item indices (row 0 is padding)."""
-    emb = np.ascontiguousarray(item_embeddings[1:], dtype=np.float32)
-    index = faiss.IndexIDMap2(faiss.IndexFlatIP(emb.shape[1]))
-    index.add_with_ids(emb, np.arange(1, len(item_embeddings), dtype=np.int64))
-    return index
+    from tapestry.serving.ann import IndexConfig, build_index
+
+    return build_index(item_embeddings, IndexConfig(factory="Flat"))
+
+
+def _tuned_index(encoder, item_emb: np.ndarray, histories: list, index_cfg, k: int, log) -> tuple:
+    """The configured FAISS index; an approximate one is tuned (nprobe / efSearch) to its target recall@k on the
+    interest vectors of up to 500 real users. Returns (index, manifest entry)."""
+    from tapestry.models.sequential.sasrec import left_pad
+    from tapestry.serving.ann import IndexConfig, build_index, get_params, resolve_factory, tune_index
+    from tapestry.serving.encoders import interest_vectors
+
+    cfg = index_cfg if isinstance(index_cfg, IndexConfig) else IndexConfig(factory=index_cfg)
+    factory = resolve_factory(cfg.factory, item_emb.shape[0] - 1)
+    index = build_index(item_emb, cfg)
+    entry = {"factory": factory}
+    if factory != "Flat":
+        sample = [h for h in histories if len(h)][:500]
+        with torch.no_grad():
+            queries = interest_vectors(encoder, torch.from_numpy(left_pad(sample, encoder.max_len))).reshape(
+                -1, item_emb.shape[1]).float().numpy()
+        tuned = tune_index(index, item_emb, queries, target_recall=cfg.target_recall, k=k)
+        entry.update(params=get_params(index), recall_at_k=round(tuned.recall, 4), k=k, reached=tuned.reached)
+        log(f"[export] {factory}: {tuned.param}={tuned.value} gives recall@{k} {tuned.recall:.3f} vs exact"
+            + ("" if tuned.reached else f" (target {cfg.target_recall} NOT reached)"))
+    return index, entry
 
 
 def _served_encoders(models_dir: Path, train_cfg: dict, served: str, session: str | None):
@@ -94,9 +116,10 @@ def _served_encoders(models_dir: Path, train_cfg: dict, served: str, session: st
 
 
 def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K, num_candidates: int | None = None,
-               serve: str | None = None, log=print) -> ExportResult:
+               serve: str | None = None, index="auto", log=print) -> ExportResult:
     """Export the latest trained run. `serve` overrides the run's served model (any trained sequential encoder);
-    the feature reranker stays the one fitted on the run's own served model."""
+    the feature reranker stays the one fitted on the run's own served model. `index`: a FAISS factory string or
+    tapestry.serving.ann.IndexConfig ("auto": exact below 50k items, else IVF + SQ8 with an exact re-score)."""
     from tapestry.serving.encoders import save_encoder, interest_vectors
 
     validate_tenant(tenant)
@@ -150,7 +173,13 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
         save_encoder(encoder, art / "user_encoder.pt")
         if session_encoder is not None:
             save_encoder(session_encoder, art / "session_encoder.pt")
-        faiss.write_index(build_faiss_index(item_emb), str(art / "items.faiss"))
+        from tapestry.serving.ann import save_index
+
+        faiss_index, index_entry = _tuned_index(encoder, item_emb, [np.asarray(h) for h in
+                                                                    pl.read_parquet(etl_dir / "train.parquet")
+                                                                    .group_by("user_idx").agg("item_idx")["item_idx"]
+                                                                    .to_list()], index, num_candidates, log)
+        save_index(faiss_index, art / "items.faiss")
         np.save(art / "popularity.npy", popularity)
         shutil.copy2(models_dir / "rerank.npz", art / "rerank.npz")
         if dlrm is not None:
@@ -171,6 +200,7 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
             "num_users": int(data.num_users),
             "num_user_attrs": int(reranker.tables.user_attrs.shape[1]),
             "num_candidates": int(num_candidates),
+            "index": index_entry,
             "max_k": int(max_k),
             "reranker": "dlrm" if dlrm is not None else "feature",
             "ranker_model": rankers[-1] if rankers else None,

@@ -15,6 +15,7 @@ import faiss
 import numpy as np
 
 from tapestry.serving import validate as v
+from tapestry.serving.ann import load_index
 from tapestry.serving.stage import Stage, export_manifest
 
 
@@ -44,7 +45,7 @@ class Retrieval(Stage):
     @classmethod
     def from_artifacts(cls, artifact_dir: Path) -> "Retrieval":
         artifact_dir = Path(artifact_dir)
-        index = faiss.read_index(str(artifact_dir / "items.faiss"))
+        index = load_index(artifact_dir / "items.faiss")    # with its tuned nprobe / efSearch (items.faiss.json)
         m = export_manifest(artifact_dir)
         return cls(m["tenant"], index, np.load(artifact_dir / "popularity.npy"), m["num_candidates"])
 

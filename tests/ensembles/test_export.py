@@ -83,3 +83,21 @@ def test_session_encoder_must_share_the_served_item_table(tiny_etl):
         _check_config(cfg)
     assert resolve_session(TrainConfig.smoke(models=("popularity", "sasrec"), serve="sasrec")).session == ""
     assert resolve_session(TrainConfig.smoke()).session == "srgnn_shared"
+
+
+def test_an_approximate_index_is_tuned_and_served_with_its_parameters(exported):
+    """`--index IVF...`: tuned to the target recall on real users' vectors; retrieval loads the tuned nprobe."""
+    from tapestry.serving.retrieval import Retrieval
+
+    export, _ = exported
+    root = export.path.parents[2]
+    ivf = run_export("tiny", root, max_k=20, index="IVF8,Flat", **QUIET)
+    entry = json.loads((ivf.artifact_dir / "manifest.json").read_text())["index"]
+    assert entry["factory"] == "IVF8,Flat" and entry["reached"] and entry["recall_at_k"] >= 0.95
+    assert (ivf.artifact_dir / "items.faiss.json").exists()
+    loaded = Retrieval.from_artifacts(ivf.artifact_dir).index
+    assert faiss.extract_index_ivf(faiss.downcast_index(loaded.index)).nprobe == entry["params"]["nprobe"]
+    user = pl.read_parquet(ivf.artifact_dir / "users.parquet")["user_id"][0]
+    assert len(RecommendPipeline.from_artifacts(ivf.artifact_dir).recommend("tiny", user, k=10).item_ids) == 10
+    flat = json.loads((export.artifact_dir / "manifest.json").read_text())["index"]
+    assert flat == {"factory": "Flat"}          # "auto" on a 100-item catalogue
