@@ -269,6 +269,34 @@ def cmd_recommend(args) -> None:
     print_recommendations(result, args.user, args.protocol, recent)
 
 
+def _redis_url(args) -> str | None:
+    return args.redis or os.environ.get("TAPESTRY_REDIS_URL") or None
+
+
+def cmd_ingest(args) -> None:
+    from tapestry.online.ingest import cli_ingest
+
+    cli_ingest(args.tenant, args.source, args.root, _redis_url(args), args.follow, args.batch_size, args.poll_interval)
+
+
+def cmd_erase(args) -> None:
+    from tapestry.online.erase import erase_user
+
+    e = erase_user(args.tenant, args.user, args.root, _redis_url(args))
+    where = {True: "removed from the Redis store", False: "not in the Redis store",
+             None: "an embedded store drops them on its next lookup"}[e["removed_from_store"]]
+    print(f"[erase] tenant={args.tenant} user {e['user_id']}: tombstoned at {e['erased_at']}; {where}")
+
+
+def cmd_load_store(args) -> None:
+    from tapestry.online.load import load_export_into_redis
+
+    url = _redis_url(args)
+    if not url:
+        raise ValueError("--redis URL (or $TAPESTRY_REDIS_URL) is required")
+    load_export_into_redis(latest_version(args.tenant, "export", args.root) / "artifacts", url)
+
+
 def cmd_models(args) -> None:
     from tapestry.training.registry import MODELS
 
@@ -364,6 +392,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="benchmark ablation run files to include (benchmarks/results/ablation-*.json)")
     rp.add_argument("--latency", help="serving latency benchmark JSON (default: "
                                       "benchmarks/results/serving_latency-<tenant>.json when present)")
+    redis_help = "Redis online store URL, e.g. redis://host:6379/0 (default $TAPESTRY_REDIS_URL; none: embedded)"
+    ing = add("ingest", cmd_ingest, "stream new events (CSV lines) into the online store, resumably")
+    ing.add_argument("--source", required=True, help="CSV file with a header line (the generic event columns), or - "
+                                                     "for stdin")
+    ing.add_argument("--follow", action="store_true", help="keep polling the file for appended lines until stopped")
+    ing.add_argument("--redis", help=redis_help)
+    ing.add_argument("--batch-size", type=int, default=500, help="lines per committed batch (default 500)")
+    ing.add_argument("--poll-interval", type=float, default=0.2, help="seconds between polls in --follow mode")
+    er = add("erase", cmd_erase, "GDPR erasure: tombstone a user and remove them from the online store")
+    er.add_argument("--user", required=True)
+    er.add_argument("--redis", help=redis_help)
+    ldr = add("load-store", cmd_load_store, "load the latest export into the Redis online store (atomic switch)")
+    ldr.add_argument("--redis", help=redis_help)
     ls = sub.add_parser("models", help="list the registered models")
     ls.set_defaults(fn=cmd_models)
     d = add("demo", cmd_demo, "ETL -> train -> evaluate -> export -> serve -> recommend, with timings")

@@ -22,6 +22,7 @@ from tapestry.etl.sources import ROW, RawTables
 from tapestry.etl.split import (FIXED, LEAVE_ONE_OUT, fixed_split_sorted, leave_one_out_tagged, sort_by_user,
                                  tag_positions)
 from tapestry.etl.validate import validate_entities, validate_events
+from tapestry.online.tombstones import drop_erased_events, drop_erased_users, erased_user_ids
 
 EVENT_OUT_COLUMNS = ["user_idx", "item_idx", "event_type", "timestamp", "weight", "session_id"]
 
@@ -110,15 +111,20 @@ def run_etl(tables: RawTables, tenant: str, root: Path | None = None, cfg: ETLCo
             log=print) -> ETLResult:
     validate_tenant(tenant)
     cfg = cfg or ETLConfig()
+    erased = erased_user_ids(tenant, root)   # GDPR tombstones (`tapestry erase`): see tapestry/online/tombstones.py
     with tempfile.TemporaryDirectory(prefix="tapestry-etl-") as scratch:   # $TMPDIR; removed at the end
-        return _run(tables, tenant, root, cfg, log, Path(scratch))
+        return _run(tables, tenant, root, cfg, log, Path(scratch), erased)
 
 
-def _run(tables: RawTables, tenant: str, root: Path | None, cfg: ETLConfig, log, scratch: Path) -> ETLResult:
+def _run(tables: RawTables, tenant: str, root: Path | None, cfg: ETLConfig, log, scratch: Path,
+         erased: frozenset[str] = frozenset()) -> ETLResult:
     t0 = time.perf_counter()
     good, bad_events = validate_to_parquet(tables, cfg, scratch)
+    # Erased users' rows, valid or not, are dropped before anything is encoded or kept (not even in quarantine).
+    good, bad_events, erased_rows = drop_erased_events(good, bad_events, erased)
+    user_table, erased_user_rows = drop_erased_users(tables.users, erased)
     n_good = _height(good)
-    input_rows = n_good + _height(bad_events) + sum(
+    input_rows = n_good + _height(bad_events) + erased_rows + sum(
         r.height for r in tables.rejected if r.height and r["source"][0] == "events"
     )
     if n_good == 0:
@@ -136,7 +142,7 @@ def _run(tables: RawTables, tenant: str, root: Path | None, cfg: ETLConfig, log,
 
     quarantine = [_as_strings(bad_events)] + [_as_strings(r).lazy() for r in tables.rejected if r.height]
     item_table, item_entities = _entities(tables.items, "item_id", tables.item_entity_columns, items, quarantine)
-    _, user_entities = _entities(tables.users, "user_id", tables.user_entity_columns, users, quarantine)
+    _, user_entities = _entities(user_table, "user_id", tables.user_entity_columns, users, quarantine)
     if item_table is None:
         item_table = pl.DataFrame({"item_id": []}, schema={"item_id": pl.String})
     title_col = next((c for c in ("title", "name") if c in item_table.columns), None)
@@ -180,6 +186,7 @@ def _run(tables: RawTables, tenant: str, root: Path | None, cfg: ETLConfig, log,
                 "valid_rows": n_good,
                 "quarantined_rows": q_events,
                 "quarantined_entity_rows": int(q_counts["len"].sum()) - q_events,
+                "erased_rows": erased_rows, "erased_user_rows": erased_user_rows,   # tombstoned users, not kept
                 "by_reason": by_reason,
                 "train_rows": _height(split["train"]), "valid_rows_split": _height(split["valid"]),
                 "test_rows": _height(split["test"]),

@@ -1,7 +1,10 @@
 """Stage 1: raw user id (+ events since the export) -> encoded history, seen set, exclude set, user attributes.
 
-The embedded default store is the exported `users.parquet`, held in memory. The tenant in the request must match
-the tenant the repository was exported for: a request never reads another tenant's features.
+Features come from an online store (tapestry.online.store), read on every request (no caching: an ingested event
+is in the next request): the embedded default is the exported `users.parquet` in memory; with $TAPESTRY_REDIS_URL
+set, or `"online_store": {"kind": "redis", "url": ...}` in the export manifest, a Redis store. A store loaded from
+another ETL version than the export's is refused at load. The tenant in the request must match the tenant the
+repository was exported for: a request never reads another tenant's features.
 
 RECENT_ITEM_IDS (optional; time order, oldest first) are events newer than the export: they are appended to the
 stored history before encoding, exactly as if the export had held them, and join the seen set. Ids the catalogue
@@ -20,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from tapestry.online.store import EmbeddedStore, OnlineStore, open_store
 from tapestry.serving import validate as v
 from tapestry.serving.stage import USER_COLD, USER_KNOWN, USER_SESSION, Stage, export_manifest
 
-_NO_USER = (0, np.zeros(0, np.int64), np.zeros(0, np.int64))
+_NOTHING = np.zeros(0, np.int64)
 
 
 class FeatureLookup(Stage):
@@ -32,12 +36,15 @@ class FeatureLookup(Stage):
     optional_inputs = frozenset({"RECENT_ITEM_IDS"})
     outputs = ("HISTORY", "SEEN", "EXCLUDE", "USER_ATTRS", "USER_KIND", "IGNORED_ITEMS")
 
-    def __init__(self, tenant: str, max_len: int, users: pl.DataFrame, item_ids: list[str], num_attrs: int):
+    def __init__(self, tenant: str, max_len: int, users: pl.DataFrame | None = None, item_ids: list[str] = (),
+                 num_attrs: int = 0, store: OnlineStore | None = None):
+        """`store`, or `users` (a users.parquet frame) for an embedded one."""
         self.tenant = tenant
         self.max_len = max_len
         self.num_attrs = num_attrs
-        self._users = {uid: (idx, np.asarray(h, dtype=np.int64), np.asarray(a, dtype=np.int64))
-                       for uid, idx, h, a in users.select("user_id", "user_idx", "history", "attrs").iter_rows()}
+        self.store = store if store is not None else EmbeddedStore(tenant, users)
+        if self.store.tenant != tenant:
+            raise ValueError(f"online store of tenant {self.store.tenant!r} given to feature_lookup of {tenant!r}")
         self._items = {iid: i for i, iid in enumerate(item_ids) if i > 0}
 
     @classmethod
@@ -48,8 +55,8 @@ class FeatureLookup(Stage):
         item_ids = [""] * (int(items["item_idx"].max()) + 1)
         for idx, iid in items.select("item_idx", "item_id").iter_rows():
             item_ids[idx] = iid
-        return cls(m["tenant"], m["max_len"], pl.read_parquet(artifact_dir / "users.parquet"), item_ids,
-                   m["num_user_attrs"])
+        return cls(m["tenant"], m["max_len"], item_ids=item_ids, num_attrs=m["num_user_attrs"],
+                   store=open_store(artifact_dir, m))
 
     def __call__(self, t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         v.tenant(t, self.tenant)
@@ -57,8 +64,9 @@ class FeatureLookup(Stage):
         exclude_ids = v.texts(t, "EXCLUDE_ITEM_IDS", max_size=v.MAX_EXCLUDE_IDS)
         recent_ids = [x for x in (v.texts(t, "RECENT_ITEM_IDS", max_size=v.MAX_RECENT_IDS)
                                   if t.get("RECENT_ITEM_IDS") is not None else []) if x]
-        known = user_id in self._users
-        _, stored, attrs = self._users.get(user_id, _NO_USER)
+        record = self.store.get(user_id)
+        known = record is not None
+        stored, attrs = (record.history, record.attrs) if known else (_NOTHING, _NOTHING)
         recent = [self._items.get(x, 0) for x in recent_ids]
         ignored = sum(1 for i in recent if i == 0)
         history = np.concatenate([stored, np.asarray([i for i in recent if i], dtype=np.int64)])

@@ -1,0 +1,384 @@
+"""The online store the feature_lookup stage reads: per (tenant, user id) the time-ordered item-index history and
+the user-attribute indices, plus the store's metadata (tenant, export and ETL version its values come from).
+
+Point-in-time correctness: item and attribute indices are only meaningful for the ETL version that assigned them
+(a new ETL run renumbers items), so a store knows which ETL version it was loaded from and feature_lookup refuses,
+at load, a store whose ETL version is not its export manifest's "etl_version" (StoreMismatch). A Redis store that
+is reloaded from another ETL version while a server runs makes that server's next lookup fail the same way, never
+silently mix index spaces.
+
+Two implementations, one contract (tests/online/test_store.py runs the same tests on both):
+- EmbeddedStore (the default, nothing to start): the export's users.parquet in this process's memory. Appends
+  and erasures live in that memory only, so ingesting into it makes sense in-process (tests, a notebook); a
+  separate `tapestry ingest` process cannot reach a running server's memory. Erasures are the exception: the store
+  watches the tenant's tombstone file, so `tapestry erase` reaches a running embedded server too.
+- RedisStore(url, tenant): keys under `tapestry:{tenant}:` only (the tenant is validated before it becomes part of
+  a key; nothing ever scans across tenants). A load writes a new generation, `tapestry:{t}:{gen}:user:{uid}` (a
+  list of item indices) + `tapestry:{t}:{gen}:attrs` (a hash: uid -> "3,7", its presence = a known user) +
+  `tapestry:{t}:{gen}:meta`, then flips the pointer `tapestry:{t}:current` to it in one SET: a reader, which
+  resolves the pointer and reads the user in one server-side script, sees the old load or the new one, never
+  half of one. Ingest appends and their source offset commit in one MULTI/EXEC, WATCHing the pointer (a flip in
+  between retries the batch on the new generation) and the offset key (a second ingest of the same source fails
+  instead of applying rows twice).
+  A load replaces the tenant's values whole: events ingested since the previous export stay only if the new
+  export's ETL run read them (give the ingested files to the next `tapestry etl`); offsets are per source file and
+  survive loads.
+Reads are never cached: an ingested event is in the next request's history.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import polars as pl
+
+from tapestry.artifacts import atomic_write_json
+from tapestry.config import validate_tenant
+from tapestry.online.tombstones import TOMBSTONES, Tombstones
+
+REDIS_URL_ENV = "TAPESTRY_REDIS_URL"
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+class StoreMismatch(ValueError):
+    """The store holds another tenant's values, or values from another ETL version than the export serves."""
+
+
+class StoreNotLoaded(ValueError):
+    """Nothing has been loaded into the store for this tenant yet."""
+
+
+class OffsetConflict(RuntimeError):
+    """Another ingest process committed an offset for the same source: one process per source."""
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    history: np.ndarray   # int64 item indices, oldest first
+    attrs: np.ndarray     # int64 user-attribute indices
+
+
+@dataclass(frozen=True)
+class StoreMetadata:
+    kind: str             # "embedded" | "redis"
+    tenant: str
+    export_version: str   # the export's artifacts directory the values were loaded from
+    etl_version: str      # the ETL version directory they come from (the export manifest's "etl_version")
+    loaded_at: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def etl_identity(version: str) -> str:
+    """`<tenant>/etl/vNNNN`: the identity of an ETL version, whichever root path it was recorded under."""
+    return "/".join(Path(str(version)).parts[-3:])
+
+
+def check_etl_version(meta: StoreMetadata, manifest: dict) -> None:
+    if meta.tenant != manifest["tenant"]:
+        raise StoreMismatch(f"the online store holds tenant {meta.tenant!r}, the export is tenant "
+                            f"{manifest['tenant']!r}")
+    if etl_identity(meta.etl_version) != etl_identity(manifest["etl_version"]):
+        raise StoreMismatch(
+            f"the {meta.kind} online store of tenant {meta.tenant!r} was loaded from ETL version "
+            f"{etl_identity(meta.etl_version)!r} (export {meta.export_version}), but this export serves ETL version "
+            f"{etl_identity(manifest['etl_version'])!r}: its item indices would not match. Load this export into "
+            "the store first (`tapestry load-store`), or serve the export the store was loaded from")
+
+
+def export_tenant_dir(artifact_dir: Path, tenant: str) -> Path | None:
+    """<root>/<tenant> when artifact_dir is <root>/<tenant>/export/vNNNN/artifacts (the exported layout)."""
+    p = Path(artifact_dir).resolve()
+    return p.parents[2] if len(p.parents) > 2 and p.parents[1].name == "export" and p.parents[2].name == tenant \
+        else None
+
+
+def group_by_user(events: Iterable[tuple[str, int]]) -> dict[str, list[int]]:
+    """(user id, item index) pairs -> per user, the items in arrival order."""
+    out: dict[str, list[int]] = {}
+    for uid, item in events:
+        out.setdefault(uid, []).append(int(item))
+    return out
+
+
+class OnlineStore(ABC):
+    kind: str = ""
+    tenant: str = ""
+
+    @abstractmethod
+    def metadata(self) -> StoreMetadata: ...
+
+    @abstractmethod
+    def get(self, user_id: str) -> UserRecord | None:
+        """The user's record, or None for an id the store does not know (an anonymous visitor)."""
+
+    @abstractmethod
+    def append(self, events: Iterable[tuple[str, int]], source: str | None = None, offset: int | None = None,
+               expected_offset: int | None = None) -> None:
+        """Append item indices to users' histories (a new user id gets a new entry, without attributes) and, with
+        `source`, commit `offset` for it together with the appends. With `expected_offset`, raise OffsetConflict
+        (and apply nothing) unless the source's committed offset is still that value."""
+
+    @abstractmethod
+    def committed_offset(self, source: str) -> int: ...
+
+    @abstractmethod
+    def erase(self, user_id: str) -> bool:
+        """Remove the user at once; True if the store held them."""
+
+    def close(self) -> None:
+        pass
+
+
+class EmbeddedStore(OnlineStore):
+    """The export's users.parquet in memory (see the module docstring for what that implies)."""
+
+    kind = "embedded"
+
+    def __init__(self, tenant: str, users: pl.DataFrame, metadata: StoreMetadata | None = None,
+                 tombstones: Path | None = None, offsets_path: Path | None = None):
+        self.tenant = validate_tenant(tenant)
+        self._meta = metadata or StoreMetadata(self.kind, tenant, "", "", _now())
+        self._users = {uid: (np.asarray(h, dtype=np.int64), np.asarray(a, dtype=np.int64))
+                       for uid, h, a in users.select("user_id", "history", "attrs").iter_rows()}
+        self._lock = threading.Lock()
+        self._tombstones = Tombstones(tombstones)
+        self._apply_tombstones()
+        # Offsets live with the memory they describe: a new process starts from an empty store, so from offset 0.
+        # The file mirrors them after every batch (progress for operators and tests), it is never read back.
+        self._offsets: dict[str, int] = {}
+        self._offsets_path = offsets_path
+
+    @classmethod
+    def from_export(cls, artifact_dir: Path, manifest: dict | None = None) -> "EmbeddedStore":
+        artifact_dir = Path(artifact_dir)
+        m = manifest or json.loads((artifact_dir / "manifest.json").read_text())
+        tdir = export_tenant_dir(artifact_dir, m["tenant"])
+        meta = StoreMetadata(cls.kind, m["tenant"], str(artifact_dir.resolve()), str(m["etl_version"]), _now())
+        return cls(m["tenant"], pl.read_parquet(artifact_dir / "users.parquet"), meta,
+                   tombstones=tdir / TOMBSTONES if tdir else None,
+                   offsets_path=tdir / "ingest" / "offsets.json" if tdir else None)
+
+    def _apply_tombstones(self) -> None:
+        new = self._tombstones.refresh()   # one stat when nothing changed
+        if new:
+            with self._lock:
+                for uid in new:
+                    self._users.pop(uid, None)
+
+    def metadata(self) -> StoreMetadata:
+        return self._meta
+
+    def get(self, user_id: str) -> UserRecord | None:
+        self._apply_tombstones()
+        found = self._users.get(user_id)
+        return UserRecord(*found) if found is not None else None
+
+    def append(self, events, source=None, offset=None, expected_offset=None) -> None:
+        grouped = group_by_user(events)
+        with self._lock:
+            if source is not None and expected_offset is not None and self._offsets.get(source, 0) != expected_offset:
+                raise OffsetConflict(f"{source}: committed offset is {self._offsets.get(source, 0)}, "
+                                     f"expected {expected_offset}")
+            for uid, items in grouped.items():
+                hist, attrs = self._users.get(uid, (_EMPTY, _EMPTY))
+                self._users[uid] = (np.concatenate([hist, np.asarray(items, dtype=np.int64)]), attrs)
+            if source is not None:
+                self._offsets[source] = int(offset)
+                if self._offsets_path is not None:
+                    atomic_write_json(self._offsets_path, {"store": {**self._meta.as_dict(), "pid": os.getpid()},
+                                                           "offsets": self._offsets})
+
+    def committed_offset(self, source: str) -> int:
+        return self._offsets.get(source, 0)
+
+    def erase(self, user_id: str) -> bool:
+        with self._lock:
+            return self._users.pop(user_id, None) is not None
+
+
+# One round trip, atomic on the server: resolve the generation pointer, then read the user in that generation. A
+# generation is deleted only after the pointer has moved off it, so a reader never sees a half-written or
+# half-deleted one. (The keys are derived inside the script: fine on a single Redis, not on Redis Cluster.)
+_READ_USER = """
+local gen = redis.call('GET', KEYS[1])
+if not gen then return {} end
+local prefix = ARGV[1] .. gen .. ':'
+local attrs = redis.call('HGET', prefix .. 'attrs', ARGV[2])
+if not attrs then return {gen} end
+return {gen, attrs, redis.call('LRANGE', prefix .. 'user:' .. ARGV[2], 0, -1)}
+"""
+
+
+class _Keys:
+    """Every key of one tenant; the tenant is validated first, so it cannot carry `:` or `*` into a key."""
+
+    def __init__(self, tenant: str):
+        self.ns = f"tapestry:{validate_tenant(tenant)}:"
+        self.pointer = self.ns + "current"
+        self.generations = self.ns + "generations"     # zset gen -> creation time (to drop abandoned loads)
+
+    def gen(self, gen: str) -> str:
+        return f"{self.ns}{gen}:"
+
+    def user(self, gen: str, uid: str) -> str:
+        return f"{self.ns}{gen}:user:{uid}"
+
+    def offset(self, source: str) -> str:
+        return f"{self.ns}ingest:offset:{source}"
+
+
+def _ints(raw) -> np.ndarray:
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return np.array([int(x) for x in text.split(",") if x], dtype=np.int64)
+
+
+def _connect(url: str):
+    import redis
+
+    return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+
+
+class RedisStore(OnlineStore):
+    """See the module docstring. `etl_version`: the ETL version this process's indices belong to; None pins the
+    version of the generation current at construction (a later generation from another ETL version is refused)."""
+
+    kind = "redis"
+
+    def __init__(self, url: str, tenant: str, etl_version: str | None = None):
+        self.tenant = validate_tenant(tenant)
+        self._k = _Keys(tenant)
+        self._redis = _connect(url)
+        self._read = self._redis.register_script(_READ_USER)
+        self._etl, self._gen, self._meta = None, None, None
+        gen = self._redis.get(self._k.pointer)
+        if gen is None and etl_version is not None:
+            raise StoreNotLoaded(self._not_loaded())
+        if gen is not None and not self._adopt(gen.decode()):
+            raise StoreNotLoaded(self._not_loaded())
+        if etl_version is not None:
+            check_etl_version(self._meta, {"tenant": self.tenant, "etl_version": etl_version})
+            self._etl = etl_version
+
+    def _not_loaded(self) -> str:
+        return (f"the Redis online store holds nothing for tenant {self.tenant!r}: load an export first "
+                f"(`tapestry load-store --tenant {self.tenant} --redis URL`)")
+
+    def _adopt(self, gen: str) -> bool:
+        """Switch to generation `gen` after checking its ETL version; False if it vanished meanwhile."""
+        raw = self._redis.hgetall(self._k.gen(gen) + "meta")
+        if not raw:
+            return False
+        meta = StoreMetadata(**{k.decode(): v.decode() for k, v in raw.items()})
+        if self._etl is None:
+            self._etl = meta.etl_version
+        elif etl_identity(meta.etl_version) != etl_identity(self._etl):
+            raise StoreMismatch(f"the Redis online store of tenant {self.tenant!r} now holds values from ETL version "
+                                f"{etl_identity(meta.etl_version)!r} (export {meta.export_version}), but this "
+                                f"process serves ETL version {etl_identity(self._etl)!r}: restart it on an export "
+                                "of that ETL version")
+        self._gen, self._meta = gen, meta
+        return True
+
+    def metadata(self) -> StoreMetadata:
+        gen = self._redis.get(self._k.pointer)
+        if gen is None:
+            raise StoreNotLoaded(self._not_loaded())
+        if gen.decode() != self._gen and not self._adopt(gen.decode()):
+            return self.metadata()
+        return self._meta
+
+    def get(self, user_id: str) -> UserRecord | None:
+        for _ in range(5):
+            res = self._read(keys=[self._k.pointer], args=[self._k.ns, user_id])
+            if not res:
+                raise StoreNotLoaded(self._not_loaded())
+            gen = res[0].decode()
+            if gen != self._gen and not self._adopt(gen):
+                continue                      # flipped and dropped between the two calls: read again
+            if len(res) == 1:
+                return None
+            hist = np.array(res[2]).astype(np.int64) if res[2] else _EMPTY
+            return UserRecord(hist, _ints(res[1]))
+        raise RuntimeError(f"the Redis online store of tenant {self.tenant!r} kept switching generations")
+
+    def append(self, events, source=None, offset=None, expected_offset=None) -> None:
+        from redis.exceptions import WatchError
+
+        grouped = group_by_user(events)
+        watched = [self._k.pointer] + ([self._k.offset(source)] if source is not None else [])
+        with self._redis.pipeline() as p:
+            while True:
+                try:
+                    p.watch(*watched)
+                    gen = p.get(self._k.pointer)
+                    if gen is None:
+                        raise StoreNotLoaded(self._not_loaded())
+                    gen = gen.decode()
+                    if gen != self._gen and not self._adopt(gen):
+                        continue
+                    if source is not None and expected_offset is not None:
+                        current = int(p.get(self._k.offset(source)) or 0)
+                        if current != expected_offset:
+                            raise OffsetConflict(f"{source}: committed offset is {current}, expected "
+                                                 f"{expected_offset}: another ingest of this source is running")
+                    p.multi()
+                    for uid, items in grouped.items():
+                        p.rpush(self._k.user(gen, uid), *items)
+                        p.hsetnx(self._k.gen(gen) + "attrs", uid, "")   # a new user: known, no attributes
+                    if source is not None:
+                        p.set(self._k.offset(source), int(offset))
+                    p.execute()
+                    return
+                except WatchError:
+                    continue                  # the pointer or the offset moved: redo the batch on what is current
+
+    def committed_offset(self, source: str) -> int:
+        return int(self._redis.get(self._k.offset(source)) or 0)
+
+    def erase(self, user_id: str) -> bool:
+        from redis.exceptions import WatchError
+
+        with self._redis.pipeline() as p:
+            while True:
+                try:
+                    p.watch(self._k.pointer)
+                    gen = p.get(self._k.pointer)
+                    if gen is None:
+                        return False
+                    gen = gen.decode()
+                    p.multi()
+                    p.delete(self._k.user(gen, user_id))
+                    p.hdel(self._k.gen(gen) + "attrs", user_id)
+                    return bool(p.execute()[1])
+                except WatchError:
+                    continue
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+def open_store(artifact_dir: Path, manifest: dict | None = None) -> OnlineStore:
+    """The store an export's feature_lookup reads: Redis when $TAPESTRY_REDIS_URL is set or the manifest says
+    `"online_store": {"kind": "redis", "url": ...}`, else the embedded users.parquet. Checked against the
+    manifest's tenant and ETL version (StoreMismatch, StoreNotLoaded: at load, not at the first request)."""
+    artifact_dir = Path(artifact_dir)
+    m = manifest or json.loads((artifact_dir / "manifest.json").read_text())
+    configured = m.get("online_store") or {}
+    url = os.environ.get(REDIS_URL_ENV) or (configured.get("url") if configured.get("kind") == "redis" else None)
+    store = (RedisStore(url, m["tenant"], etl_version=str(m["etl_version"])) if url
+             else EmbeddedStore.from_export(artifact_dir, m))
+    check_etl_version(store.metadata(), m)
+    return store
