@@ -1,1 +1,1 @@
-"""Sequential user encoders over item histories (SASRec and its graph-fused variant)."""
+"""Sequential user encoders: SASRec (+ graph fusion), BERT4Rec (bidirectional, Cloze), ComiRec-SA (K interests)."""
