@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 from tapestry.models.sequential.bert4rec import BERT4Rec
 from tapestry.models.sequential.sasrec import left_pad
-from tapestry.training.base import Recommender, seeded
+from tapestry.training.base import seeded
+from tapestry.training.sequential import SequentialRecommender
 
 
 @dataclass
@@ -41,7 +42,7 @@ class BERT4RecConfig:
     seed: int = 0
 
 
-class BERT4RecRecommender(Recommender):
+class BERT4RecRecommender(SequentialRecommender):
     Config = BERT4RecConfig
 
     def __init__(self, config: BERT4RecConfig | None = None, **kwargs):
@@ -97,26 +98,8 @@ class BERT4RecRecommender(Recommender):
             total, count = total + float(loss.detach()) * h.shape[0], count + h.shape[0]
         return total / max(count, 1)
 
-    def item_embeddings(self) -> torch.Tensor:
-        return self.model.item_embeddings().detach()
-
-    def serving_module(self) -> BERT4Rec:
-        """The trained nn.Module in eval mode: encode(seqs) -> [B, D], item_embeddings() -> [N, D]."""
-        return self.model.eval()
-
-    @torch.no_grad()
-    def encode(self, histories: list[np.ndarray], batch_size: int = 512) -> torch.Tensor:
-        """User vectors [B, D] from item histories (time order); an empty history gives zeros."""
-        self.model.eval()
-        # max_len - 1 history items: the module appends the [MASK] in the last slot of its window.
-        out = [self.model.encode(torch.from_numpy(left_pad(histories[s:s + batch_size], self.cfg.max_len - 1))
-                                 .to(self.device)) for s in range(0, len(histories), batch_size)]
-        return torch.cat(out) if out else torch.zeros(0, self.cfg.hidden_dim, device=self.device)
-
-    @torch.no_grad()
-    def score(self, user_idx: np.ndarray, histories: list[np.ndarray]) -> torch.Tensor:
-        # Inductive: only the history matters (a user unseen in training is scored from their events alone).
-        return self._mask_padding(self.encode(histories) @ self.model.item_embeddings().T)
+    def history_window(self) -> int:
+        return self.cfg.max_len - 1      # the module appends the [MASK] in the last slot of its window
 
     def _get_state(self):
         return {"num_items": self.num_items,

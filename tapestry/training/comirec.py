@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from tapestry.models.sequential.comirec import ComiRecSA
-from tapestry.models.sequential.sasrec import left_pad
 from tapestry.training.base import Recommender, seeded
+from tapestry.training.sequential import SequentialRecommender
 
 
 @dataclass
@@ -70,7 +70,7 @@ def prefix_examples(sequences: list[np.ndarray], max_len: int, per_user: int,
     return windows.astype(np.int64), flat[begin].astype(np.int64)
 
 
-class ComiRecRecommender(Recommender):
+class ComiRecRecommender(SequentialRecommender):
     Config = ComiRecConfig
 
     def __init__(self, config: ComiRecConfig | None = None, *, side: torch.Tensor | None = None, **kwargs):
@@ -134,28 +134,9 @@ class ComiRecRecommender(Recommender):
             total += float(loss.detach()) * len(rows)
         return total / max(windows.shape[0], 1)
 
-    def item_embeddings(self) -> torch.Tensor:
-        return self.model.item_embeddings().detach()
-
-    def serving_module(self) -> ComiRecSA:
-        """The trained nn.Module in eval mode: encode(seqs) -> [B, K, D], item_embeddings() -> [N, D]."""
-        return self.model.eval()
-
-    @torch.no_grad()
     def encode_interests(self, histories: list[np.ndarray], batch_size: int = 512) -> torch.Tensor:
         """Interest vectors [B, K, D] from item histories (time order); an empty history gives zeros."""
-        self.model.eval()
-        out = [self.model.encode(torch.from_numpy(left_pad(histories[s:s + batch_size], self.cfg.max_len))
-                                 .to(self.device)) for s in range(0, len(histories), batch_size)]
-        if not out:
-            return torch.zeros(0, self.cfg.num_interests, self.cfg.hidden_dim, device=self.device)
-        return torch.cat(out)
-
-    @torch.no_grad()
-    def score(self, user_idx: np.ndarray, histories: list[np.ndarray]) -> torch.Tensor:
-        # Inductive: only the history matters. An item's score is its best interest's inner product.
-        scores = (self.encode_interests(histories) @ self.model.item_table().T).amax(dim=1)
-        return self._mask_padding(scores)
+        return self.encode(histories, batch_size)
 
     def _get_state(self):
         return {"num_items": self.num_items, "side_dim": self.model.side_dim,

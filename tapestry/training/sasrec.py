@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from tapestry.models.sequential.sasrec import SASRec, left_pad
 from tapestry.training.base import Recommender, seeded
+from tapestry.training.sequential import SequentialRecommender
 
 
 @dataclass
@@ -40,7 +41,7 @@ class SASRecConfig:
     seed: int = 0
 
 
-class SASRecRecommender(Recommender):
+class SASRecRecommender(SequentialRecommender):
     Config = SASRecConfig
 
     def __init__(self, config: SASRecConfig | None = None, *, item_init: torch.Tensor | None = None,
@@ -124,27 +125,6 @@ class SASRecRecommender(Recommender):
             opt.step()
             total, count = total + float(loss.detach()) * h.shape[0], count + h.shape[0]
         return total / max(count, 1)
-
-    def item_embeddings(self) -> torch.Tensor:
-        return self.model.item_embeddings().detach()
-
-    def serving_module(self) -> SASRec:
-        """The module the export serves as the user encoder (tapestry.serving.encoders)."""
-        return self.model.eval()
-
-    @torch.no_grad()
-    def encode(self, histories: list[np.ndarray], batch_size: int = 512) -> torch.Tensor:
-        """User vectors [B, D] from item histories (time order); an empty history gives zeros."""
-        self.model.eval()
-        out = [self.model.encode(torch.from_numpy(left_pad(histories[s:s + batch_size], self.cfg.max_len))
-                                 .to(self.device)) for s in range(0, len(histories), batch_size)]
-        return torch.cat(out) if out else torch.zeros(0, self.cfg.hidden_dim, device=self.device)
-
-    @torch.no_grad()
-    def score(self, user_idx: np.ndarray, histories: list[np.ndarray]) -> torch.Tensor:
-        # Inductive: only the history matters (a user unseen in training is scored from their events alone).
-        scores = self.encode(histories) @ self.model.item_table().T
-        return self._mask_padding(scores)
 
     def _get_state(self):
         return {"num_items": self.num_items, "initialised_from_graph": self.initialised_from_graph,

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from tapestry.models.sequential.sasrec import left_pad
 from tapestry.models.session.srgnn import SRGNN
 from tapestry.training.base import Recommender, seeded
+from tapestry.training.sequential import SequentialRecommender
 
 
 @dataclass
@@ -45,7 +46,7 @@ class SRGNNConfig:
     seed: int = 0
 
 
-class SRGNNRecommender(Recommender):
+class SRGNNRecommender(SequentialRecommender):
     Config = SRGNNConfig
 
     def __init__(self, config: SRGNNConfig | None = None, **kwargs):
@@ -130,27 +131,6 @@ class SRGNNRecommender(Recommender):
             opt.step()
             total += float(loss.detach()) * len(idx)
         return total / max(inputs.shape[0], 1)
-
-    def item_embeddings(self) -> torch.Tensor:
-        return self.model.item_embeddings().detach()
-
-    def serving_module(self) -> SRGNN:
-        """The nn.Module the serving side exports (encode / item_embeddings / init_args), in eval mode."""
-        return self.model.eval()
-
-    @torch.no_grad()
-    def encode(self, histories: list[np.ndarray], batch_size: int = 512) -> torch.Tensor:
-        """Session vectors [B, D] from item histories (time order); an empty history gives zeros."""
-        self.model.eval()
-        out = [self.model.encode(torch.from_numpy(left_pad(histories[s:s + batch_size], self.cfg.max_len))
-                                 .to(self.device)) for s in range(0, len(histories), batch_size)]
-        return torch.cat(out) if out else torch.zeros(0, self.cfg.hidden_dim, device=self.device)
-
-    @torch.no_grad()
-    def score(self, user_idx: np.ndarray, histories: list[np.ndarray]) -> torch.Tensor:
-        # The user id is not used: the history's last max_len items are the session.
-        scores = self.encode(histories) @ self.model.item_embeddings().T
-        return self._mask_padding(scores)
 
     def _get_state(self):
         return {"num_items": self.num_items, "frozen_item_table": self.model.frozen_item_table,
