@@ -168,6 +168,10 @@ def cmd_serve(args) -> None:
     from tapestry.serving.service import run_foreground
     from tapestry.serving.triton_server import TritonServerError
 
+    if args.tenant is None or args.tenants or args.all_tenants:   # one Triton for many tenants
+        from tapestry.serving.multi_tenant import cli_serve
+
+        return cli_serve(args)
     state = _serve_state(args.tenant, args.root)
     running = st.live_state(args.tenant, args.root)
     if running:
@@ -213,6 +217,10 @@ def cmd_stop(args) -> None:
         state.unlink(missing_ok=True)
         print(f"[stop] no server running for tenant {args.tenant} (removed a stale {state.name})")
         return
+    if info.get("multi_tenant"):   # unloaded from the shared server; the last tenant stops it
+        from tapestry.serving.multi_tenant import cli_stop
+
+        return cli_stop(args)
     try:
         os.kill(info["pid"], signal.SIGTERM)
     except ProcessLookupError:  # exited since the check: it removes its own state file
@@ -249,24 +257,43 @@ def print_recommendations(result, user: str, protocol: str, recent=None) -> None
 
 
 def cmd_recommend(args) -> None:
-    from tapestry.serving.client import RecommendClient, RecommendError
+    from tapestry.serving.client import RecommendClient, RecommendError, ensemble_name
 
-    url = args.url
+    url, model = args.url, ensemble_name(args.tenant, multi_tenant=args.multi_tenant)
     if not url:
         state = _serve_state(args.tenant, args.root)
         if not state.exists():
             raise SystemExit(f"no server running for tenant {args.tenant}: run `tapestry serve --tenant "
                              f"{args.tenant} --detach` first, or pass --url")
-        url = json.loads(state.read_text())["grpc_url" if args.protocol == "grpc" else "http_url"]
+        info = json.loads(state.read_text())
+        url, model = info["grpc_url" if args.protocol == "grpc" else "http_url"], info.get("model_name", model)
     exclude = [x for x in (args.exclude or "").split(",") if x]
     recent = [x for x in args.recent.split(",") if x] if args.recent is not None else None
     try:
-        with RecommendClient(url, protocol=args.protocol) as client:
+        with RecommendClient(url, protocol=args.protocol, model_name=model) as client:
             result = client.recommend(args.tenant, args.user, k=args.k, exclude_item_ids=exclude,
                                       recent_item_ids=recent)
     except RecommendError as e:
         raise SystemExit(f"recommend failed: {e}")
     print_recommendations(result, args.user, args.protocol, recent)
+
+
+def tenant_list(text: str) -> list[str]:
+    from tapestry.serving.multi_tenant import tenant_list as parse
+
+    return parse(text)
+
+
+def cmd_swap(args) -> None:
+    from tapestry.serving.multi_tenant import cli_swap
+
+    cli_swap(args)
+
+
+def cmd_rollback(args) -> None:
+    from tapestry.serving.multi_tenant import cli_rollback
+
+    cli_rollback(args)
 
 
 def _redis_url(args) -> str | None:
@@ -322,9 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tapestry", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    def add(name, fn, help_):
+    def add(name, fn, help_, tenant_required=True):
         sp = sub.add_parser(name, help=help_)
-        sp.add_argument("--tenant", required=True, type=validate_tenant, help="tenant id ([A-Za-z0-9_-])")
+        sp.add_argument("--tenant", required=tenant_required, type=validate_tenant,
+                        help="tenant id ([A-Za-z0-9_-])")
         sp.add_argument("--root", type=Path, default=None, help="artifact root (default $TAPESTRY_HOME or ./artifacts)")
         sp.set_defaults(fn=fn)
         return sp
@@ -363,7 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--index", default="auto", help="FAISS index: auto (exact below 50k items, else IVF+SQ8 with an "
                                                    "exact re-score, tuned to recall@100 >= 0.95), Flat, "
                                                    "IVF4096,Flat, HNSW32, ... (benchmarks/ann.py compares them)")
-    s = add("serve", cmd_serve, "run the real Triton server on the latest export")
+    s = add("serve", cmd_serve, "run the real Triton server on the latest export", tenant_required=False)
+    s.add_argument("--tenants", type=tenant_list, help="a,b,c: ONE Triton for these tenants (explicit model control; "
+                                                       "ensembles <tenant>__recommend; added to it if it runs)")
+    s.add_argument("--all-tenants", action="store_true", help="like --tenants, every tenant with an export")
     s.add_argument("--detach", action="store_true", help="start in the background and return when ready")
     s.add_argument("--host", default="127.0.0.1",
                    help="IPv4 address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
@@ -371,7 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--grpc-port", type=port_number, help="default: a free port")
     s.add_argument("--metrics-port", type=port_number, help="default: a free port")
     s.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the server to be ready")
-    add("stop", cmd_stop, "stop a detached server")
+    add("stop", cmd_stop, "stop a detached server (a tenant of a multi-tenant server: unload it from it)")
+    sw = add("swap", cmd_swap, "hot swap: the multi-tenant server serves this tenant's latest (or --version) "
+                               "export, with no failed request")
+    sw.add_argument("--version", help="export version to serve, e.g. v0003 (default: the latest)")
+    add("rollback", cmd_rollback, "serve again the export the tenant served before its last swap")
     stat = sub.add_parser("status", help="what runs for which tenant: pid, host, ports, model version, health")
     stat.add_argument("--tenant", type=validate_tenant, help="one tenant (default: every tenant under --root)")
     stat.add_argument("--root", type=Path, default=None, help="artifact root (default $TAPESTRY_HOME or ./artifacts)")
@@ -385,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--recent", help="comma-separated item ids the user interacted with since the export, oldest "
                                     "first (with an unknown --user: an anonymous session)")
     r.add_argument("--url", help="host:port (default: from the running `tapestry serve`)")
+    r.add_argument("--multi-tenant", action="store_true", help="with --url: call <tenant>__recommend (a server "
+                                                               "started with --tenants)")
     rp = add("report", cmd_report, "one self-contained HTML page: data, metrics per model and slice, loss curves, "
                                    "ablation, serving latency")
     rp.add_argument("--output", type=Path, help="HTML path (default: <root>/<tenant>/reports/report-vNNNN.html)")

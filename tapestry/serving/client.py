@@ -10,6 +10,14 @@ import numpy as np
 from tritonclient.utils import InferenceServerException
 
 OUTPUTS = ("ITEM_IDS", "SCORES", "TITLES", "STRATEGY", "IGNORED_ITEMS")
+ENSEMBLE = "recommend"
+
+
+def ensemble_name(tenant: str, multi_tenant: bool = False) -> str:
+    """The model to call for ``tenant``: ``recommend`` on a one-tenant server (`tapestry serve --tenant T`),
+    ``<tenant>__recommend`` on a multi-tenant one (`tapestry serve --tenants ...`, tapestry.serving.multi_tenant);
+    e.g. ``RecommendClient(url, model_name=ensemble_name("acme", multi_tenant=True))``."""
+    return f"{tenant}__{ENSEMBLE}" if multi_tenant else ENSEMBLE
 
 
 @dataclass

@@ -85,7 +85,7 @@ def listening_addresses(port: int) -> list[str]:
     return sorted(found)
 
 
-def probe_inference(http_url: str, tenant: str, timeout: float = 10.0) -> str:
+def probe_inference(http_url: str, tenant: str, timeout: float = 10.0, model: str = "recommend") -> str:
     """"ok" when a real request passes through every stage; else why not. Readiness alone is not enough: a crashed
     python-backend stub is not restarted and its model keeps reporting READY."""
     body = {"inputs": [
@@ -94,7 +94,7 @@ def probe_inference(http_url: str, tenant: str, timeout: float = 10.0) -> str:
         {"name": "K", "datatype": "INT32", "shape": [1], "data": [1]},
         {"name": "EXCLUDE_ITEM_IDS", "datatype": "BYTES", "shape": [1], "data": [""]},
     ]}
-    request = urllib.request.Request(f"http://{http_url}/v2/models/recommend/infer", method="POST",
+    request = urllib.request.Request(f"http://{http_url}/v2/models/{model}/infer", method="POST",
                                      data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
@@ -118,14 +118,16 @@ def server_status(tenant: str, root: Path | None = None, timeout: float = 2.0) -
     if not is_serve_process(state):
         return {**status, "running": False}
     http = state["http_url"]
+    model = state.get("model_name", "recommend")   # <tenant>__recommend on a multi-tenant server
     status.update(
         running=True,
         live=http_status(f"http://{http}/v2/health/live", timeout) == 200,
         ready=http_status(f"http://{http}/v2/health/ready", timeout) == 200,
-        model_ready=http_status(f"http://{http}/v2/models/recommend/ready", timeout) == 200,
+        model_ready=http_status(f"http://{http}/v2/models/{model}/ready", timeout) == 200,
         listening={kind: listening_addresses(int(state[f"{kind}_port"])) for kind in ("http", "grpc", "metrics")},
     )
-    status["inference"] = probe_inference(http, tenant, timeout=max(timeout, 10.0)) if status["ready"] else "-"
+    status["inference"] = (probe_inference(http, tenant, timeout=max(timeout, 10.0), model=model)
+                           if status["ready"] else "-")
     return status
 
 
@@ -154,6 +156,9 @@ def describe(status: dict) -> str:
         "  ports     " + ", ".join(
             f"{kind} {status[f'{kind}_port']} on {'/'.join(listening[kind]) or 'nothing'}"
             for kind in ("http", "grpc", "metrics")),
+        *([f"  shared    one multi-tenant Triton for {', '.join(status.get('tenants', []))}; ensemble "
+           f"{status['model_name']}, exports served before: {', '.join(status.get('history', [])) or 'none'}"]
+          if status.get("multi_tenant") else []),
         f"  health    live {yes(status['live'])}, ready {yes(status['ready'])}, recommend model ready "
         f"{yes(status['model_ready'])}, inference {status['inference']}",
     ])
