@@ -24,6 +24,7 @@ import polars as pl
 
 from tapestry.artifacts import atomic_write_json, stage_dir
 from tapestry.config import TrainConfig, datasets_dir
+from tapestry.serving import model_control as mc
 from tapestry.serving import multi_tenant as mt
 from tapestry.serving.client import RecommendClient, RecommendError, ensemble_name
 from tapestry.serving.pipeline import RecommendPipeline
@@ -123,11 +124,11 @@ def main() -> None:
         with Load(server.grpc_url, args.tenant, users, args.clients, args.k) as load:
             time.sleep(args.window)   # measurement windows are durations: the load runs meanwhile
             marks = [("before", time.perf_counter())]
-            mt.swap(args.tenant, args.root, log=swap_log.append)
+            mc.swap(args.tenant, args.root, log=swap_log.append)
             marks.append(("during_swap", time.perf_counter()))
             time.sleep(args.window)
             marks.append(("after_swap", time.perf_counter()))
-            mt.rollback(args.tenant, args.root, log=swap_log.append)
+            mc.rollback(args.tenant, args.root, log=swap_log.append)
             marks.append(("during_rollback", time.perf_counter()))
             time.sleep(args.window)
             marks.append(("after_rollback", time.perf_counter()))

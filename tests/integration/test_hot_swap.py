@@ -1,5 +1,5 @@
 """Hot swap and rollback in a real Triton server (explicit model control), under load, loopback only: no request
-fails, and every answer comes from one export end to end (tapestry.serving.multi_tenant)."""
+fails, and every answer comes from one export end to end (tapestry.serving.model_control)."""
 import shutil
 import threading
 
@@ -10,10 +10,12 @@ from tapestry.config import TrainConfig
 from tapestry.ensembles import run_export
 from tapestry.etl import run_etl
 from tapestry.etl.synthetic import synthetic_tables
+from tapestry.serving import model_control as mc
 from tapestry.serving import multi_tenant as mt
 from tapestry.serving import status as st
 from tapestry.serving.client import RecommendClient, RecommendError, ensemble_name
 from tapestry.serving.pipeline import RecommendPipeline
+from tapestry.serving.tenant_repository import SwapError
 from tapestry.training.pipeline import run_train
 
 pytestmark = pytest.mark.integration
@@ -102,13 +104,13 @@ def test_swap_then_rollback_under_load_fails_no_request(root, server, second_exp
     assert sum(old[u] != new[u] for u in users) > len(users) // 2   # else the test could not tell them apart
     with Load(server, users) as load:
         load.phase = "swapping"
-        info = mt.swap(TENANT, root, **QUIET)   # no version: the latest export
+        info = mc.swap(TENANT, root, **QUIET)   # no version: the latest export
         load.phase = "swapped"
         load.wait(AFTER)
         assert info["export_version"] == second_export.name and info["history"] == ["v0001"]
         assert st.live_state(TENANT, root)["export_version"] == second_export.name
         load.phase = "rolling back"
-        info = mt.rollback(TENANT, root, **QUIET)
+        info = mc.rollback(TENANT, root, **QUIET)
         load.phase = "rolled back"
         load.wait(AFTER)
     assert info["export_version"] == "v0001" and info["history"] == []
@@ -123,7 +125,7 @@ def test_swap_then_rollback_under_load_fails_no_request(root, server, second_exp
     assert min(len(by_phase[p]) for p in ("before", "swapped", "rolled back")) >= 20
     assert len(by_phase["swapping"]) > 0 and len(by_phase["rolling back"]) > 0   # served DURING each swap
     # Only the served export's stage models are left in the server and its repository.
-    names = mt.ModelControl(server.http_url).ready_models()
+    names = mc.ModelControl(server.http_url).ready_models()
     assert names == {f"{TENANT}__recommend"} | {f"{TENANT}__{s}__v0001" for s in
                                                  ("feature_lookup", "user_encoder", "retrieval", "filter", "rerank")}
     assert sorted(p.name for p in server.model_repository.iterdir()) == sorted(names)
@@ -135,8 +137,8 @@ def test_a_broken_export_is_refused_and_the_served_one_keeps_answering(root, ser
     (broken / "artifacts" / "user_encoder.pt").write_bytes(b"not a checkpoint")
     users = _users(root)
     with Load(server, users) as load:
-        with pytest.raises(mt.SwapError, match="export v0099 failed to load, v0001 still served"):
-            mt.swap(TENANT, root, "v0099", **QUIET)
+        with pytest.raises(SwapError, match="export v0099 failed to load, v0001 still served"):
+            mc.swap(TENANT, root, "v0099", **QUIET)
         load.wait(AFTER)
     assert load.errors == []
     served = _expected(root, "v0001", users)
@@ -146,10 +148,10 @@ def test_a_broken_export_is_refused_and_the_served_one_keeps_answering(root, ser
 
 
 def test_clear_errors_for_what_cannot_be_swapped(root, server):
-    with pytest.raises(mt.SwapError, match="nothing to roll back to"):
-        mt.rollback(TENANT, root, **QUIET)
-    with pytest.raises(mt.SwapError, match="has no export 'v0042'"):
-        mt.swap(TENANT, root, "v0042", **QUIET)
-    with pytest.raises(mt.SwapError, match="no multi-tenant server serves it"):
-        mt.swap("other", root, **QUIET)
-    assert mt.swap(TENANT, root, "1", **QUIET)["export_version"] == "v0001"   # already served: nothing to do
+    with pytest.raises(SwapError, match="nothing to roll back to"):
+        mc.rollback(TENANT, root, **QUIET)
+    with pytest.raises(SwapError, match="has no export 'v0042'"):
+        mc.swap(TENANT, root, "v0042", **QUIET)
+    with pytest.raises(SwapError, match="no multi-tenant server serves it"):
+        mc.swap("other", root, **QUIET)
+    assert mc.swap(TENANT, root, "1", **QUIET)["export_version"] == "v0001"   # already served: nothing to do

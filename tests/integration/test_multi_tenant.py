@@ -1,6 +1,6 @@
 """Two tenants in ONE real Triton server (explicit model control), started and stopped with the CLI as a user
 would: each tenant answers from its own export, and no request reaches a tenant's data through another tenant's
-models (tapestry.serving.multi_tenant)."""
+models (tapestry.serving.multi_tenant, tenant_repository)."""
 import dataclasses
 import json
 import subprocess
@@ -16,8 +16,10 @@ from tapestry.config import TrainConfig
 from tapestry.ensembles import run_export
 from tapestry.etl import run_etl
 from tapestry.etl.synthetic import synthetic_tables
+from tapestry.serving import model_control as mc
 from tapestry.serving import multi_tenant as mt
 from tapestry.serving import status as st
+from tapestry.serving import tenant_repository as tr
 from tapestry.serving.client import RecommendClient, RecommendError, ensemble_name
 from tapestry.serving.pipeline import RecommendPipeline
 from tapestry.serving.triton_server import TritonServerError, free_ports
@@ -81,24 +83,24 @@ def _users(root, tenant: str) -> list[str]:
 
 
 def test_names_and_the_combined_repository(root, tmp_path):
-    assert ensemble_name("acme", multi_tenant=True) == mt.model_name("acme", "recommend") == "acme__recommend"
+    assert ensemble_name("acme", multi_tenant=True) == tr.model_name("acme", "recommend") == "acme__recommend"
     assert ensemble_name("acme") == "recommend"
     assert mt.tenant_list("a,b,a") == ["a", "b"]
     for bad in ("a,../b", "a,", "_server"):
         with pytest.raises(Exception, match="tenant"):
             mt.tenant_list(bad)
     export = root / "acme" / "export" / "v0001"
-    stages = mt.write_stages(tmp_path, "acme", export)
+    stages = tr.write_stages(tmp_path, "acme", export)
     assert stages == [f"acme__{s}__v0001" for s in ("feature_lookup", "user_encoder", "retrieval", "filter", "rerank")]
-    ensemble = mt._read_config(tmp_path / mt.write_ensemble(tmp_path, "acme", export) / "config.pbtxt")
+    ensemble = tr.read_config(tmp_path / tr.write_ensemble(tmp_path, "acme", export) / "config.pbtxt")
     assert ensemble.name == "acme__recommend"
     assert [s.model_name for s in ensemble.ensemble_scheduling.step] == stages
-    stage = mt._read_config(tmp_path / stages[0] / "config.pbtxt")
+    stage = tr.read_config(tmp_path / stages[0] / "config.pbtxt")
     assert stage.parameters["ARTIFACT_DIR"].string_value == str((export / "artifacts").resolve())
     assert (tmp_path / stages[0] / "1" / "model.py").resolve() == (
         export / "model_repository" / "feature_lookup" / "1" / "model.py").resolve()
-    with pytest.raises(mt.SwapError, match="not a tapestry export"):
-        mt.exported_models(tmp_path)
+    with pytest.raises(tr.SwapError, match="not a tapestry export"):
+        tr.exported_models(tmp_path)
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -168,11 +170,11 @@ def test_stop_unloads_one_tenant_and_the_last_one_stops_the_server(server, root)
     out = tapestry("stop", "--tenant", "acme", root=root).stdout
     assert "tenant acme unloaded; still served: globex" in out
     assert st.live_state("acme", root) is None and not (root / "acme" / "serve.json").exists()
-    assert mt.ModelControl(server["http_url"]).ready_models() == {
+    assert mc.ModelControl(server["http_url"]).ready_models() == {
         "globex__recommend", *(f"globex__{s}__v0001" for s in ("feature_lookup", "user_encoder", "retrieval",
                                                                 "filter", "rerank"))}
     [status] = st.all_statuses(root)
     assert status["tenant"] == "globex" and status["tenants"] == ["globex"] and status["inference"] == "ok"
     assert "the multi-tenant server stopped" in tapestry("stop", "--tenant", "globex", root=root).stdout
-    assert not st.is_serve_process(server) and mt.live_server(root) is None and st.all_statuses(root) == []
+    assert not st.is_serve_process(server) and mc.live_server(root) is None and st.all_statuses(root) == []
     assert not (root / "_server" / "model_repository").exists()
