@@ -9,6 +9,8 @@ import torch
 from tapestry.models.sequential.bert4rec import BERT4Rec
 from tapestry.models.sequential.sasrec import left_pad
 
+from .encoder_contract import EncoderContract, perturbed
+
 NUM_ITEMS, DIM, MAX_LEN = 50, 16, 12
 
 
@@ -65,13 +67,6 @@ def test_padding_width_does_not_change_outputs(model):
     torch.testing.assert_close(model.encode(narrow), model.encode(wide))
 
 
-def test_batch_neighbours_do_not_change_a_users_vector(model):
-    short, long = np.array([4, 8]), np.arange(1, 20)
-    alone = model.encode(torch.from_numpy(left_pad([short], MAX_LEN)))
-    batched = model.encode(torch.from_numpy(left_pad([short, long], MAX_LEN)))
-    torch.testing.assert_close(alone[0], batched[0])
-
-
 def test_encode_uses_the_last_max_len_minus_one_items(model):
     seqs = torch.randint(1, NUM_ITEMS, (2, MAX_LEN + 5))
     torch.testing.assert_close(model.encode(seqs), model.encode(seqs[:, -(MAX_LEN - 1):]))
@@ -100,15 +95,6 @@ def test_all_padding_rows_give_finite_gradients_in_training(model):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-def test_rebuild_from_init_args_and_state_dict(model):
-    twin = type(model)(**model.init_args)
-    twin.load_state_dict(model.state_dict())
-    twin.eval()
-    seqs = torch.from_numpy(left_pad([np.array([3, 1, 4, 1, 5]), np.array([9]), np.array([], np.int64)], MAX_LEN))
-    assert torch.equal(twin.encode(seqs), model.encode(seqs))
-    assert torch.equal(twin.item_embeddings(), model.item_embeddings())
-
-
 def test_max_len_leaves_room_for_the_mask():
     with pytest.raises(ValueError, match="max_len"):
         BERT4Rec(NUM_ITEMS, max_len=1)
@@ -125,3 +111,8 @@ def test_torchscript_matches_eager_single_thread(model):
         assert torch.equal(scripted.item_embeddings(), model.item_embeddings())
     finally:
         torch.set_num_threads(threads)
+
+
+class TestEncoderContract(EncoderContract):
+    def make(self):
+        return perturbed(BERT4Rec(NUM_ITEMS, hidden_dim=DIM, num_blocks=2, num_heads=2, max_len=MAX_LEN, dropout=0.2))

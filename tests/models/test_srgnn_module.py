@@ -9,6 +9,8 @@ import torch
 from tapestry.models.sequential.sasrec import left_pad
 from tapestry.models.session.srgnn import SRGNN, session_graph
 
+from .encoder_contract import EncoderContract
+
 NUM_ITEMS, DIM, MAX_LEN = 30, 8, 10
 
 
@@ -72,18 +74,6 @@ def test_batched_encoder_matches_the_per_session_computation(num_steps):
             torch.testing.assert_close(got[row], _reference_encode(m, session), rtol=1e-5, atol=1e-6)
 
 
-def test_padding_width_and_batch_neighbours_do_not_change_a_session():
-    m = _model()
-    session = np.array([5, 9, 5, 2, 17])
-    with torch.no_grad():
-        narrow = m.encode(torch.from_numpy(left_pad([session], MAX_LEN)))                  # [1, 5]
-        wide = m.encode(torch.from_numpy(left_pad([session], MAX_LEN, width=MAX_LEN)))     # [1, 10]
-        batched = m.encode(torch.from_numpy(left_pad([np.arange(1, 12), session], MAX_LEN)))
-    torch.testing.assert_close(narrow, wide, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(narrow[0], batched[1], rtol=1e-5, atol=1e-6)
-    assert narrow.abs().sum() > 0
-
-
 def test_only_the_last_max_len_clicks_count():
     m = _model()
     recent = np.arange(1, MAX_LEN + 1)
@@ -138,3 +128,10 @@ def test_rebuild_from_init_args_and_state_dict(frozen):
         assert torch.equal(twin.item_embeddings(), m.item_embeddings())
     assert (twin.num_items, twin.max_len) == (NUM_ITEMS, MAX_LEN)
     assert m.item_embeddings().shape == (NUM_ITEMS, DIM) and not m.item_embeddings()[0].any()
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+class TestEncoderContract(EncoderContract):
+    @pytest.fixture
+    def encoder(self, frozen):
+        return _model(frozen=frozen)
