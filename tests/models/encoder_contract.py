@@ -26,6 +26,7 @@ def perturbed(m: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
 
 class EncoderContract:
     atol = 1e-6
+    scriptable = True       # torch.jit.script(module) must run it (SR-GNN builds its graph in eager code only)
 
     def make(self) -> torch.nn.Module:
         raise NotImplementedError
@@ -64,3 +65,17 @@ class EncoderContract:
         seqs = torch.from_numpy(left_pad(HISTORIES, encoder.max_len))
         assert torch.equal(twin.encode(seqs), encoder.encode(seqs))
         assert torch.equal(twin.item_embeddings(), encoder.item_embeddings())
+
+    @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+    def test_torchscript_matches_eager_single_thread(self, encoder):
+        if not self.scriptable:
+            pytest.skip("not a TorchScript module")
+        seqs = torch.from_numpy(left_pad(HISTORIES, encoder.max_len))
+        scripted = torch.jit.script(encoder)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)                  # as inside Triton's python backend
+        try:
+            torch.testing.assert_close(scripted.encode(seqs), encoder.encode(seqs))
+            assert torch.equal(scripted.item_embeddings(), encoder.item_embeddings())
+        finally:
+            torch.set_num_threads(threads)

@@ -111,19 +111,6 @@ def test_side_vectors_are_frozen_and_fused():
         m.set_side_embeddings(torch.randn(NUM_ITEMS, 9))
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
-def test_torchscript_matches_eager_single_thread(model):
-    seqs = torch.from_numpy(left_pad([np.array([3, 1, 4, 1, 5]), np.array([9]), np.array([], np.int64)], MAX_LEN))
-    scripted = torch.jit.script(model)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)                  # as inside Triton's python backend
-    try:
-        torch.testing.assert_close(scripted.encode(seqs), model.encode(seqs))
-        assert torch.equal(scripted.item_embeddings(), model.item_embeddings())
-    finally:
-        torch.set_num_threads(threads)
-
-
 class TestEncoderContract(EncoderContract):
     def make(self):
         return perturbed(ComiRecSA(NUM_ITEMS, hidden_dim=DIM, num_interests=K, max_len=MAX_LEN, dropout=0.2))

@@ -132,6 +132,8 @@ def test_rebuild_from_init_args_and_state_dict(frozen):
 
 @pytest.mark.parametrize("frozen", [False, True])
 class TestEncoderContract(EncoderContract):
+    scriptable = False
+
     @pytest.fixture
     def encoder(self, frozen):
         return _model(frozen=frozen)
