@@ -62,7 +62,7 @@ def build_faiss_index(item_embeddings: np.ndarray) -> faiss.Index:
     return build_index(item_embeddings, IndexConfig(factory="Flat"))
 
 
-def _tuned_index(encoder, item_emb: np.ndarray, histories: list, index_cfg, k: int, log) -> tuple:
+def _tuned_index(encoder, item_emb: np.ndarray, data: InteractionData, index_cfg, k: int, log) -> tuple:
     """The configured FAISS index; an approximate one is tuned (nprobe / efSearch) to its target recall@k on the
     interest vectors of up to 500 real users. Returns (index, manifest entry)."""
     from tapestry.models.sequential.sasrec import left_pad
@@ -74,7 +74,7 @@ def _tuned_index(encoder, item_emb: np.ndarray, histories: list, index_cfg, k: i
     index = build_index(item_emb, cfg)
     entry = {"factory": factory}
     if factory != "Flat":
-        sample = [h for h in histories if len(h)][:500]
+        sample = [h for h in data.sequences(("train",)) if len(h)][:500]   # histories only when tuning
         with torch.no_grad():
             queries = interest_vectors(encoder, torch.from_numpy(left_pad(sample, encoder.max_len))).reshape(
                 -1, item_emb.shape[1]).float().numpy()
@@ -175,10 +175,7 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
             save_encoder(session_encoder, art / "session_encoder.pt")
         from tapestry.serving.ann import save_index
 
-        faiss_index, index_entry = _tuned_index(encoder, item_emb, [np.asarray(h) for h in
-                                                                    pl.read_parquet(etl_dir / "train.parquet")
-                                                                    .group_by("user_idx").agg("item_idx")["item_idx"]
-                                                                    .to_list()], index, num_candidates, log)
+        faiss_index, index_entry = _tuned_index(encoder, item_emb, data, index, num_candidates, log)
         save_index(faiss_index, art / "items.faiss")
         np.save(art / "popularity.npy", popularity)
         shutil.copy2(models_dir / "rerank.npz", art / "rerank.npz")

@@ -109,6 +109,14 @@ class Recommender(ABC):
         Models that read another model's output (e.g. graph item vectors) take it here; the default reads nothing.
         """
 
+    def upstream_model(self, upstream: dict[str, "Recommender"], field: str) -> "Recommender":
+        """The model that config field `field` names, among those trained so far (for `bind`), or a clear error."""
+        name = getattr(self.cfg, field)
+        if name not in upstream:
+            raise ValueError(f"{type(self).__name__} {field}={name!r}: that model must be trained earlier in the same "
+                             f"run (trained so far: {sorted(upstream)})")
+        return upstream[name]
+
     # ---- persistence ----------------------------------------------------------------------------------------
     def _init_kwargs(self) -> dict[str, Any]:
         """Constructor arguments that rebuild an untrained twin (plain Python values)."""

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tapestry.models.sequential.bert4rec import BERT4Rec
 from tapestry.models.sequential.sasrec import left_pad
 from tapestry.training.base import seeded
-from tapestry.training.sequential import SequentialRecommender
+from tapestry.training.sequential import SequentialRecommender, trim_padding
 
 
 @dataclass
@@ -85,8 +85,7 @@ class BERT4RecRecommender(SequentialRecommender):
         total, count = 0.0, 0
         for start in range(0, windows.shape[0], self.cfg.batch_size):
             batch = windows[perm[start:start + self.cfg.batch_size]].to(self.device)
-            # Trim columns that are padding for the whole batch: less work, identical outputs.
-            batch = batch[:, int((batch > 0).int().argmax(1).min()):]
+            batch = trim_padding(batch)
             masked = self._mask(batch)
             hidden = model(batch.masked_fill(masked, model.mask_token))
             h = hidden[masked]                                                    # [P, D]

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from tapestry.models.sequential.comirec import ComiRecSA
 from tapestry.training.base import Recommender, seeded
-from tapestry.training.sequential import SequentialRecommender
+from tapestry.training.sequential import SequentialRecommender, trim_padding
 
 
 @dataclass
@@ -79,13 +79,8 @@ class ComiRecRecommender(SequentialRecommender):
         self.model: ComiRecSA | None = None
 
     def bind(self, upstream: dict[str, Recommender]) -> None:
-        source = self.cfg.graph_from
-        if source is None:
-            return
-        if source not in upstream:
-            raise ValueError(f"comirec graph_from={source!r}: that model must be trained earlier in the same run "
-                             f"(trained so far: {sorted(upstream)})")
-        self.side = upstream[source].item_embeddings().detach()
+        if self.cfg.graph_from is not None:
+            self.side = self.upstream_model(upstream, "graph_from").item_embeddings().detach()
 
     def _new_model(self, num_items: int, side_dim: int = 0) -> ComiRecSA:
         c = self.cfg
@@ -121,8 +116,7 @@ class ComiRecRecommender(SequentialRecommender):
         for start in range(0, windows.shape[0], self.cfg.batch_size):
             rows = perm[start:start + self.cfg.batch_size]
             batch, target = windows[rows].to(self.device), targets[rows].to(self.device)
-            # Trim columns that are padding for the whole batch: less work, identical outputs.
-            batch = batch[:, int((batch > 0).int().argmax(1).min()):]
+            batch = trim_padding(batch)
             table = model.item_table()
             attn, values = model.attention(batch, table)
             chosen = model.readout(attn @ values, table[target])                     # [B, D]

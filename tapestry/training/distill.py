@@ -69,12 +69,9 @@ class DistilledTwoTowerRecommender(TwoTowerRecommender):
         self._cursor, self._order = 0, None
 
     def bind(self, upstream: dict[str, Recommender]) -> None:
-        name = self.cfg.teacher
-        if name in upstream:
-            self.teacher = upstream[name]
-        elif self.model is None:      # a loaded student is already trained: it needs no teacher to score
-            raise ValueError(f"two_tower_distill teacher={name!r}: the teacher must be trained earlier in the same "
-                             f"run (trained so far: {sorted(upstream)})")
+        # A loaded student is already trained: it needs no teacher to score.
+        if self.cfg.teacher in upstream or self.model is None:
+            self.teacher = self.upstream_model(upstream, "teacher")
 
     def fit(self, data, graph=None) -> "DistilledTwoTowerRecommender":
         if self.teacher is None:

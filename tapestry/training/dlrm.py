@@ -167,14 +167,10 @@ class DLRMRecommender(Recommender):
         self.report: dict = {}
 
     def bind(self, upstream: dict[str, Recommender]) -> None:
-        if self.cfg.retriever not in upstream:
-            raise ValueError(f"dlrm reranks {self.cfg.retriever!r}'s candidates: train it earlier in the same run "
-                             f"(trained so far: {sorted(upstream)})")
-        self.retriever = upstream[self.cfg.retriever]
+        self.retriever = self.upstream_model(upstream, "retriever")      # the model whose candidates it reranks
         if self.cfg.graph_from is not None and self.ranker is None:     # a loaded ranker carries its vectors
-            if self.cfg.graph_from not in upstream:
-                raise ValueError(f"dlrm graph_from={self.cfg.graph_from!r} must be trained earlier in the same run")
-            self.graph_vectors = upstream[self.cfg.graph_from].item_embeddings().detach().cpu().float().numpy()
+            self.graph_vectors = (self.upstream_model(upstream, "graph_from").item_embeddings().detach().cpu()
+                                  .float().numpy())
 
     def fit(self, data, graph=None) -> "DLRMRecommender":
         if self.retriever is None:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from tapestry.models.sequential.sasrec import SASRec, left_pad
 from tapestry.training.base import Recommender, seeded
-from tapestry.training.sequential import SequentialRecommender
+from tapestry.training.sequential import SequentialRecommender, trim_padding
 
 
 @dataclass
@@ -58,10 +58,7 @@ class SASRecRecommender(SequentialRecommender):
             source = getattr(self.cfg, field_name)
             if source is None:
                 continue
-            if source not in upstream:
-                raise ValueError(f"sasrec {field_name}={source!r}: that model must be trained earlier in the same run "
-                                 f"(trained so far: {sorted(upstream)})")
-            vectors = upstream[source].item_embeddings().detach()
+            vectors = self.upstream_model(upstream, field_name).item_embeddings().detach()
             if field_name == "item_init_from":
                 if vectors.shape[-1] != self.cfg.hidden_dim:
                     raise ValueError(f"item_init_from={source!r} gives dimension {vectors.shape[-1]} but "
@@ -110,9 +107,7 @@ class SASRecRecommender(SequentialRecommender):
         total, count = 0.0, 0
         for start in range(0, windows.shape[0], self.cfg.batch_size):
             batch = windows[perm[start:start + self.cfg.batch_size]].to(self.device)
-            # Trim columns that are padding for the whole batch: less work, identical outputs.
-            first = int((batch > 0).int().argmax(1).min())
-            batch = batch[:, first:]
+            batch = trim_padding(batch)
             inputs, targets = batch[:, :-1], batch[:, 1:]
             hidden = model(inputs)
             real = targets > 0

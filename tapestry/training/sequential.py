@@ -14,6 +14,12 @@ from tapestry.models.sequential.sasrec import left_pad
 from tapestry.training.base import Recommender
 
 
+def trim_padding(batch: torch.Tensor) -> torch.Tensor:
+    """Drop the left columns that are padding in every row of a left-padded [B, L] batch: less work in training,
+    identical outputs (the modules count positions from the right edge and mask padding)."""
+    return batch[:, int((batch > 0).int().argmax(1).min()):]
+
+
 class SequentialRecommender(Recommender):
     model: torch.nn.Module | None = None
 

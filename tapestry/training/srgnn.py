@@ -24,10 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tapestry.models.sequential.sasrec import left_pad
 from tapestry.models.session.srgnn import SRGNN
 from tapestry.training.base import Recommender, seeded
-from tapestry.training.sequential import SequentialRecommender
+from tapestry.training.examples import PrefixExamples
+from tapestry.training.sequential import SequentialRecommender, trim_padding
 
 
 @dataclass
@@ -58,10 +58,7 @@ class SRGNNRecommender(SequentialRecommender):
         source = self.cfg.item_table_from
         if source is None:
             return
-        if source not in upstream:
-            raise ValueError(f"srgnn item_table_from={source!r}: that model must be trained earlier in the same run "
-                             f"(trained so far: {sorted(upstream)})")
-        table = upstream[source].item_embeddings().detach()
+        table = self.upstream_model(upstream, "item_table_from").item_embeddings().detach()
         if table.dim() != 2 or table.shape[-1] != self.cfg.hidden_dim:
             raise ValueError(f"srgnn item_table_from={source!r} gives item vectors of shape {tuple(table.shape)}, "
                              f"but hidden_dim is {self.cfg.hidden_dim}: set hidden_dim to the upstream width")
@@ -72,18 +69,9 @@ class SRGNNRecommender(SequentialRecommender):
         return SRGNN(num_items, c.hidden_dim, c.num_steps, c.max_len, frozen_item_table=frozen).to(self.device)
 
     def training_examples(self, sequences: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs [P, max_len] left-padded, targets [P]): every (or the last max_prefixes_per_user) prefix of
+        """(inputs [P, W <= max_len] left-padded, targets [P]): every (or the last max_prefixes_per_user) prefix of
         every sequence -> the next item."""
-        c = self.cfg
-        prefixes, targets = [], []
-        for seq in sequences:
-            seq = np.asarray(seq, dtype=np.int64)
-            first = 1 if c.max_prefixes_per_user is None else max(1, len(seq) - c.max_prefixes_per_user)
-            for cut in range(first, len(seq)):
-                prefixes.append(seq[max(0, cut - c.max_len):cut])
-                targets.append(seq[cut])
-        inputs = left_pad(prefixes, c.max_len, c.max_len) if prefixes else np.zeros((0, c.max_len), np.int64)
-        return torch.from_numpy(inputs), torch.as_tensor(np.asarray(targets, dtype=np.int64))
+        return PrefixExamples(sequences, self.cfg.max_len, self.cfg.max_prefixes_per_user or 0).all()
 
     def fit(self, data, graph=None) -> "SRGNNRecommender":
         return self.fit_sequences(data.sequences(("train",)), data.num_items)
@@ -121,8 +109,7 @@ class SRGNNRecommender(SequentialRecommender):
         for start in range(0, inputs.shape[0], self.cfg.batch_size):
             idx = perm[start:start + self.cfg.batch_size]
             batch = inputs[idx].to(self.device)
-            # Trim columns that are padding for the whole batch: the graph is [B, L, L], identical outputs.
-            batch = batch[:, int((batch > 0).int().argmax(1).min()):]
+            batch = trim_padding(batch)                  # the session graph is [B, L, L]: worth trimming
             # Full softmax over real items 1..N-1 (index 0 is padding, never a target).
             logits = model.encode(batch) @ model.item_embeddings()[1:].T
             loss = F.cross_entropy(logits, targets[idx].to(self.device) - 1)
