@@ -1,11 +1,18 @@
-"""Requests/s and latency of the served ensemble at several client concurrencies (closed loop, loopback only).
+"""Requests/s and latency of the served ensemble at several client concurrencies, with and without Triton's
+dynamic batching, side by side in one run (closed loop, loopback only).
 
     python benchmarks/concurrency.py --tenant ml1m [--root DIR] [--levels 1,8,32] [--seconds 10] [--protocol grpc]
+                                     [--batch-sizes 0,64]
 
-Each level runs N client threads, each with its own connection, sending requests back to back for a fixed time
-(after a warm-up); known users drawn with a fixed seed. Writes benchmarks/results/concurrency-<tenant>[-name].json
-with requests/s, p50/p99 and failed requests per level, and the requests/s ratio of each level to concurrency 1,
-measured in the same run. This is the baseline the dynamic-batching work is compared against.
+The latest export's artifacts are served from one model repository per max_batch_size (0 = unbatched: one request
+per stage call, the contract before dynamic batching), one server after the other on the same cores. Each level
+runs N client threads, each with its own connection, sending requests back to back for a fixed time (after a
+warm-up); known users drawn with a fixed seed, the same for every configuration. The client threads run on the
+same machine as the server, so their CPU time is in every number, for both configurations alike.
+
+Writes benchmarks/results/concurrency-<tenant>[-name].json: per configuration and level, requests/s, p50/p99 and
+failed requests; per batched configuration, the mean batch each stage ran (Triton's inference / execution counts);
+and the requests/s and p99 ratios of each batched level to the unbatched one at the same concurrency.
 """
 from __future__ import annotations
 
@@ -13,6 +20,8 @@ import argparse
 import json
 import os
 import platform
+import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -21,6 +30,7 @@ import numpy as np
 import polars as pl
 
 from tapestry.artifacts import atomic_write_json, latest_version
+from tapestry.serving.batching import MODELS, set_max_batch_size
 from tapestry.serving.client import RecommendClient
 from tapestry.serving.triton_server import TritonServer
 
@@ -63,6 +73,31 @@ def run_level(url: str, protocol: str, tenant: str, users: list[str], clients: i
             "p99_ms": float(np.percentile(lat, 99)) if lat.size else None}
 
 
+def repository(export: Path, max_batch_size: int, work: Path) -> Path:
+    """A copy of the export's model repository rewritten for `max_batch_size`, its artifacts linked beside it."""
+    root = work / f"mbs{max_batch_size}"
+    shutil.copytree(export / "model_repository", root / "model_repository",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "artifacts").symlink_to((export / "artifacts").resolve())
+    set_max_batch_size(root / "model_repository", max_batch_size)
+    return root / "model_repository"
+
+
+def mean_batches(http_url: str) -> dict[str, float]:
+    """Per stage: requests answered / executions, since the server started (warm-ups included)."""
+    import tritonclient.http as th
+
+    client = th.InferenceServerClient(http_url.removeprefix("http://"))
+    out = {}
+    for model in MODELS:
+        if model == "recommend":
+            continue
+        stats = client.get_inference_statistics(model)["model_stats"][0]
+        out[model] = stats["inference_count"] / max(stats["execution_count"], 1)
+    client.close()
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tenant", default="ml1m")
@@ -70,6 +105,8 @@ def main() -> None:
     p.add_argument("--levels", default="1,8,32")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
+    p.add_argument("--batch-sizes", default="0,64", help="max_batch_size per configuration; 0 (unbatched) first is "
+                                                          "the baseline the ratios are taken against")
     p.add_argument("--name", help="suffix of the result file")
     args = p.parse_args()
 
@@ -77,22 +114,35 @@ def main() -> None:
     users = pl.read_parquet(export / "artifacts" / "users.parquet")["user_id"].to_list()
     manifest = json.loads((export / "artifacts" / "manifest.json").read_text())
     levels = [int(x) for x in args.levels.split(",")]
-    results = []
-    with TritonServer(export / "model_repository") as server:
-        url = server.grpc_url if args.protocol == "grpc" else server.http_url
-        for n in levels:
-            r = run_level(url, args.protocol, args.tenant, users, n, args.seconds)
-            results.append(r)
-            print(f"[concurrency] {n:>3} clients: {r['requests_per_s']:7.1f} req/s  p50 {r['p50_ms']:7.2f} ms  "
-                  f"p99 {r['p99_ms']:7.2f} ms  failed {r['failed']}", flush=True)
-    base = results[0]["requests_per_s"]
-    for r in results:
-        r["requests_per_s_ratio_to_first"] = r["requests_per_s"] / base if base else None
+    configs = {}
+    with tempfile.TemporaryDirectory(prefix="tapestry-concurrency-") as work:
+        for mbs in [int(x) for x in args.batch_sizes.split(",")]:
+            results = []
+            with TritonServer(repository(export, mbs, Path(work))) as server:
+                url = server.grpc_url if args.protocol == "grpc" else server.http_url
+                for n in levels:
+                    r = run_level(url, args.protocol, args.tenant, users, n, args.seconds)
+                    results.append(r)
+                    print(f"[concurrency] max_batch_size {mbs:>3}, {n:>3} clients: {r['requests_per_s']:7.1f} req/s  "
+                          f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  failed {r['failed']}", flush=True)
+                batches = mean_batches(server.http_url) if mbs else None
+            if batches:
+                print("[concurrency] mean batch per stage: "
+                      + ", ".join(f"{m} {b:.2f}" for m, b in batches.items()), flush=True)
+            configs[str(mbs)] = {"max_batch_size": mbs, "results": results, "mean_batch_per_stage": batches}
+    base = configs.get("0")
+    for cfg in configs.values():
+        for i, r in enumerate(cfg["results"]):
+            ref = base["results"][i] if base else None
+            r["requests_per_s_ratio_to_unbatched"] = (r["requests_per_s"] / ref["requests_per_s"]
+                                                      if ref and ref["requests_per_s"] else None)
+            r["p99_ratio_to_unbatched"] = r["p99_ms"] / ref["p99_ms"] if ref and ref["p99_ms"] else None
     report = {"benchmark": "concurrency", "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "tenant": args.tenant, "export": str(export), "served_model": manifest["served_model"],
-              "reranker": manifest.get("reranker"), "protocol": args.protocol, "seconds_per_level": args.seconds,
-              "max_batch_size": 0, "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
-              "results": results}
+              "reranker": manifest.get("reranker"), "num_items": manifest.get("num_items"),
+              "index": manifest.get("index"), "protocol": args.protocol, "seconds_per_level": args.seconds,
+              "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+              "configurations": list(configs.values())}
     suffix = f"-{args.name}" if args.name else ""
     out = Path(__file__).parent / "results" / f"concurrency-{args.tenant}{suffix}.json"
     atomic_write_json(out, report)

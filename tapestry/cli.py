@@ -136,7 +136,8 @@ def cmd_evaluate(args) -> None:
 def cmd_export(args) -> None:
     from tapestry.ensembles import run_export
 
-    run_export(args.tenant, args.root, max_k=args.max_k, serve=args.serve, index=args.index)
+    run_export(args.tenant, args.root, max_k=args.max_k, serve=args.serve, index=args.index,
+               max_batch_size=args.max_batch_size)
 
 
 def _serve_state(tenant: str, root) -> Path:
@@ -391,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--index", default="auto", help="FAISS index: auto (exact below 50k items, else IVF+SQ8 with an "
                                                    "exact re-score, tuned to recall@100 >= 0.95), Flat, "
                                                    "IVF4096,Flat, HNSW32, ... (benchmarks/ann.py compares them)")
+    x.add_argument("--max-batch-size", type=int, default=64, help="Triton dynamic batching: the most users one "
+                   "request, and one batched stage call, may hold (0: off, one user per request)")
     s = add("serve", cmd_serve, "run the real Triton server on the latest export", tenant_required=False)
     s.add_argument("--tenants", type=tenant_list, help="a,b,c: ONE Triton for these tenants (explicit model control; "
                                                        "ensembles <tenant>__recommend; added to it if it runs)")

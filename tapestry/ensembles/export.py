@@ -22,6 +22,7 @@ import torch
 
 from tapestry.artifacts import atomic_write_json, latest_version, new_version
 from tapestry.config import PROJECT_ROOT, validate_tenant
+from tapestry.serving.batching import DEFAULT_MAX_BATCH_SIZE, set_max_batch_size
 from tapestry.training.data import InteractionData
 from tapestry.training.reranker import FeatureReranker
 
@@ -116,10 +117,13 @@ def _served_encoders(models_dir: Path, train_cfg: dict, served: str, session: st
 
 
 def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K, num_candidates: int | None = None,
-               serve: str | None = None, index="auto", log=print) -> ExportResult:
+               serve: str | None = None, index="auto", max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+               log=print) -> ExportResult:
     """Export the latest trained run. `serve` overrides the run's served model (any trained sequential encoder);
     the feature reranker stays the one fitted on the run's own served model. `index`: a FAISS factory string or
-    tapestry.serving.ann.IndexConfig ("auto": exact below 50k items, else IVF + SQ8 with an exact re-score)."""
+    tapestry.serving.ann.IndexConfig ("auto": exact below 50k items, else IVF + SQ8 with an exact re-score).
+    `max_batch_size`: Triton's dynamic batching (users per request and per batch; 0: off, one user per request,
+    tensors without a batch dimension)."""
     from tapestry.serving.encoders import save_encoder, interest_vectors
 
     validate_tenant(tenant)
@@ -199,11 +203,14 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
             "num_candidates": int(num_candidates),
             "index": index_entry,
             "max_k": int(max_k),
+            "max_batch_size": int(max_batch_size),
             "reranker": "dlrm" if dlrm is not None else "feature",
             "ranker_model": rankers[-1] if rankers else None,
         })
         shutil.copytree(TEMPLATES, v.tmp / "model_repository",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        if max_batch_size != DEFAULT_MAX_BATCH_SIZE:   # the templates are written for the default
+            set_max_batch_size(v.tmp / "model_repository", max_batch_size)
     log(f"[export] tenant={tenant} {v.path.name}: {data.num_items - 1:,} items in FAISS (dim {item_emb.shape[1]}), "
         f"{data.num_users - 1:,} users in the feature store ({time.perf_counter() - t0:.1f}s) -> {v.path}")
     return ExportResult(v.path)

@@ -68,6 +68,7 @@ class RecommendClient:
             url = url.removeprefix(scheme)
         self.url, self.protocol, self.timeout, self.model_name = url, protocol, float(timeout), model_name
         self._outputs: tuple[str, ...] | None = None
+        self._batched = False     # the served model has max_batch_size > 0: tensors get a leading batch dimension
         if protocol == "http":
             import tritonclient.http as tc
 
@@ -79,6 +80,8 @@ class RecommendClient:
         self._tc = tc
 
     def _input(self, name: str, array: np.ndarray, datatype: str):
+        if self._batched:
+            array = array.reshape(1, -1)   # one request = a batch of one user
         inp = self._tc.InferInput(name, list(array.shape), datatype)
         if self.protocol == "http":
             inp.set_data_from_numpy(array, binary_data=True)
@@ -95,6 +98,7 @@ class RecommendClient:
         if int(k) < 1:
             raise ValueError(f"k must be >= 1, not {k}")
         exclude = [str(i).encode("utf-8") for i in exclude_item_ids] or [b""]
+        names = self._served_outputs()     # first: it also says whether the model is batched
         inputs = [
             self._input("TENANT", np.array([tenant.encode("utf-8")], dtype=np.object_), "BYTES"),
             self._input("USER_ID", np.array([str(user_id).encode("utf-8")], dtype=np.object_), "BYTES"),
@@ -104,7 +108,6 @@ class RecommendClient:
         if recent_item_ids is not None:
             recent = [str(i).encode("utf-8") for i in recent_item_ids] or [b""]
             inputs.append(self._input("RECENT_ITEM_IDS", np.array(recent, dtype=np.object_), "BYTES"))
-        names = self._served_outputs()
         if self.protocol == "http":
             outputs = [self._tc.InferRequestedOutput(n, binary_data=True) for n in names]
             kwargs = {}
@@ -128,8 +131,9 @@ class RecommendClient:
         )
 
     def _served_outputs(self) -> tuple[str, ...]:
-        """OUTPUTS that the served model declares (read once): a repository exported by an older tapestry has no
-        IGNORED_ITEMS, and asking Triton for an undeclared output fails the whole request."""
+        """OUTPUTS that the served model declares (read once, with whether it is batched): a repository exported by
+        an older tapestry has no IGNORED_ITEMS, and asking Triton for an undeclared output fails the whole request;
+        a batched model's TENANT is [-1, 1] (batch dimension first), an unbatched one's [1]."""
         if self._outputs is None:
             try:
                 md = self._client.get_model_metadata(self.model_name)
@@ -137,7 +141,13 @@ class RecommendClient:
                 raise RecommendError.from_triton(e, self.protocol) from e
             except OSError as e:
                 raise RecommendError(f"{type(e).__name__}: {e}", status=None, protocol=self.protocol) from e
-            declared = {o["name"] for o in md["outputs"]} if isinstance(md, dict) else {o.name for o in md.outputs}
+            if isinstance(md, dict):
+                declared = {o["name"] for o in md["outputs"]}
+                shapes = {i["name"]: list(i["shape"]) for i in md["inputs"]}
+            else:
+                declared = {o.name for o in md.outputs}
+                shapes = {i.name: list(i.shape) for i in md.inputs}
+            self._batched = len(shapes.get("TENANT", [1])) == 2
             self._outputs = tuple(n for n in OUTPUTS if n in declared)
         return self._outputs
 

@@ -9,14 +9,18 @@ asserts on the first and returns garbage for the second).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from tapestry.serving import validate as v
-from tapestry.serving.ann import load_index
-from tapestry.serving.stage import Stage, export_manifest
+from tapestry.serving.ann import load_index, to_device
+from tapestry.serving.stage import Stage, export_manifest, one_row
+
+
+GPU_MAX_K = 2048   # GPU FAISS's largest k
 
 
 def merge_max_sim(scores: np.ndarray, ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -35,9 +39,13 @@ class Retrieval(Stage):
     inputs = ("TENANT", "USER_EMB", "SEEN", "EXCLUDE")
     outputs = ("CANDIDATES", "CANDIDATE_SCORES")
 
-    def __init__(self, tenant: str, index: faiss.Index, popularity: np.ndarray, num_candidates: int):
+    def __init__(self, tenant: str, index: faiss.Index, popularity: np.ndarray, num_candidates: int,
+                 device_index: faiss.Index | None = None):
+        """`device_index`: a GPU copy of `index` (tapestry.serving.ann.to_device) for searches within GPU FAISS's
+        k <= 2048; larger ones, and every search on a CPU host, use `index`."""
         self.tenant = tenant
         self.index = index
+        self.device_index = device_index if device_index is not index else None
         self.popularity = popularity.astype(np.float32)
         self.num_candidates = num_candidates
         self._popular_order = np.argsort(-self.popularity[1:], kind="stable") + 1  # never item 0
@@ -47,19 +55,52 @@ class Retrieval(Stage):
         artifact_dir = Path(artifact_dir)
         index = load_index(artifact_dir / "items.faiss")    # with its tuned nprobe / efSearch (items.faiss.json)
         m = export_manifest(artifact_dir)
-        return cls(m["tenant"], index, np.load(artifact_dir / "popularity.npy"), m["num_candidates"])
+        # The same index on the GPU where FAISS sees one (set TAPESTRY_FAISS_GPU=0 to keep it on the CPU).
+        device = to_device(index) if os.environ.get("TAPESTRY_FAISS_GPU", "1") != "0" else None
+        return cls(m["tenant"], index, np.load(artifact_dir / "popularity.npy"), m["num_candidates"], device)
 
     def __call__(self, t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return one_row(self.batch([t]))
+
+    def _row(self, t: dict[str, np.ndarray]) -> tuple[np.ndarray, int]:
+        """(the row's interest vectors without all-zero rows, how many candidates it needs)."""
         v.tenant(t, self.tenant)
         emb = v.float_rows(t, "USER_EMB", cols=self.index.d, max_rows=v.MAX_INTERESTS)
         num_items = self.popularity.size  # row 0 is padding
         seen = v.item_indices(t, "SEEN", num_items, max_size=num_items)
         exclude = v.item_indices(t, "EXCLUDE", num_items, max_size=num_items)
-        n = min(self.num_candidates + seen.size + exclude.size, self.index.ntotal)
-        if not emb.any():
-            items = self._popular_order[:n]
-            return {"CANDIDATES": items.astype(np.int64),
-                    "CANDIDATE_SCORES": np.log1p(self.popularity[items]).astype(np.float32)}
-        scores, ids = self.index.search(np.ascontiguousarray(emb), n)
-        items, best = merge_max_sim(scores, ids, n)
-        return {"CANDIDATES": items.astype(np.int64), "CANDIDATE_SCORES": best.astype(np.float32)}
+        # An all-zero vector is no interest: the cold user's row, or padding when a batched request stacks users
+        # with K interests next to users with one.
+        return emb[emb.any(axis=1)], min(self.num_candidates + seen.size + exclude.size, self.index.ntotal)
+
+    def _popular(self, n: int) -> dict[str, np.ndarray]:
+        items = self._popular_order[:n]
+        return {"CANDIDATES": items.astype(np.int64),
+                "CANDIDATE_SCORES": np.log1p(self.popularity[items]).astype(np.float32)}
+
+    def batch(self, rows: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Exception]:
+        """ONE FAISS search for every interest vector of every row, asking for the largest n any row needs; each
+        row keeps its first n columns (a top-n is the start of a top-n' for n <= n') and merges them by max-sim."""
+        out: list = [None] * len(rows)
+        warm: list[tuple[int, np.ndarray, int]] = []
+        for i, t in enumerate(rows):
+            try:
+                emb, n = self._row(t)
+            except Exception as e:  # noqa: BLE001 - fails this row only
+                out[i] = e
+                continue
+            if emb.shape[0]:
+                warm.append((i, emb, n))
+            else:
+                out[i] = self._popular(n)
+        if warm:
+            k = max(n for _, _, n in warm)
+            index = self.device_index if self.device_index is not None and k <= GPU_MAX_K else self.index
+            scores, ids = index.search(np.ascontiguousarray(np.concatenate([e for _, e, _ in warm])), k)
+            start = 0
+            for i, emb, n in warm:
+                rows_of_i = slice(start, start + emb.shape[0])
+                start += emb.shape[0]
+                items, best = merge_max_sim(scores[rows_of_i, :n], ids[rows_of_i, :n], n)
+                out[i] = {"CANDIDATES": items.astype(np.int64), "CANDIDATE_SCORES": best.astype(np.float32)}
+        return out

@@ -30,7 +30,27 @@ class Stage:
     optional_inputs: frozenset[str] = frozenset()   # may be absent from a request (declared `optional` in Triton)
 
     def __call__(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # pragma: no cover - abstract
+        """One user's tensors -> its outputs; raises RequestError for a malformed request."""
         raise NotImplementedError
+
+    def batch(self, rows: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Exception]:
+        """Many users at once (the rows of a dynamic batch: tapestry.serving.batching): each row's outputs, or the
+        exception that row raised, so one bad row fails only its own request. Stages where one call for all rows
+        is cheaper than a call per row (an encoder forward, a FAISS search) override this."""
+        out: list[dict[str, np.ndarray] | Exception] = []
+        for row in rows:
+            try:
+                out.append(self(row))
+            except Exception as e:  # noqa: BLE001 - the adapter answers it for this row's request only
+                out.append(e)
+        return out
+
+
+def one_row(results: list) -> dict[str, np.ndarray]:
+    """`Stage.batch([row])`'s answer as `__call__` gives it: the outputs, or the row's exception raised."""
+    if isinstance(results[0], Exception):
+        raise results[0]
+    return results[0]
 
 
 @lru_cache(maxsize=8)

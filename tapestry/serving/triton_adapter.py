@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+from tapestry.serving.batching import request_error, split_rows, stack_rows
 from tapestry.serving.stage import RequestError, Stage
 
 STAGE_ERROR = "{stage} failed: {kind}: {msg}"
@@ -52,12 +53,15 @@ def triton_model(stage_cls: type[Stage]):
             check_config(stage_cls, cfg)
             self.stage = stage_cls.from_artifacts(
                 resolve_artifact_dir(args["model_repository"], cfg.get("parameters", {})))
+            self.batched = int(cfg.get("max_batch_size", 0)) > 0   # tensors carry a leading batch dimension
             self.out_dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in cfg["output"]}
 
         def execute(self, requests):
-            pb = self.pb
-            responses = []
-            for request in requests:
+            # Every queued request's rows go to the stage in one call (tapestry.serving.batching); a request whose
+            # tensors are missing or mis-shaped, or one of whose rows fails, gets its own error.
+            pb, batched = self.pb, self.batched
+            rows, spans, errors = [], [], {}
+            for r, request in enumerate(requests):
                 try:
                     tensors = {}
                     for name in self.stage.inputs:
@@ -67,13 +71,27 @@ def triton_model(stage_cls: type[Stage]):
                                 continue
                             raise RequestError(f"missing input tensor {name}")
                         tensors[name] = tensor.as_numpy()
-                    out = self.stage(tensors)
+                    request_rows = split_rows(tensors, batched)
+                except RequestError as e:
+                    errors[r] = e
+                    request_rows = []
+                spans.append((len(rows), len(request_rows)))
+                rows.extend(request_rows)
+            try:
+                results = self.stage.batch(rows) if rows else []
+            except Exception as e:  # noqa: BLE001 - a bug in a vectorised batch: every request of it reports it
+                results = [e] * len(rows)
+            responses = []
+            for r, (first, count) in enumerate(spans):
+                err = errors.get(r) or request_error(results, first, count)
+                if err is None:
+                    out = stack_rows(results[first:first + count], self.stage.outputs, batched)
                     responses.append(pb.InferenceResponse(output_tensors=[
                         pb.Tensor(name, out[name].astype(self.out_dtypes[name])) for name in self.stage.outputs]))
-                except RequestError as e:
-                    responses.append(pb.InferenceResponse(error=pb.TritonError(str(e), pb.TritonError.INVALID_ARG)))
-                except Exception as e:  # noqa: BLE001 - report, never crash the stub
-                    msg = STAGE_ERROR.format(stage=self.stage.name, kind=type(e).__name__, msg=e)
+                elif isinstance(err, RequestError):
+                    responses.append(pb.InferenceResponse(error=pb.TritonError(str(err), pb.TritonError.INVALID_ARG)))
+                else:  # report, never crash the stub
+                    msg = STAGE_ERROR.format(stage=self.stage.name, kind=type(err).__name__, msg=err)
                     responses.append(pb.InferenceResponse(error=pb.TritonError(msg, pb.TritonError.INTERNAL)))
             return responses
 

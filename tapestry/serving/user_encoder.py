@@ -15,7 +15,7 @@ import torch
 
 from tapestry.serving import validate as v
 from tapestry.serving.encoders import interest_vectors, load_encoder
-from tapestry.serving.stage import USER_SESSION, Stage, export_manifest
+from tapestry.serving.stage import USER_SESSION, Stage, export_manifest, one_row
 
 
 class UserEncoder(Stage):
@@ -38,15 +38,42 @@ class UserEncoder(Stage):
         return cls(m["tenant"], load_encoder(artifact_dir / m.get("user_encoder", "sasrec.pt")),
                    load_encoder(artifact_dir / session) if session else None)
 
-    @torch.inference_mode()
     def __call__(self, t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return one_row(self.batch([t]))
+
+    def _row(self, t: dict[str, np.ndarray]) -> tuple[np.ndarray, int]:
         v.tenant(t, self.tenant)
         # An index past the item table would be an IndexError inside torch; a longer history than the positional
         # table would be cut silently. Both mean the caller is not feature_lookup: say so.
         history = v.item_indices(t, "HISTORY", self.num_items, max_size=self.max_len)
         kind = int(v.tensor(t, "USER_KIND", "int", max_size=1)[0])
-        if not (history > 0).any():
-            return {"USER_EMB": np.zeros((1, self.dim), dtype=np.float32)}
-        model = self.session_model if kind == USER_SESSION and self.session_model is not None else self.model
-        seqs = torch.from_numpy(history[-model.max_len:]).unsqueeze(0)
-        return {"USER_EMB": interest_vectors(model, seqs)[0].float().numpy()}
+        return history, kind
+
+    @torch.inference_mode()
+    def batch(self, rows: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Exception]:
+        """One forward per encoder over every row it serves (left-padded to its max_len, as feature_lookup pads
+        HISTORY); cold rows get a zero row without a forward."""
+        out: list = [None] * len(rows)
+        groups: dict[bool, list[tuple[int, np.ndarray]]] = {False: [], True: []}
+        for i, t in enumerate(rows):
+            try:
+                history, kind = self._row(t)
+            except Exception as e:  # noqa: BLE001 - fails this row only
+                out[i] = e
+                continue
+            if not (history > 0).any():
+                out[i] = {"USER_EMB": np.zeros((1, self.dim), dtype=np.float32)}
+            else:
+                groups[kind == USER_SESSION and self.session_model is not None].append((i, history))
+        for session, members in groups.items():
+            if not members:
+                continue
+            model = self.session_model if session else self.model
+            seqs = np.zeros((len(members), model.max_len), dtype=np.int64)
+            for row, (_, history) in enumerate(members):
+                window = history[-model.max_len:]
+                seqs[row, model.max_len - window.size:] = window
+            vectors = interest_vectors(model, torch.from_numpy(seqs)).float().numpy()
+            for (i, _), vec in zip(members, vectors):
+                out[i] = {"USER_EMB": vec}
+        return out
