@@ -124,6 +124,10 @@ class OnlineStore(ABC):
     def get(self, user_id: str) -> UserRecord | None:
         """The user's record, or None for an id the store does not know (an anonymous visitor)."""
 
+    def get_many(self, user_ids: list[str]) -> list[UserRecord | None]:
+        """`get` for each id (the rows of a dynamic batch); stores with a network hop answer them in one."""
+        return [self.get(uid) for uid in user_ids]
+
     @abstractmethod
     def append(self, events: Iterable[tuple[str, int]], source: str | None = None, offset: int | None = None,
                expected_offset: int | None = None) -> None:
@@ -185,6 +189,10 @@ class EmbeddedStore(OnlineStore):
         self._apply_tombstones()
         found = self._users.get(user_id)
         return UserRecord(*found) if found is not None else None
+
+    def get_many(self, user_ids: list[str]) -> list[UserRecord | None]:
+        self._apply_tombstones()           # once per batch, not per row
+        return [UserRecord(*f) if (f := self._users.get(uid)) is not None else None for uid in user_ids]
 
     def append(self, events, source=None, offset=None, expected_offset=None) -> None:
         grouped = group_by_user(events)
@@ -310,9 +318,31 @@ class RedisStore(OnlineStore):
                 continue                      # flipped and dropped between the two calls: read again
             if len(res) == 1:
                 return None
-            hist = np.array(res[2]).astype(np.int64) if res[2] else _EMPTY
-            return UserRecord(hist, _ints(res[1]))
+            return self._record(res)
         raise RuntimeError(f"the Redis online store of tenant {self.tenant!r} kept switching generations")
+
+    @staticmethod
+    def _record(res) -> UserRecord | None:
+        if len(res) == 1:
+            return None
+        return UserRecord(np.array(res[2]).astype(np.int64) if res[2] else _EMPTY, _ints(res[1]))
+
+    def get_many(self, user_ids: list[str]) -> list[UserRecord | None]:
+        """One round trip for every id (a pipeline of the same atomic read); an answer from another generation
+        than the one adopted is read again on its own, as `get` does."""
+        if len(user_ids) <= 1:
+            return [self.get(uid) for uid in user_ids]
+        with self._redis.pipeline(transaction=False) as p:
+            for uid in user_ids:
+                self._read(keys=[self._k.pointer], args=[self._k.ns, uid], client=p)
+            answers = p.execute()
+        out = []
+        for uid, res in zip(user_ids, answers):
+            if not res:
+                raise StoreNotLoaded(self._not_loaded())
+            same = res[0].decode() == self._gen or self._adopt(res[0].decode())
+            out.append(self._record(res) if same else self.get(uid))
+        return out
 
     def append(self, events, source=None, offset=None, expected_offset=None) -> None:
         from redis.exceptions import WatchError

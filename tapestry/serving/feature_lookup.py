@@ -25,7 +25,7 @@ import polars as pl
 
 from tapestry.online.store import EmbeddedStore, OnlineStore, open_store
 from tapestry.serving import validate as v
-from tapestry.serving.stage import USER_COLD, USER_KNOWN, USER_SESSION, Stage, export_manifest
+from tapestry.serving.stage import USER_COLD, USER_KNOWN, USER_SESSION, Stage, export_manifest, one_row
 
 _NOTHING = np.zeros(0, np.int64)
 
@@ -59,12 +59,32 @@ class FeatureLookup(Stage):
                    store=open_store(artifact_dir, m))
 
     def __call__(self, t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return one_row(self.batch([t]))
+
+    def _request(self, t: dict[str, np.ndarray]) -> tuple[str, list[str], list[str]]:
         v.tenant(t, self.tenant)
         user_id = v.single_text(t, "USER_ID")
         exclude_ids = v.texts(t, "EXCLUDE_ITEM_IDS", max_size=v.MAX_EXCLUDE_IDS)
         recent_ids = [x for x in (v.texts(t, "RECENT_ITEM_IDS", max_size=v.MAX_RECENT_IDS)
                                   if t.get("RECENT_ITEM_IDS") is not None else []) if x]
-        record = self.store.get(user_id)
+        return user_id, exclude_ids, recent_ids
+
+    def batch(self, rows: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Exception]:
+        """The rows' users are read from the store in one call (one round trip to Redis)."""
+        out: list = [None] * len(rows)
+        valid = []
+        for i, t in enumerate(rows):
+            try:
+                valid.append((i, *self._request(t)))
+            except Exception as e:  # noqa: BLE001 - fails this row only
+                out[i] = e
+        if valid:
+            records = self.store.get_many([user_id for _, user_id, _, _ in valid])
+            for (i, _, exclude_ids, recent_ids), record in zip(valid, records):
+                out[i] = self._features(record, exclude_ids, recent_ids)
+        return out
+
+    def _features(self, record, exclude_ids: list[str], recent_ids: list[str]) -> dict[str, np.ndarray]:
         known = record is not None
         stored, attrs = (record.history, record.attrs) if known else (_NOTHING, _NOTHING)
         recent = [self._items.get(x, 0) for x in recent_ids]

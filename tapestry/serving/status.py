@@ -87,12 +87,21 @@ def listening_addresses(port: int) -> list[str]:
 
 def probe_inference(http_url: str, tenant: str, timeout: float = 10.0, model: str = "recommend") -> str:
     """"ok" when a real request passes through every stage; else why not. Readiness alone is not enough: a crashed
-    python-backend stub is not restarted and its model keeps reporting READY."""
+    python-backend stub is not restarted and its model keeps reporting READY. The model's metadata says whether it
+    is batched (then every tensor has a leading batch dimension: one user is [1, 1])."""
+    try:
+        with urllib.request.urlopen(f"http://{http_url}/v2/models/{model}", timeout=timeout) as resp:
+            inputs = {i["name"]: i["shape"] for i in json.load(resp).get("inputs", [])}
+        shape = [1, 1] if len(inputs.get("TENANT", [1])) == 2 else [1]
+    except urllib.error.HTTPError as e:
+        return f"HTTP {e.code}: no metadata for model {model!r}"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"no answer: {e}"
     body = {"inputs": [
-        {"name": "TENANT", "datatype": "BYTES", "shape": [1], "data": [tenant]},
-        {"name": "USER_ID", "datatype": "BYTES", "shape": [1], "data": [PROBE_USER]},
-        {"name": "K", "datatype": "INT32", "shape": [1], "data": [1]},
-        {"name": "EXCLUDE_ITEM_IDS", "datatype": "BYTES", "shape": [1], "data": [""]},
+        {"name": "TENANT", "datatype": "BYTES", "shape": shape, "data": [tenant]},
+        {"name": "USER_ID", "datatype": "BYTES", "shape": shape, "data": [PROBE_USER]},
+        {"name": "K", "datatype": "INT32", "shape": shape, "data": [1]},
+        {"name": "EXCLUDE_ITEM_IDS", "datatype": "BYTES", "shape": shape, "data": [""]},
     ]}
     request = urllib.request.Request(f"http://{http_url}/v2/models/{model}/infer", method="POST",
                                      data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})

@@ -3,6 +3,13 @@
 HTTP goes through http.client with JSON bodies (and the binary-tensor extension, which is how non-UTF-8 bytes
 reach a BYTES input); gRPC sends the protobuf messages of the KServe-v2 service directly, so any datatype, shape
 or payload can be sent, valid or not.
+
+Batch dimension: every exported model has `max_batch_size > 0`, so every tensor on the wire carries a leading batch
+dimension. One request = a batch of one user, as RecommendClient sends: the helpers take ONE user's shape (what the
+stages see, e.g. [1] for TENANT, [n] for EXCLUDE_ITEM_IDS, [K, D] for USER_EMB) and send [1, *shape]. A request
+of several users passes `batch=b` (shape [b, *shape], the data of all rows flattened row-major), and a case that
+must send a shape exactly as written (a wrong batch dimension, a rank the server must refuse) passes `batch=None`
+or, in `replace`, `wire_shape=`.
 """
 from __future__ import annotations
 
@@ -15,25 +22,65 @@ import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 
-def tensor(name: str, datatype: str, data, shape=None) -> dict:
-    """One JSON input; `shape` defaults to [len(data)]."""
-    return {"name": name, "datatype": datatype, "shape": [len(data)] if shape is None else shape, "data": data}
+def wire_shape(shape, batch: int | None = 1) -> list[int]:
+    """The shape sent for one user's `shape` in a request of `batch` users: [batch, *shape] (batch=None: as is)."""
+    return list(shape) if batch is None else [batch, *shape]
+
+
+def tensor(name: str, datatype: str, data, shape=None, batch: int | None = 1) -> dict:
+    """One JSON input of a request of `batch` users (default: one); `shape` is one user's, [len(data) // batch]
+    by default, and goes on the wire as [batch, *shape] (batch=None: `shape` is sent as it is)."""
+    if shape is None:
+        shape = [len(data) // (batch or 1)]
+    return {"name": name, "datatype": datatype, "shape": wire_shape(shape, batch), "data": data}
 
 
 def recommend_inputs(tenant="ml100k", user="1", k=5, exclude=("",)) -> list[dict]:
+    """A valid request of one user (shapes [1, 1] and [1, len(exclude)])."""
     return [tensor("TENANT", "BYTES", [tenant]), tensor("USER_ID", "BYTES", [user]), tensor("K", "INT32", [k]),
             tensor("EXCLUDE_ITEM_IDS", "BYTES", list(exclude))]
 
 
+def batch_inputs(users, tenant="ml100k", k=5, excludes=None) -> list[dict]:
+    """A valid request of len(users) users: TENANT [b, 1], USER_ID [b, 1], K [b, 1] (`k`: one for all or one per
+    user), EXCLUDE_ITEM_IDS [b, n] (`excludes`: each user's list, padded with "" to the longest: "" excludes
+    nothing, so a row's answer is that of its user alone)."""
+    b = len(users)
+    ks = [k] * b if isinstance(k, int) else list(k)
+    excludes = [[""]] * b if excludes is None else [list(e) or [""] for e in excludes]
+    n = max(len(e) for e in excludes)
+    rows = [e + [""] * (n - len(e)) for e in excludes]
+    return [tensor("TENANT", "BYTES", [tenant] * b, [1], batch=b),
+            tensor("USER_ID", "BYTES", list(users), [1], batch=b), tensor("K", "INT32", ks, [1], batch=b),
+            tensor("EXCLUDE_ITEM_IDS", "BYTES", [x for row in rows for x in row], [n], batch=b)]
+
+
 def replace(inputs: list[dict], name: str, **changes) -> list[dict]:
-    """`inputs` with input `name` changed (changes=None drops it)."""
+    """`inputs` with input `name` changed (no changes: dropped). `shape=` is one user's shape: the input keeps its
+    batch dimension in front of it; `wire_shape=` is the shape sent, as it is."""
     out = []
     for item in inputs:
         if item["name"] != name:
             out.append(item)
         elif changes:
+            changes = dict(changes)
+            if "shape" in changes:
+                changes["shape"] = [item["shape"][0], *changes["shape"]]
+            if "wire_shape" in changes:
+                changes["shape"] = list(changes.pop("wire_shape"))
             out.append({**item, **changes})
     return out
+
+
+def outputs_json(answer: dict) -> dict[str, tuple[list[int], list]]:
+    """name -> (shape, data flattened row-major) of a JSON answer's outputs."""
+    return {o["name"]: (o["shape"], o["data"]) for o in answer["outputs"]}
+
+
+def rows(shape: list[int], data: list) -> list[list]:
+    """A [b, n] output's data as b rows of n."""
+    b, n = shape
+    return [list(data[i * n:(i + 1) * n]) for i in range(b)]
 
 
 def post(http_url: str, path: str, body: bytes, headers: dict | None = None, timeout: float = 60) -> tuple[int, dict]:
@@ -58,20 +105,24 @@ def bytes_elements(*items: bytes) -> bytes:
     return b"".join(struct.pack("<I", len(x)) + x for x in items)
 
 
-def infer_binary(http_url: str, model: str, fields: list[tuple[str, str, list[int], bytes]]) -> tuple[int, dict]:
-    """Every input as raw bytes after the JSON header (KServe binary-tensor extension)."""
-    header = {"inputs": [{"name": n, "datatype": dt, "shape": shape, "parameters": {"binary_data_size": len(raw)}}
-                         for n, dt, shape, raw in fields]}
+def infer_binary(http_url: str, model: str, fields: list[tuple[str, str, list[int], bytes]],
+                 batch: int | None = 1) -> tuple[int, dict]:
+    """Every input as raw bytes after the JSON header (KServe binary-tensor extension); each field's shape is one
+    user's (sent as [batch, *shape]; batch=None: as it is)."""
+    header = {"inputs": [{"name": n, "datatype": dt, "shape": wire_shape(shape, batch),
+                          "parameters": {"binary_data_size": len(raw)}} for n, dt, shape, raw in fields]}
     head = json.dumps(header).encode()
     body = head + b"".join(raw for *_, raw in fields)
     return post(http_url, f"/v2/models/{model}/infer", body,
                 {"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"})
 
 
-def grpc_input(name: str, datatype: str, shape: list[int], **contents):
-    """contents: bytes_contents=[...], int_contents=[...], fp32_contents=[...], int64_contents=[...]; none when the
-    data goes in the request's raw_input_contents."""
-    tensor = service_pb2.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=shape)
+def grpc_input(name: str, datatype: str, shape: list[int], batch: int | None = 1, **contents):
+    """`shape`: one user's, sent as [batch, *shape] (batch=None: as it is). contents: bytes_contents=[...],
+    int_contents=[...], fp32_contents=[...], int64_contents=[...] (all rows, flattened); none when the data goes
+    in the request's raw_input_contents."""
+    tensor = service_pb2.ModelInferRequest.InferInputTensor(name=name, datatype=datatype,
+                                                            shape=wire_shape(shape, batch))
     if contents:
         tensor.contents.CopyFrom(service_pb2.InferTensorContents(**contents))
     return tensor
@@ -82,6 +133,37 @@ def grpc_recommend_inputs(tenant=b"ml100k", user=b"1", k=5, exclude=(b"",)) -> l
             grpc_input("USER_ID", "BYTES", [1], bytes_contents=[user]),
             grpc_input("K", "INT32", [1], int_contents=[k]),
             grpc_input("EXCLUDE_ITEM_IDS", "BYTES", [len(exclude)], bytes_contents=list(exclude))]
+
+
+def grpc_batch_inputs(users, tenant=b"ml100k", k=5, excludes=None) -> list:
+    """gRPC twin of `batch_inputs` (bytes): a valid request of len(users) users."""
+    b = len(users)
+    ks = [k] * b if isinstance(k, int) else list(k)
+    excludes = [[b""]] * b if excludes is None else [list(e) or [b""] for e in excludes]
+    n = max(len(e) for e in excludes)
+    flat = [x for e in excludes for x in e + [b""] * (n - len(e))]
+    return [grpc_input("TENANT", "BYTES", [1], batch=b, bytes_contents=[tenant] * b),
+            grpc_input("USER_ID", "BYTES", [1], batch=b, bytes_contents=list(users)),
+            grpc_input("K", "INT32", [1], batch=b, int_contents=ks),
+            grpc_input("EXCLUDE_ITEM_IDS", "BYTES", [n], batch=b, bytes_contents=flat)]
+
+
+def grpc_outputs(response) -> dict[str, tuple[list[int], list]]:
+    """name -> (shape, data flattened) of a ModelInferResponse (raw_output_contents: what Triton sends)."""
+    import numpy as np
+
+    out = {}
+    for o, raw in zip(response.outputs, response.raw_output_contents):
+        if o.datatype == "BYTES":
+            data, i = [], 0
+            while i < len(raw):
+                (size,) = struct.unpack_from("<I", raw, i)
+                data.append(raw[i + 4:i + 4 + size])
+                i += 4 + size
+        else:
+            data = np.frombuffer(raw, {"FP32": "<f4", "INT32": "<i4", "INT64": "<i8"}[o.datatype]).tolist()
+        out[o.name] = (list(o.shape), data)
+    return out
 
 
 class RawGrpc:

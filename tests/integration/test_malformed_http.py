@@ -9,19 +9,30 @@ import numpy as np
 import pytest
 
 from .conftest import MAX_K, TENANT
-from .kserve_raw import (BAD_TENANTS, bytes_elements, infer_binary, infer_json, post, recommend_inputs, replace,
-                         stub_processes, tensor)
+from .kserve_raw import (BAD_TENANTS, batch_inputs, bytes_elements, infer_binary, infer_json, outputs_json, post,
+                         recommend_inputs, replace, rows, stub_processes, tensor)
 
 pytestmark = pytest.mark.integration
 
-OK = recommend_inputs()
+OK = recommend_inputs()   # one user: every shape is [1, *the user's shape] (kserve_raw: the batch dimension)
 
 ENSEMBLE_CASES = {
     # Triton checks these against config.pbtxt before any model runs.
     "K as FP32": (replace(OK, "K", datatype="FP32", data=[5.0]), "data-type is 'FP32', but model 'recommend' expects"),
     "TENANT as INT32": (replace(OK, "TENANT", datatype="INT32", data=[1]), "data-type is 'INT32'"),
-    "K of shape [2]": (replace(OK, "K", shape=[2], data=[5, 5]), "unexpected shape for input 'K'"),
-    "TENANT of rank 2": (replace(OK, "TENANT", shape=[1, 1]), "unexpected shape for input 'TENANT'"),
+    "K of shape [1, 2]": (replace(OK, "K", shape=[2], data=[5, 5]), "unexpected shape for input 'K'"),
+    "TENANT of rank 3": (replace(OK, "TENANT", shape=[1, 1]), "Expected [-1,1], got [1,1,1]"),
+    # The batch dimension (max_batch_size 64): it must be there, agree between the inputs, and stay <= 64.
+    "K without the batch dimension": (replace(OK, "K", wire_shape=[1]), "unexpected shape for input 'K'"),
+    "every input without the batch dimension": ([{**i, "shape": i["shape"][1:]} for i in OK],
+                                                "requires a batch dimension to be prepended to each input shape"),
+    "inputs disagree on the batch size": (replace(OK, "TENANT", wire_shape=[2, 1], data=[TENANT, TENANT]),
+                                          "input 'TENANT' batch size does not match other inputs"),
+    "USER_ID of batch 2 in a batch of 1": (replace(OK, "USER_ID", wire_shape=[2, 1], data=["1", "2"]),
+                                           "batch size does not match other inputs"),
+    "a batch of 65 users": (batch_inputs([str(u) for u in range(1, 66)]), "batch-size must be <= 64"),
+    # Triton counts a batch of 0 as one row's worth of elements, and finds none.
+    "a batch of 0 users": ([tensor(i["name"], i["datatype"], [], i["shape"][1:], batch=0) for i in OK], "got 0"),
     "K missing": (replace(OK, "K"), "missing required input(s) ['K']"),
     "TENANT missing": (replace(OK, "TENANT"), "missing required input(s) ['TENANT']"),
     "no inputs": ([], "expected number of inputs between 4 and 5 but got 0"),   # RECENT_ITEM_IDS is optional
@@ -51,6 +62,12 @@ ENSEMBLE_CASES = {
     "exclude id of 10k characters": (recommend_inputs(exclude=["7" * 10_000]), "EXCLUDE_ITEM_IDS is 10000 characters"),
     "exclude id lone surrogate": (recommend_inputs(exclude=["1", "\udc80"]), "EXCLUDE_ITEM_IDS is not valid UTF-8"),
     **{f"tenant {label}": (recommend_inputs(tenant=value), message) for label, (value, message) in BAD_TENANTS.items()},
+    # A request of several users fails whole when one row is malformed, naming the row (tapestry.serving.batching).
+    "batch of 2, row 1 with an empty USER_ID": (replace(batch_inputs(["1", "2"]), "USER_ID", data=["1", ""]),
+                                                "row 1: USER_ID is empty"),
+    "batch of 2, row 0 with K = 0": (batch_inputs(["1", "2"], k=[0, 5]), f"row 0: K must be between 1 and {MAX_K}"),
+    "batch of 2, row 1 of another tenant": (replace(batch_inputs(["1", "2"]), "TENANT", data=[TENANT, "intruder"]),
+                                            "row 1: tenant 'intruder' is not served"),
 }
 
 
@@ -65,6 +82,14 @@ def test_malformed_ensemble_request_is_a_400_with_a_clear_message(server, case):
     assert status == 400, (status, answer)
     assert message in answer["error"]
     assert len(answer["error"]) < 600  # a huge or hostile value is never echoed whole
+
+
+def test_a_malformed_row_fails_the_request_and_names_the_row(server):
+    """The ensemble prefixes its step's error ("in ensemble 'recommend', "): after it, the message starts with the
+    row. The first failed row is named; the other rows are not answered (the request fails whole)."""
+    status, answer = _recommend(server, replace(batch_inputs(["1", "2", "3"]), "USER_ID", data=["1", "", "\x00"]))
+    assert status == 400 and "outputs" not in answer, answer
+    assert answer["error"].removeprefix("in ensemble 'recommend', ").startswith("row 1: USER_ID is empty"), answer
 
 
 def test_invalid_utf8_inside_a_json_string_is_a_400(server):
@@ -106,6 +131,58 @@ def test_other_protocol_errors_are_4xx(server):
     assert status == 400 and "inference header size" in answer["error"]
 
 
+def test_a_request_of_two_users_answers_each_as_alone(server, exported):
+    """Two users in one request (EXCLUDE_ITEM_IDS [2, n], row 1 padded with ""): ITEM_IDS [2, K], row i exactly the
+    answer of a one-user request for user i."""
+    users = exported[1]
+    alone = [outputs_json(_ok(server, recommend_inputs(user=u, k=5, exclude=e)))
+             for u, e in ((users[0], ["1", "50"]), (users[1], [""]))]
+    both = outputs_json(_ok(server, batch_inputs([users[0], users[1]], k=5, excludes=[["1", "50"], [""]])))
+    assert both["ITEM_IDS"][0] == [2, 5] and both["SCORES"][0] == [2, 5] and both["STRATEGY"][0] == [2, 1]
+    for name in ("ITEM_IDS", "TITLES", "STRATEGY", "IGNORED_ITEMS"):
+        assert rows(*both[name]) == [a[name][1] for a in alone], name
+    np.testing.assert_allclose(rows(*both["SCORES"]), [a["SCORES"][1] for a in alone], rtol=1e-5, atol=1e-6)
+    assert rows(*both["ITEM_IDS"])[0] != rows(*both["ITEM_IDS"])[1]
+
+
+def test_a_ragged_batch_is_padded_row_by_row(server, exported):
+    """A stored user, a cold user and another K in one request: each row as alone, the shorter top-K padded with
+    "" (ids, titles) and 0 (scores) to the longest (tapestry.serving.batching.stack_rows)."""
+    users, ks = [exported[1][5], "never-seen-user", exported[1][6]], [5, 3, 7]
+    alone = [outputs_json(_ok(server, recommend_inputs(user=u, k=k))) for u, k in zip(users, ks)]
+    batch = outputs_json(_ok(server, batch_inputs(users, k=ks)))
+    assert batch["ITEM_IDS"][0] == [3, 7]
+    assert rows(*batch["STRATEGY"]) == [["personalized"], ["popularity"], ["personalized"]]
+    for row, (a, k) in enumerate(zip(alone, ks)):
+        assert rows(*batch["ITEM_IDS"])[row] == a["ITEM_IDS"][1] + [""] * (7 - k)
+        assert rows(*batch["TITLES"])[row] == a["TITLES"][1] + [""] * (7 - k)
+        np.testing.assert_allclose(rows(*batch["SCORES"])[row], a["SCORES"][1] + [0.0] * (7 - k), rtol=1e-5, atol=1e-6)
+
+
+def test_concurrent_requests_fail_only_themselves(server, exported):
+    """Requests that arrive together may share one execute of a stage (dynamic batching): the malformed ones get
+    their own 400, every valid one its own answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    users = exported[1][10:18]
+    expected = {u: outputs_json(_ok(server, recommend_inputs(user=u)))["ITEM_IDS"] for u in users}
+    requests = [recommend_inputs(user=u) for u in users] + [recommend_inputs(user="") for _ in users]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda inputs: _recommend(server, inputs), requests * 2))
+    for inputs, (status, answer) in zip(requests * 2, answers):
+        user = inputs[1]["data"][0]
+        if user:
+            assert status == 200 and outputs_json(answer)["ITEM_IDS"] == expected[user], answer
+        else:
+            assert status == 400 and "USER_ID is empty" in answer["error"] and "row" not in answer["error"], answer
+
+
+def _ok(server, inputs) -> dict:
+    status, answer = _recommend(server, inputs)
+    assert status == 200, answer
+    return answer
+
+
 def test_well_formed_but_unusual_requests_are_answered(server):
     """Not errors, by design: an unknown user is a cold user (popularity), unknown exclude ids are ignored (the
     client's catalogue may be newer than the export), and an empty exclude list means "exclude nothing"."""
@@ -129,7 +206,7 @@ PARSE_CASES = {
     "body is not JSON": b"{not json",
     "K given as a JSON string": json.dumps({"inputs": replace(OK, "K", data=["5"])}).encode(),
     "K given as a JSON float": json.dumps({"inputs": replace(OK, "K", data=[1.5])}).encode(),
-    "shape [2] with one value": json.dumps({"inputs": replace(OK, "K", shape=[2])}).encode(),
+    "shape [1, 2] with one value": json.dumps({"inputs": replace(OK, "K", shape=[2])}).encode(),
     "TENANT given as a JSON number": json.dumps({"inputs": replace(OK, "TENANT", data=[7])}).encode(),
     "unpaired high surrogate": json.dumps({"inputs": recommend_inputs(user="\ud800")}).encode(),
 }
@@ -182,6 +259,30 @@ def test_a_direct_stage_call_for_another_tenant_is_a_400(server, stage_calls, st
     assert status == 400 and "tenant" in answer["error"].lower(), answer
     status, answer = infer_json(server.http_url, stage, replace(stage_calls[stage], "TENANT"))
     assert status == 400 and "missing required input(s) ['TENANT']" in answer["error"], answer
+
+
+def _twice(inputs: list[dict]) -> list[dict]:
+    """A one-row direct call as a batch of two equal rows."""
+    return [{**i, "shape": [2, *i["shape"][1:]], "data": i["data"] * 2} for i in inputs]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_direct_stage_call_of_two_rows(server, stage_calls, stage):
+    """Each stage takes a batch: two rows answer as two one-row calls; a bad row 1 fails the call naming the row;
+    inputs that disagree on the batch size are refused by Triton itself."""
+    status, one = infer_json(server.http_url, stage, stage_calls[stage])
+    assert status == 200, one
+    status, two = infer_json(server.http_url, stage, _twice(stage_calls[stage]))
+    assert status == 200, two
+    for name, (shape, data) in outputs_json(two).items():
+        one_shape, one_data = outputs_json(one)[name]
+        assert shape == [2, *one_shape[1:]] and rows([2, len(one_data)], data) == [one_data, one_data], name
+    status, answer = infer_json(server.http_url, stage,
+                                replace(_twice(stage_calls[stage]), "TENANT", data=[TENANT, "intruder"]))
+    assert status == 400 and answer["error"].startswith("row 1: tenant 'intruder' is not served"), answer
+    status, answer = infer_json(server.http_url, stage, replace(stage_calls[stage], "TENANT", wire_shape=[2, 1],
+                                                               data=[TENANT, TENANT]))
+    assert status == 400 and "input 'TENANT' batch size does not match other inputs" in answer["error"], answer
 
 
 def _stage_cases(sizes):

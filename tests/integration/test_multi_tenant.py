@@ -25,6 +25,8 @@ from tapestry.serving.pipeline import RecommendPipeline
 from tapestry.serving.triton_server import TritonServerError, free_ports
 from tapestry.training.pipeline import run_train
 
+from .kserve_raw import tensor
+
 pytestmark = pytest.mark.integration
 
 QUIET = {"log": lambda *a, **k: None}
@@ -153,17 +155,34 @@ def test_a_tenants_ensemble_refuses_any_other_tenant(server, root, protocol):
         assert e.value.invalid_argument
 
 
-def test_a_stage_called_directly_refuses_another_tenant(server):
-    """Triton cannot hide the stage models: calling globex's feature_lookup with TENANT=acme is refused too."""
-    body = {"inputs": [{"name": "TENANT", "datatype": "BYTES", "shape": [1], "data": ["acme"]},
-                       {"name": "USER_ID", "datatype": "BYTES", "shape": [1], "data": ["u0000"]},
-                       {"name": "EXCLUDE_ITEM_IDS", "datatype": "BYTES", "shape": [1], "data": [""]}]}
-    request = urllib.request.Request(f"http://{server['http_url']}/v2/models/globex__feature_lookup__v0001/infer",
-                                     data=json.dumps(body).encode(), method="POST",
+def _direct_call(server, model: str, inputs: list[dict]) -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://{server['http_url']}/v2/models/{model}/infer",
+                                     data=json.dumps({"inputs": inputs}).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
-    with pytest.raises(urllib.error.HTTPError) as e:
-        urllib.request.urlopen(request, timeout=10)
-    assert e.value.code == 400 and "not served by this model repository" in json.load(e.value)["error"]
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
+def test_a_stage_called_directly_refuses_another_tenant(server):
+    """Triton cannot hide the stage models: calling globex's feature_lookup with TENANT=acme is refused too, also
+    as one row of a batch whose other row is globex's own."""
+    # One user = a batch of one: every shape has the leading batch dimension (max_batch_size > 0).
+    inputs = [tensor("TENANT", "BYTES", ["acme"]), tensor("USER_ID", "BYTES", ["u0000"]),
+              tensor("EXCLUDE_ITEM_IDS", "BYTES", [""])]
+    assert inputs[0]["shape"] == [1, 1]
+    status, answer = _direct_call(server, "globex__feature_lookup__v0001", inputs)
+    assert status == 400 and "not served by this model repository" in answer["error"], answer
+    two = [tensor("TENANT", "BYTES", ["globex", "acme"], [1], batch=2),
+           tensor("USER_ID", "BYTES", ["u0000", "u0000"], [1], batch=2),
+           tensor("EXCLUDE_ITEM_IDS", "BYTES", ["", ""], [1], batch=2)]
+    status, answer = _direct_call(server, "globex__feature_lookup__v0001", two)
+    assert status == 400 and answer["error"].startswith("row 1: tenant 'acme' is not served"), answer
+    two[0] = {**two[0], "data": ["globex"] * 2}
+    status, answer = _direct_call(server, "globex__feature_lookup__v0001", two)
+    assert status == 200 and {o["name"]: o["shape"][0] for o in answer["outputs"]}["HISTORY"] == 2, answer
 
 
 def test_stop_unloads_one_tenant_and_the_last_one_stops_the_server(server, root):

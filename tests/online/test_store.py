@@ -36,6 +36,18 @@ class StoreContract:
     def test_an_unknown_user_is_none(self, store):
         assert store.get("nobody") is None and store.get("u0000 ") is None
 
+    def test_get_many_answers_like_get_for_each_id(self, store):
+        """The rows of one dynamic batch are read together (one round trip on Redis), erasures included."""
+        store.erase("u0002")
+        ids = ["u0001", "nobody", "u0002", "u0007", "u0001"]
+        many = store.get_many(ids)
+        assert [r is None for r in many] == [False, True, True, False, False]
+        for uid, rec in zip(ids, many):
+            one = store.get(uid)
+            assert (rec is None and one is None) or (rec.history.tolist() == one.history.tolist()
+                                                     and rec.attrs.tolist() == one.attrs.tolist()), uid
+        assert store.get_many([]) == []
+
     def test_append_extends_histories_in_order_and_creates_new_users(self, store, export):
         before = store.get("u0003").history.tolist()
         store.append([("u0003", 7), ("new-user", 2), ("u0003", 5), ("new-user", 2)])
@@ -200,9 +212,15 @@ def test_feature_lookup_over_redis_equals_embedded_and_refuses_another_etl_versi
     load_export_into_redis(art, redis_url, **QUIET)
     served = lookup()
     assert isinstance(served.store, RedisStore)
-    for uid in [*exported_users(art), "nobody"]:
+    ids = [*exported_users(art), "nobody"]
+    for uid in ids:
         a, b = embedded(request_tensors(TENANT, uid, 5)), served(request_tensors(TENANT, uid, 5))
         assert all(a[n].tolist() == b[n].tolist() for n in a), uid
+    # A dynamic batch of every user, read in one pipeline: the same rows.
+    batch = served.batch([request_tensors(TENANT, uid, 5) for uid in ids])
+    for uid, row in zip(ids, batch):
+        single = embedded(request_tensors(TENANT, uid, 5))
+        assert all(row[n].tolist() == single[n].tolist() for n in single), uid
 
     # The store now holds another ETL version's values: refused at load, and by a server already running.
     from .conftest import write_export
