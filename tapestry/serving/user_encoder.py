@@ -8,6 +8,7 @@ the served encoder from those events alone. No events at all (COLD) gives a zero
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +24,16 @@ class UserEncoder(Stage):
     inputs = ("TENANT", "HISTORY", "USER_KIND")
     outputs = ("USER_EMB",)
 
-    def __init__(self, tenant: str, model: torch.nn.Module, session_model: torch.nn.Module | None = None):
+    def __init__(self, tenant: str, model: torch.nn.Module, session_model: torch.nn.Module | None = None,
+                 device: str | torch.device = "cpu"):
+        """`device`: where the encoders run ("auto": CUDA when torch sees a GPU); answers always come back as
+        numpy on the CPU."""
+        from tapestry.config import resolve_device
+
         self.tenant = tenant
-        self.model = model.eval()
-        self.session_model = session_model.eval() if session_model is not None else None
+        self.device = resolve_device(str(device))
+        self.model = model.eval().to(self.device)
+        self.session_model = session_model.eval().to(self.device) if session_model is not None else None
         self.num_items, self.max_len = model.num_items, model.max_len
         self.dim = int(model.item_embeddings().shape[1])
 
@@ -36,7 +43,8 @@ class UserEncoder(Stage):
         m = export_manifest(artifact_dir)
         session = m.get("session_encoder")
         return cls(m["tenant"], load_encoder(artifact_dir / m.get("user_encoder", "sasrec.pt")),
-                   load_encoder(artifact_dir / session) if session else None)
+                   load_encoder(artifact_dir / session) if session else None,
+                   device=os.environ.get("TAPESTRY_SERVING_DEVICE", "auto"))
 
     def __call__(self, t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return one_row(self.batch([t]))
@@ -73,7 +81,7 @@ class UserEncoder(Stage):
             for row, (_, history) in enumerate(members):
                 window = history[-model.max_len:]
                 seqs[row, model.max_len - window.size:] = window
-            vectors = interest_vectors(model, torch.from_numpy(seqs)).float().numpy()
+            vectors = interest_vectors(model, torch.from_numpy(seqs).to(self.device)).float().cpu().numpy()
             for (i, _), vec in zip(members, vectors):
                 out[i] = {"USER_EMB": vec}
         return out

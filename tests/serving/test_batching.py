@@ -81,6 +81,16 @@ def test_user_encoder_batch_equals_one_call_per_user_and_isolates_a_bad_row():
     assert not np.allclose(out[0]["USER_EMB"], out[1]["USER_EMB"])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_user_encoder_on_cuda_answers_like_the_cpu():
+    cpu = _encoders()
+    gpu = UserEncoder("acme", cpu.model, cpu.session_model, device="cuda")
+    rows = [_enc_row([0, 0, 1, 2, 3]), _enc_row([0, 0, 0, 4, 5], USER_SESSION)]
+    cpu = _encoders()      # fresh CPU copies: the GPU encoder moved the modules
+    for a, b in zip(gpu.batch(rows), cpu.batch(rows)):
+        np.testing.assert_allclose(a["USER_EMB"], b["USER_EMB"], rtol=1e-4, atol=1e-5)
+
+
 def _retrieval():
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(40, 8)).astype(np.float32)
