@@ -25,7 +25,8 @@ import polars as pl
 
 from tapestry.online.store import EmbeddedStore, OnlineStore, open_store
 from tapestry.serving import validate as v
-from tapestry.serving.stage import USER_COLD, USER_KNOWN, USER_SESSION, Stage, export_manifest, one_row
+from tapestry.serving.stage import (USER_COLD, USER_KNOWN, USER_SESSION, Stage, checked_rows, export_manifest,
+                                    one_row)
 
 _NOTHING = np.zeros(0, np.int64)
 
@@ -71,16 +72,10 @@ class FeatureLookup(Stage):
 
     def batch(self, rows: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Exception]:
         """The rows' users are read from the store in one call (one round trip to Redis)."""
-        out: list = [None] * len(rows)
-        valid = []
-        for i, t in enumerate(rows):
-            try:
-                valid.append((i, *self._request(t)))
-            except Exception as e:  # noqa: BLE001 - fails this row only
-                out[i] = e
-        if valid:
-            records = self.store.get_many([user_id for _, user_id, _, _ in valid])
-            for (i, _, exclude_ids, recent_ids), record in zip(valid, records):
+        out, passed = checked_rows(rows, self._request)
+        if passed:
+            records = self.store.get_many([user_id for _, (user_id, _, _) in passed])
+            for (i, (_, exclude_ids, recent_ids)), record in zip(passed, records):
                 out[i] = self._features(record, exclude_ids, recent_ids)
         return out
 

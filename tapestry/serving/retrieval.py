@@ -17,7 +17,7 @@ import numpy as np
 
 from tapestry.serving import validate as v
 from tapestry.serving.ann import load_index, to_device
-from tapestry.serving.stage import Stage, export_manifest, one_row
+from tapestry.serving.stage import Stage, checked_rows, export_manifest, one_row
 
 
 GPU_MAX_K = 2048   # GPU FAISS's largest k
@@ -81,14 +81,9 @@ class Retrieval(Stage):
     def batch(self, rows: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Exception]:
         """ONE FAISS search for every interest vector of every row, asking for the largest n any row needs; each
         row keeps its first n columns (a top-n is the start of a top-n' for n <= n') and merges them by max-sim."""
-        out: list = [None] * len(rows)
+        out, passed = checked_rows(rows, self._row)
         warm: list[tuple[int, np.ndarray, int]] = []
-        for i, t in enumerate(rows):
-            try:
-                emb, n = self._row(t)
-            except Exception as e:  # noqa: BLE001 - fails this row only
-                out[i] = e
-                continue
+        for i, (emb, n) in passed:
             if emb.shape[0]:
                 warm.append((i, emb, n))
             else:

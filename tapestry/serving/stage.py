@@ -46,6 +46,20 @@ class Stage:
         return out
 
 
+def checked_rows(rows: list[dict[str, np.ndarray]], check) -> tuple[list, list[tuple[int, object]]]:
+    """For a vectorised `Stage.batch`: each row through `check` (its validation). Returns the answer list, holding
+    each failed row's exception in its place (None elsewhere, for the batch to fill), and (row index, what `check`
+    returned) for the rows that passed."""
+    out: list = [None] * len(rows)
+    passed = []
+    for i, row in enumerate(rows):
+        try:
+            passed.append((i, check(row)))
+        except Exception as e:  # noqa: BLE001 - fails this row only
+            out[i] = e
+    return out, passed
+
+
 def one_row(results: list) -> dict[str, np.ndarray]:
     """`Stage.batch([row])`'s answer as `__call__` gives it: the outputs, or the row's exception raised."""
     if isinstance(results[0], Exception):

@@ -16,7 +16,7 @@ import torch
 
 from tapestry.serving import validate as v
 from tapestry.serving.encoders import interest_vectors, load_encoder
-from tapestry.serving.stage import USER_SESSION, Stage, export_manifest, one_row
+from tapestry.serving.stage import USER_SESSION, Stage, checked_rows, export_manifest, one_row
 
 
 class UserEncoder(Stage):
@@ -61,14 +61,9 @@ class UserEncoder(Stage):
     def batch(self, rows: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Exception]:
         """One forward per encoder over every row it serves (left-padded to its max_len, as feature_lookup pads
         HISTORY); cold rows get a zero row without a forward."""
-        out: list = [None] * len(rows)
+        out, passed = checked_rows(rows, self._row)
         groups: dict[bool, list[tuple[int, np.ndarray]]] = {False: [], True: []}
-        for i, t in enumerate(rows):
-            try:
-                history, kind = self._row(t)
-            except Exception as e:  # noqa: BLE001 - fails this row only
-                out[i] = e
-                continue
+        for i, (history, kind) in passed:
             if not (history > 0).any():
                 out[i] = {"USER_EMB": np.zeros((1, self.dim), dtype=np.float32)}
             else:
