@@ -17,6 +17,7 @@ import torch
 from tapestry.serving import validate as v
 from tapestry.serving.encoders import interest_vectors, load_encoder
 from tapestry.serving.stage import USER_SESSION, Stage, checked_rows, export_manifest, one_row
+from tapestry.training.sequential import trim_padding
 
 
 class UserEncoder(Stage):
@@ -59,8 +60,8 @@ class UserEncoder(Stage):
 
     @torch.inference_mode()
     def batch(self, rows: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Exception]:
-        """One forward per encoder over every row it serves (left-padded to its max_len, as feature_lookup pads
-        HISTORY); cold rows get a zero row without a forward."""
+        """One forward per encoder over every row it serves (left-padded, trimmed to the longest history among
+        them); cold rows get a zero row without a forward."""
         out, passed = checked_rows(rows, self._row)
         groups: dict[bool, list[tuple[int, np.ndarray]]] = {False: [], True: []}
         for i, (history, kind) in passed:
@@ -76,7 +77,10 @@ class UserEncoder(Stage):
             for row, (_, history) in enumerate(members):
                 window = history[-model.max_len:]
                 seqs[row, model.max_len - window.size:] = window
-            vectors = interest_vectors(model, torch.from_numpy(seqs).to(self.device)).float().cpu().numpy()
+            # Only as wide as the longest history in the group: attention costs grow with the square of the width,
+            # and the encoders give the same vectors at any padding width (their contract; tested).
+            seqs = trim_padding(torch.from_numpy(seqs))
+            vectors = interest_vectors(model, seqs.to(self.device)).float().cpu().numpy()
             for (i, _), vec in zip(members, vectors):
                 out[i] = {"USER_EMB": vec}
         return out

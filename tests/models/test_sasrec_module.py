@@ -81,3 +81,22 @@ def test_left_pad():
 class TestEncoderContract(EncoderContract):
     def make(self):
         return perturbed(SASRec(NUM_ITEMS, hidden_dim=DIM, num_blocks=2, num_heads=2, max_len=MAX_LEN, dropout=0.2))
+
+
+@pytest.mark.parametrize("cls_name, fusion", [("SASRec", "add"), ("SASRec", "gate"), ("ComiRecSA", "add")])
+def test_item_rows_equal_the_fused_tables_rows_without_building_it(cls_name, fusion):
+    """Encoding reads only the history's rows of the fused (ID + projected graph vector) table: the same numbers
+    as indexing the whole table, which serving must not build per request."""
+    from tapestry.models.sequential.comirec import ComiRecSA
+
+    torch.manual_seed(0)
+    if cls_name == "SASRec":
+        m = SASRec(NUM_ITEMS, hidden_dim=DIM, max_len=MAX_LEN, side_dim=8, fusion=fusion)
+    else:
+        m = ComiRecSA(NUM_ITEMS, hidden_dim=DIM, max_len=MAX_LEN, side_dim=8)
+    m.set_side_embeddings(torch.randn(NUM_ITEMS, 8))
+    torch.nn.init.normal_(m.side_proj.weight)          # zero-initialised: make the fusion visible
+    seqs = torch.from_numpy(left_pad([np.array([3, 7, 1]), np.array([5])], MAX_LEN))
+    rows = m.item_rows(seqs)
+    assert torch.allclose(rows, m.item_table()[seqs], atol=1e-6)
+    assert rows[seqs == 0].abs().sum() == 0 and rows[seqs > 0].abs().sum() > 0

@@ -62,6 +62,13 @@ class ComiRecSA(nn.Module):
             return self.item_emb.weight
         return zero_padding_row(self.item_emb.weight + self.side_proj(self.side_emb))
 
+    def item_rows(self, seqs: torch.Tensor) -> torch.Tensor:
+        """`item_table()[seqs]` without projecting every item's side vector."""
+        rows = self.item_emb(seqs)
+        if self.side_dim == 0:
+            return rows
+        return (rows + self.side_proj(self.side_emb[seqs])) * (seqs > 0).unsqueeze(-1).to(rows.dtype)
+
     def set_side_embeddings(self, side: torch.Tensor) -> None:
         """Install the frozen side vectors [num_items, side_dim] (row 0 is forced to zero)."""
         set_side_embeddings(self, side)
@@ -70,8 +77,9 @@ class ComiRecSA(nn.Module):
         """(A [B, K, L], E [B, L, D]): the interests' attention over the history and the history's item vectors."""
         seqs = seqs[:, -self.max_len:]
         length = seqs.shape[1]
-        table = self.item_table() if table is None else table
-        values = self.drop(table[seqs])                                              # zero rows at padding
+        # Only the history's rows of the fused table (row-wise fusion), unless the caller built the table anyway.
+        rows = self.item_rows(seqs) if table is None else table[seqs]
+        values = self.drop(rows)                                                     # zero rows at padding
         pos = torch.arange(self.max_len - length, self.max_len, device=seqs.device)
         logits = self.w2(torch.tanh(self.w1(values + self.pos_emb(pos)))).transpose(1, 2)  # [B, K, L]
         # Padding gets weight exactly 0 (-inf), except in an all-padding row: masking everything there would

@@ -101,6 +101,20 @@ class SASRec(nn.Module):
             fused = table + side
         return zero_padding_row(fused)
 
+    def item_rows(self, seqs: torch.Tensor) -> torch.Tensor:
+        """`item_table()[seqs]` without building the whole table (the fusion is row-wise): encoding one user must
+        not cost a projection of every item's side vector (1,000x the work for a 100-item history at 100k items)."""
+        rows = self.item_emb(seqs)
+        if self.side_dim == 0:
+            return rows
+        side = self.side_proj(self.side_emb[seqs])
+        if self.fusion == "gate":
+            g = torch.sigmoid(self.gate(torch.cat([rows, side], dim=-1)))
+            fused = g * rows + (1.0 - g) * side
+        else:
+            fused = rows + side
+        return fused * (seqs > 0).unsqueeze(-1).to(fused.dtype)
+
     def set_side_embeddings(self, side: torch.Tensor) -> None:
         """Install the frozen side vectors [num_items, side_dim] (row 0 is forced to zero)."""
         set_side_embeddings(self, side)
@@ -111,7 +125,7 @@ class SASRec(nn.Module):
         length = seqs.shape[1]
         valid = (seqs > 0).unsqueeze(-1)                                            # [B, L, 1]
         pos = torch.arange(self.max_len - length, self.max_len, device=seqs.device)
-        x = self.item_table()[seqs] * self.scale + self.pos_emb(pos).unsqueeze(0)
+        x = self.item_rows(seqs) * self.scale + self.pos_emb(pos).unsqueeze(0)
         x = self.emb_drop(x) * valid
         # Query i may attend to key j <= i that is a real item. The diagonal is always allowed so a padded query
         # never has an empty row (softmax over nothing = NaN); its output is zeroed below anyway.
