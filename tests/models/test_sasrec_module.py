@@ -100,3 +100,11 @@ def test_item_rows_equal_the_fused_tables_rows_without_building_it(cls_name, fus
     rows = m.item_rows(seqs)
     assert torch.allclose(rows, m.item_table()[seqs], atol=1e-6)
     assert rows[seqs == 0].abs().sum() == 0 and rows[seqs > 0].abs().sum() > 0
+
+
+def test_encode_runs_only_the_last_position_through_the_final_block_with_the_same_result(model):
+    model.eval()
+    seqs = torch.from_numpy(left_pad([np.array([3, 7, 1, 9]), np.array([5]), np.arange(1, 30)], MAX_LEN))
+    with torch.no_grad():
+        assert torch.allclose(model.encode(seqs), model(seqs)[:, -1], atol=1e-5)
+        assert torch.allclose(torch.jit.script(model).encode(seqs), model(seqs)[:, -1], atol=1e-5)

@@ -48,14 +48,20 @@ class CausalSelfAttentionBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """x [B, L, D] -> [B, L, D]; with `last_only`, only the last position's output [B, 1, D] (keys and values
+        still come from every position): what a user's vector needs from the final block, for a fraction of the
+        work (the projection, the feed-forward and the attention rows of the other L - 1 queries are skipped)."""
         b, length, dim = x.shape
         q, k, v = self.qkv(self.ln_attn(x)).chunk(3, dim=-1)
-        q = q.view(b, length, self.num_heads, dim // self.num_heads).transpose(1, 2)
-        k = k.view(b, length, self.num_heads, dim // self.num_heads).transpose(1, 2)
-        v = v.view(b, length, self.num_heads, dim // self.num_heads).transpose(1, 2)
+        if last_only:
+            q, x, attn_mask = q[:, -1:], x[:, -1:], attn_mask[:, :, -1:]
+        queries = q.shape[1]
+        q = q.reshape(b, queries, self.num_heads, dim // self.num_heads).transpose(1, 2)
+        k = k.reshape(b, length, self.num_heads, dim // self.num_heads).transpose(1, 2)
+        v = v.reshape(b, length, self.num_heads, dim // self.num_heads).transpose(1, 2)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, length, dim)))
+        x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, queries, dim)))
         return x + self.drop(self.ffn(self.ln_ffn(x)))
 
 
@@ -121,6 +127,9 @@ class SASRec(nn.Module):
 
     def forward(self, seqs: torch.Tensor) -> torch.Tensor:
         """seqs [B, L] item indices, left-padded with 0 -> hidden states [B, L, D] (zeros at padding)."""
+        return self._hidden(seqs, False)
+
+    def _hidden(self, seqs: torch.Tensor, last_only: bool) -> torch.Tensor:
         seqs = seqs[:, -self.max_len:]
         length = seqs.shape[1]
         valid = (seqs > 0).unsqueeze(-1)                                            # [B, L, 1]
@@ -133,14 +142,20 @@ class SASRec(nn.Module):
         eye = torch.eye(length, dtype=torch.bool, device=seqs.device)
         key_ok = (seqs > 0).unsqueeze(1) | eye.unsqueeze(0)                          # [B, L(query), L(key)]
         attn_mask = (causal.unsqueeze(0) & key_ok).unsqueeze(1)                      # [B, 1, L, L]
-        for block in self.blocks:
-            x = block(x, attn_mask) * valid
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            if last_only and i == last:
+                valid = valid[:, -1:]
+                x = block(x, attn_mask, True) * valid
+            else:
+                x = block(x, attn_mask, False) * valid
         return self.final_ln(x) * valid
 
     @torch.jit.export
     def encode(self, seqs: torch.Tensor) -> torch.Tensor:
-        """The user vector [B, D]: the hidden state at the last (most recent) position."""
-        return self.forward(seqs)[:, -1, :]
+        """The user vector [B, D]: the hidden state at the last (most recent) position (only that position runs
+        through the final block: the same numbers as forward(seqs)[:, -1], tested)."""
+        return self._hidden(seqs, True)[:, -1, :]
 
     @torch.jit.export
     def item_embeddings(self) -> torch.Tensor:
