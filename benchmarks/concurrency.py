@@ -73,6 +73,26 @@ def run_level(url: str, protocol: str, tenant: str, users: list[str], clients: i
             "p99_ms": float(np.percentile(lat, 99)) if lat.size else None}
 
 
+def cpu_seconds(server_pid: int) -> dict[str, float]:
+    """CPU time (user + system) so far of this process (the load generator), the Triton server and each of its
+    python-backend stubs (named by their model), from /proc: where the cores go at a given load."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def read(pid: int) -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick          # utime, stime
+
+    out = {"load_generator": read(os.getpid()), "tritonserver": read(server_pid)}
+    for child in Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split():
+        try:
+            cmd = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            name = next((c.decode() for c in cmd if c.endswith(b"_0_0")), f"pid {child}")   # <model>_0_0
+            out[name.removesuffix("_0_0")] = read(int(child))
+        except (OSError, StopIteration):
+            continue
+    return out
+
+
 def repository(export: Path, max_batch_size: int, work: Path) -> Path:
     """A copy of the export's model repository rewritten for `max_batch_size`, its artifacts linked beside it."""
     root = work / f"mbs{max_batch_size}"
@@ -121,10 +141,16 @@ def main() -> None:
             with TritonServer(repository(export, mbs, Path(work))) as server:
                 url = server.grpc_url if args.protocol == "grpc" else server.http_url
                 for n in levels:
+                    before, t0 = cpu_seconds(server.pid), time.perf_counter()
                     r = run_level(url, args.protocol, args.tenant, users, n, args.seconds)
+                    after, wall = cpu_seconds(server.pid), time.perf_counter() - t0
+                    # cores busy per process over the level (warm-up included), and CPU ms per answered request
+                    r["cores"] = {k: round((after[k] - before[k]) / wall, 3) for k in after if k in before}
+                    r["cpu_ms_per_request"] = (round(sum(r["cores"].values()) * wall / max(r["requests"], 1) * 1e3, 3))
                     results.append(r)
                     print(f"[concurrency] max_batch_size {mbs:>3}, {n:>3} clients: {r['requests_per_s']:7.1f} req/s  "
-                          f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  failed {r['failed']}", flush=True)
+                          f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  failed {r['failed']}  cores "
+                          + " ".join(f"{k} {v:.2f}" for k, v in r["cores"].items()), flush=True)
                 batches = mean_batches(server.http_url) if mbs else None
             if batches:
                 print("[concurrency] mean batch per stage: "
