@@ -276,7 +276,13 @@ def test_a_direct_stage_call_of_two_rows(server, stage_calls, stage):
     assert status == 200, two
     for name, (shape, data) in outputs_json(two).items():
         one_shape, one_data = outputs_json(one)[name]
-        assert shape == [2, *one_shape[1:]] and rows([2, len(one_data)], data) == [one_data, one_data], name
+        assert shape == [2, *one_shape[1:]], name
+        got = rows([2, len(one_data)], data)
+        if any(isinstance(x, float) for x in one_data):
+            # A batched forward may differ from a one-row one in the last bits (another matmul blocking).
+            np.testing.assert_allclose(np.array(got, dtype=float), [one_data, one_data], rtol=1e-5, atol=1e-6)
+        else:
+            assert got == [one_data, one_data], name
     status, answer = infer_json(server.http_url, stage,
                                 replace(_twice(stage_calls[stage]), "TENANT", data=[TENANT, "intruder"]))
     assert status == 400 and answer["error"].startswith("row 1: tenant 'intruder' is not served"), answer
