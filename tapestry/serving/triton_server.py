@@ -116,6 +116,13 @@ def http_status(url: str, timeout: float = 1.0) -> int | None:
         return None
 
 
+def _accepting(hostport: str) -> bool:
+    host, port = hostport.rsplit(":", 1)
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, int(port))) == 0
+
+
 class TritonServer:
     """A local ``tritonserver`` process on ``model_repository``; ``with TritonServer(repo) as s: ... s.http_url``.
 
@@ -244,7 +251,10 @@ class TritonServer:
                 proc, report = self._proc, self._failure_report()
                 self.stop()  # reaps it
                 raise TritonServerError(f"tritonserver exited during startup (exit code {proc.returncode}){report}")
-            if http_status(ready_url, timeout=0.5) == 200:
+            # Ready means every endpoint answers: Triton reports HTTP ready before its metrics port is bound (seen
+            # once in CI on a busy machine), and a client may use any of the three first.
+            if http_status(ready_url, timeout=0.5) == 200 and all(
+                    _accepting(url) for url in (self.grpc_url, self.metrics_url)):
                 return
             if time.monotonic() > deadline:
                 raise TritonServerError(f"tritonserver not ready after {timeout:g} s{self._failure_report()}")
