@@ -21,6 +21,8 @@ import json
 import os
 import platform
 import shutil
+import signal
+import sys
 import tempfile
 import threading
 import time
@@ -129,6 +131,8 @@ def main() -> None:
                                                           "the baseline the ratios are taken against")
     p.add_argument("--name", help="suffix of the result file")
     args = p.parse_args()
+    # A SIGTERM (a killed benchmark) becomes SystemExit, so the servers' context managers stop Triton.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     export = latest_version(args.tenant, "export", args.root)
     users = pl.read_parquet(export / "artifacts" / "users.parquet")["user_id"].to_list()

@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -141,6 +142,8 @@ def main() -> None:
     p.add_argument("--root", type=Path)
     p.add_argument("--reuse", action="store_true")
     args = p.parse_args()
+    # A SIGTERM (a killed benchmark) becomes SystemExit, so the servers' context managers stop Triton.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     from tapestry.ensembles import run_export
 
     steps = prepare(args, print)
