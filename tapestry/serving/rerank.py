@@ -12,7 +12,8 @@ import numpy as np
 import polars as pl
 
 from tapestry.serving import validate as v
-from tapestry.serving.stage import STRATEGIES, RequestError, Stage, bytes_array, export_manifest
+from tapestry.serving.stage import (STRATEGIES, RequestError, Stage, bytes_array, checked_rows, export_manifest,
+                                    one_row)
 from tapestry.training.reranker import FeatureReranker
 
 
@@ -48,6 +49,11 @@ class Rerank(Stage):
         return cls(m["tenant"], reranker, ids, titles, m["max_k"], m["max_len"])
 
     def __call__(self, t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return one_row(self.batch([t]))
+
+    def _request(self, t: dict[str, np.ndarray]):
+        """The row's checked inputs: (k, candidates, retrieval scores, the history the reranker reads, user
+        attributes, user kind); padding candidates (0) dropped."""
         v.tenant(t, self.tenant)
         k = v.top_k(t, self.max_k)
         n = len(self.item_ids)
@@ -66,14 +72,22 @@ class Rerank(Stage):
             raise RequestError("no items left to recommend after removing seen and excluded items")
         if not np.isfinite(scores).all():  # -inf only marks the filter's placeholder (item 0), never a real item
             raise RequestError("FILTERED_SCORES must be finite for every real candidate")
-        feats = self.reranker.features(cands, scores, history if getattr(self.reranker, "ordered_history", False)
-                                       else seen, user_attrs)
-        final = self.reranker.score(feats)
-        order = np.argsort(-final, kind="stable")[:k]
-        top = cands[order]
-        return {
-            "ITEM_IDS": bytes_array(self.item_ids[i] for i in top),
-            "SCORES": final[order].astype(np.float32),
-            "TITLES": bytes_array(self.titles[i] for i in top),
-            "STRATEGY": bytes_array([STRATEGIES[kind]]),
-        }
+        read = history if getattr(self.reranker, "ordered_history", False) else seen
+        return k, cands, scores, read, user_attrs, kind
+
+    def batch(self, rows: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Exception]:
+        """The reranker scores every row's candidates in one call (the DLRM: one forward for all the lists)."""
+        out, passed = checked_rows(rows, self._request)
+        if not passed:
+            return out
+        feats = [self.reranker.features(cands, scores, read, attrs) for _, (_, cands, scores, read, attrs, _) in passed]
+        for (i, (k, cands, _, _, _, kind)), final in zip(passed, self.reranker.score_many(feats)):
+            order = np.argsort(-final, kind="stable")[:k]
+            top = cands[order]
+            out[i] = {
+                "ITEM_IDS": bytes_array(self.item_ids[j] for j in top),
+                "SCORES": final[order].astype(np.float32),
+                "TITLES": bytes_array(self.titles[j] for j in top),
+                "STRATEGY": bytes_array([STRATEGIES[kind]]),
+            }
+        return out

@@ -91,6 +91,13 @@ class DLRMRanker:
         underflow to equal zeros at a sharp temperature)."""
         return torch.log_softmax(self.log_scores(lists)[0] / self.temperature, 0).numpy().astype(np.float32)
 
+    def score_many(self, lists: list[Lists]) -> list[np.ndarray]:
+        """`score` of each one-list batch, the forward run once over all of them (a dynamic batch's requests):
+        padding columns are -inf before the softmax, so each list's scores are its own call's."""
+        merged = self.log_scores(Lists.concat(lists)) / self.temperature
+        return [torch.log_softmax(row[:part.cands.shape[1]], 0).numpy().astype(np.float32)
+                for row, part in zip(merged, lists)]
+
     # ---- persistence (plain tensors and Python values: torch.load(weights_only=True) reads it) ---------------
     def payload(self) -> dict:
         import dataclasses

@@ -91,6 +91,16 @@ class Lists:
     def __len__(self) -> int:
         return len(self.cands)
 
+    @staticmethod
+    def concat(parts: list["Lists"]) -> "Lists":
+        """Serving lists of several requests as one batch, each padded to the longest list (candidate 0)."""
+        n = max(part.cands.shape[1] for part in parts)
+        cands = np.concatenate([np.pad(part.cands, ((0, 0), (0, n - part.cands.shape[1]))) for part in parts])
+        dense = np.concatenate([np.pad(part.dense, ((0, 0), (0, n - part.dense.shape[1]), (0, 0)))
+                                for part in parts])
+        return Lists(cands, dense, [h for part in parts for h in part.history],
+                     [a for part in parts for a in part.user_attrs], np.concatenate([part.users for part in parts]))
+
     def take(self, idx: np.ndarray) -> "Lists":
         pick = lambda a: None if a is None else a[idx]  # noqa: E731
         return Lists(self.cands[idx], self.dense[idx], [self.history[i] for i in idx],

@@ -155,6 +155,38 @@ def test_retrieval_searches_the_device_index_within_gpu_faiss_k_limit(monkeypatc
     assert Retrieval("acme", cpu, r.popularity, 5, device_index=cpu).device_index is None
 
 
+def test_rerank_batch_scores_every_row_at_once_and_equals_one_call_per_row():
+    from tapestry.serving.rerank import Rerank
+    from tapestry.training.reranker import FeatureReranker, RerankTables
+
+    rng = np.random.default_rng(4)
+    n = 12
+    tables = RerankTables(rng.random((n, 3)).astype(np.float32), rng.random(n).astype(np.float32),
+                          rng.random((2, n)).astype(np.float32), np.zeros((3, 2), np.float32), ["a", "b"])
+    reranker = FeatureReranker(tables, [1.0, 0.5, -0.3, 0.2])
+    calls = []
+    score_many = reranker.score_many
+    reranker.score_many = lambda feats: calls.append(len(feats)) or score_many(feats)
+    ids = [""] + [f"i{j}" for j in range(1, n)]
+    stage = Rerank("acme", reranker, ids, ids, max_k=5, max_len=4)
+
+    def row(cands, k=3, attrs=(1.0, 0.0)):
+        cands = np.array(cands)
+        return {"TENANT": TENANT, "FILTERED": cands, "FILTERED_SCORES": np.linspace(1, 0, cands.size, dtype=np.float32),
+                "HISTORY": np.array([0, 0, 1, 2]), "SEEN": np.array([0, 1, 2]), "USER_ATTRS": np.array(attrs, np.float32),
+                "USER_KIND": np.array([USER_KNOWN], np.int32), "K": np.array([k], np.int32)}
+
+    rows = [row([3, 4, 5, 6]), row([7, 8], k=5), row([9, 10, 11], attrs=(0.0, 1.0)), row([0]), row([3, 4], k=9)]
+    out = stage.batch(rows)
+    assert calls == [3]                                       # the three valid rows, one call
+    assert isinstance(out[3], RequestError) and isinstance(out[4], RequestError)
+    for i in range(3):
+        single = stage(rows[i])
+        assert out[i]["ITEM_IDS"].tolist() == single["ITEM_IDS"].tolist()
+        np.testing.assert_allclose(out[i]["SCORES"], single["SCORES"], rtol=1e-6)
+    assert len(out[1]["ITEM_IDS"]) == 2                      # k = 5 but two candidates
+
+
 class _FakeTensor:
     def __init__(self, name, array):
         self.name, self.array = name, array

@@ -157,3 +157,18 @@ def test_inference_module_equals_the_torchrec_model(fitted, data):
     from tapestry.training.dlrm_loop import final_scores
     torch.testing.assert_close(r.log_scores(lists), final_scores(expected, torch.ones(1, 20, dtype=torch.bool),
                                                                  r.task_mix))
+
+
+def test_score_many_equals_one_call_per_list(fitted, data):
+    """The rerank stage's dynamic batch: one forward over lists of different lengths, each list's scores as its
+    own call gives them."""
+    _, ranker = fitted
+    r = ranker.ranker
+    hist = data.sequences(("train", "valid"))
+    rng = np.random.default_rng(0)
+    lists = [r.features(rng.choice(np.arange(1, data.num_items), n, replace=False), np.linspace(1, 0, n), hist[u],
+                        r.tables.user_attrs[u]) for u, n in ((1, N), (2, 3), (3, 7))]
+    many = r.score_many(lists)
+    assert [m.shape for m in many] == [(N,), (3,), (7,)]
+    for m, one in zip(many, lists):
+        np.testing.assert_allclose(m, r.score(one), rtol=1e-5, atol=1e-5)
