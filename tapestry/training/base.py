@@ -46,6 +46,27 @@ def seeded(device: torch.device, seed: int):
         yield
 
 
+def shuffled_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, num_examples: int, batch_size: int,
+                   batch_loss) -> float:
+    """One training pass over `num_examples` in random order, `batch_size` at a time: the minibatch loop every
+    gradient-trained model shares. `batch_loss(indices)` returns (the loss of those examples, its weight in the
+    epoch's mean: examples, predicted positions or 1 per step), or None to skip the batch. Returns the weighted
+    mean loss."""
+    model.train()
+    perm = torch.randperm(num_examples)
+    total, weight = 0.0, 0
+    for start in range(0, num_examples, batch_size):
+        out = batch_loss(perm[start:start + batch_size])
+        if out is None:
+            continue
+        loss, n = out
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total, weight = total + float(loss.detach()) * n, weight + n
+    return total / max(weight, 1)
+
+
 class Recommender(ABC):
     """Subclasses set `Config` and implement `fit`, `score` and `_get_state` / `_set_state`."""
 

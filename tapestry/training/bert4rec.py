@@ -14,13 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from tapestry.models.sequential.bert4rec import BERT4Rec
 from tapestry.models.sequential.sasrec import left_pad
-from tapestry.training.base import seeded
+from tapestry.training.base import seeded, shuffled_epoch
 from tapestry.training.sequential import SequentialRecommender, trim_padding
 
 
@@ -80,22 +79,14 @@ class BERT4RecRecommender(SequentialRecommender):
 
     def _train_epoch(self, model: BERT4Rec, opt: torch.optim.Optimizer, windows: torch.Tensor) -> float:
         """One pass over the users in random order; returns the mean loss per masked item."""
-        model.train()
-        perm = torch.randperm(windows.shape[0])
-        total, count = 0.0, 0
-        for start in range(0, windows.shape[0], self.cfg.batch_size):
-            batch = windows[perm[start:start + self.cfg.batch_size]].to(self.device)
-            batch = trim_padding(batch)
+        def batch_loss(rows):
+            batch = trim_padding(windows[rows].to(self.device))
             masked = self._mask(batch)
-            hidden = model(batch.masked_fill(masked, model.mask_token))
-            h = hidden[masked]                                                    # [P, D]
+            h = model(batch.masked_fill(masked, model.mask_token))[masked]       # [P, D]
             # Full softmax over real items 1..N-1 (0 is padding, [MASK] is not in the output table).
-            loss = F.cross_entropy(h @ model.item_embeddings()[1:].T, batch[masked] - 1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, count = total + float(loss.detach()) * h.shape[0], count + h.shape[0]
-        return total / max(count, 1)
+            return F.cross_entropy(h @ model.item_embeddings()[1:].T, batch[masked] - 1), h.shape[0]
+
+        return shuffled_epoch(model, opt, windows.shape[0], self.cfg.batch_size, batch_loss)
 
     def history_window(self) -> int:
         return self.cfg.max_len - 1      # the module appends the [MASK] in the last slot of its window

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from tapestry.models.sequential.comirec import ComiRecSA
-from tapestry.training.base import Recommender, seeded
+from tapestry.training.base import Recommender, seeded, shuffled_epoch
 from tapestry.training.sequential import SequentialRecommender, trim_padding
 
 
@@ -110,23 +110,15 @@ class ComiRecRecommender(SequentialRecommender):
     def _train_epoch(self, model: ComiRecSA, opt: torch.optim.Optimizer, windows: torch.Tensor,
                      targets: torch.Tensor) -> float:
         """One pass over the examples in random order; returns the mean loss per example."""
-        model.train()
-        perm = torch.randperm(windows.shape[0])
-        total = 0.0
-        for start in range(0, windows.shape[0], self.cfg.batch_size):
-            rows = perm[start:start + self.cfg.batch_size]
-            batch, target = windows[rows].to(self.device), targets[rows].to(self.device)
-            batch = trim_padding(batch)
+        def batch_loss(rows):
+            batch, target = trim_padding(windows[rows].to(self.device)), targets[rows].to(self.device)
             table = model.item_table()
             attn, values = model.attention(batch, table)
             chosen = model.readout(attn @ values, table[target])                     # [B, D]
             # Full softmax over real items 1..N-1 (index 0 is padding, never a target).
-            loss = F.cross_entropy(chosen @ table[1:].T, target - 1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(rows)
-        return total / max(windows.shape[0], 1)
+            return F.cross_entropy(chosen @ table[1:].T, target - 1), len(rows)
+
+        return shuffled_epoch(model, opt, windows.shape[0], self.cfg.batch_size, batch_loss)
 
     def encode_interests(self, histories: list[np.ndarray], batch_size: int = 512) -> torch.Tensor:
         """Interest vectors [B, K, D] from item histories (time order); an empty history gives zeros."""

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from tapestry.models.sequential.sasrec import SASRec, left_pad
-from tapestry.training.base import Recommender, seeded
+from tapestry.training.base import Recommender, seeded, shuffled_epoch
 from tapestry.training.sequential import SequentialRecommender, trim_padding
 
 
@@ -102,24 +102,15 @@ class SASRecRecommender(SequentialRecommender):
 
     def _train_epoch(self, model: SASRec, opt: torch.optim.Optimizer, windows: torch.Tensor) -> float:
         """One pass over the users in random order; returns the mean loss per predicted position."""
-        model.train()
-        perm = torch.randperm(windows.shape[0])
-        total, count = 0.0, 0
-        for start in range(0, windows.shape[0], self.cfg.batch_size):
-            batch = windows[perm[start:start + self.cfg.batch_size]].to(self.device)
-            batch = trim_padding(batch)
+        def batch_loss(rows):
+            batch = trim_padding(windows[rows].to(self.device))
             inputs, targets = batch[:, :-1], batch[:, 1:]
-            hidden = model(inputs)
             real = targets > 0
-            h = hidden[real]                                                      # [P, D]
+            h = model(inputs)[real]                                               # [P, D]
             # Full softmax over real items 1..N-1 (index 0 is padding, never a target).
-            logits = h @ model.item_table()[1:].T
-            loss = F.cross_entropy(logits, targets[real] - 1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, count = total + float(loss.detach()) * h.shape[0], count + h.shape[0]
-        return total / max(count, 1)
+            return F.cross_entropy(h @ model.item_table()[1:].T, targets[real] - 1), h.shape[0]
+
+        return shuffled_epoch(model, opt, windows.shape[0], self.cfg.batch_size, batch_loss)
 
     def _get_state(self):
         return {"num_items": self.num_items, "initialised_from_graph": self.initialised_from_graph,

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from tapestry.models.session.srgnn import SRGNN
-from tapestry.training.base import Recommender, seeded
+from tapestry.training.base import Recommender, seeded, shuffled_epoch
 from tapestry.training.examples import PrefixExamples
 from tapestry.training.sequential import SequentialRecommender, trim_padding
 
@@ -103,21 +103,13 @@ class SRGNNRecommender(SequentialRecommender):
     def _train_epoch(self, model: SRGNN, opt: torch.optim.Optimizer, inputs: torch.Tensor,
                      targets: torch.Tensor) -> float:
         """One pass over the prefixes in random order; returns the mean loss per prefix."""
-        model.train()
-        perm = torch.randperm(inputs.shape[0])
-        total = 0.0
-        for start in range(0, inputs.shape[0], self.cfg.batch_size):
-            idx = perm[start:start + self.cfg.batch_size]
-            batch = inputs[idx].to(self.device)
-            batch = trim_padding(batch)                  # the session graph is [B, L, L]: worth trimming
+        def batch_loss(idx):
+            batch = trim_padding(inputs[idx].to(self.device))   # the session graph is [B, L, L]: worth trimming
             # Full softmax over real items 1..N-1 (index 0 is padding, never a target).
             logits = model.encode(batch) @ model.item_embeddings()[1:].T
-            loss = F.cross_entropy(logits, targets[idx].to(self.device) - 1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        return total / max(inputs.shape[0], 1)
+            return F.cross_entropy(logits, targets[idx].to(self.device) - 1), len(idx)
+
+        return shuffled_epoch(model, opt, inputs.shape[0], self.cfg.batch_size, batch_loss)
 
     def _get_state(self):
         return {"num_items": self.num_items, "frozen_item_table": self.model.frozen_item_table,

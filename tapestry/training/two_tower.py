@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from tapestry.models.retrieval.two_tower import TwoTower
 from tapestry.models.sequential.sasrec import left_pad
-from tapestry.training.base import Recommender, seeded
+from tapestry.training.base import Recommender, seeded, shuffled_epoch
 from tapestry.training.examples import PrefixExamples  # noqa: F401 - re-exported (tests, distill)
 
 
@@ -144,20 +144,14 @@ class TwoTowerRecommender(Recommender):
 
     def _train_epoch(self, model: TwoTower, opt, examples: PrefixExamples, log_q: torch.Tensor | None) -> float:
         """One pass over the examples in random order; returns the mean batch loss."""
-        model.train()
-        perm = torch.randperm(len(examples))
-        total, steps = 0.0, 0
-        for start in range(0, len(examples), self.cfg.batch_size):
-            seqs, targets, users = (t.to(self.device) for t in examples.batch(perm[start:start + self.cfg.batch_size]))
+        def batch_loss(rows):
+            seqs, targets, users = (t.to(self.device) for t in examples.batch(rows))
             if len(targets) < 2:
-                continue                      # a lone example has no in-batch negatives
+                return None                   # a lone example has no in-batch negatives
             hard = in_batch_softmax_loss(model, model.encode(seqs, self._attrs_of(users)), targets, log_q)
-            loss = self._step_loss(model, hard)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, steps = total + float(loss.detach()), steps + 1
-        return total / max(steps, 1)
+            return self._step_loss(model, hard), 1
+
+        return shuffled_epoch(model, opt, len(examples), self.cfg.batch_size, batch_loss)
 
     # Hooks for subclasses that add a loss term (tapestry.training.distill): nothing extra here.
     def _prepare_extra(self, data) -> None:
