@@ -1,4 +1,5 @@
 """Export writes a complete, tenant-scoped repository whose artifacts agree with the trained models."""
+import importlib
 import json
 import shutil
 
@@ -6,8 +7,9 @@ import faiss
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
-from tapestry.config import TrainConfig
+from tapestry.config import DEFAULT_MODELS, TrainConfig
 from tapestry.ensembles import run_export
 from tapestry.serving.pipeline import RecommendPipeline
 from tapestry.serving.encoders import load_encoder
@@ -22,7 +24,8 @@ def exported(tiny_etl, tmp_path_factory):
     root = tmp_path_factory.mktemp("export-root")
     # Reuse the session's tiny ETL version under this root's tenant.
     shutil.copytree(tiny_etl, root / "tiny" / "etl" / tiny_etl.name)
-    trained = run_train("tiny", root, TrainConfig.smoke(), **QUIET)
+    # The default line-up (served SASRec + SR-GNN session encoder) plus ComiRec, exported by the round-trip tests.
+    trained = run_train("tiny", root, TrainConfig.smoke(models=DEFAULT_MODELS + ("comirec",)), **QUIET)
     return run_export("tiny", root, max_k=20, **QUIET), trained
 
 
@@ -101,3 +104,89 @@ def test_an_approximate_index_is_tuned_and_served_with_its_parameters(exported):
     assert len(RecommendPipeline.from_artifacts(ivf.artifact_dir).recommend("tiny", user, k=10).item_ids) == 10
     flat = json.loads((export.artifact_dir / "manifest.json").read_text())["index"]
     assert flat == {"factory": "Flat"}          # "auto" on a 100-item catalogue
+
+
+# ---- Round trip: the exported files, read with plain torch / FAISS calls, answer as the trained model does ------
+# Independent of the serving stages (tapestry.serving.*): the encoder file is rebuilt from the class it names,
+# the history is left-padded here, FAISS is searched directly and K interests are merged here by max-sim.
+
+def _plain_encoder(path) -> torch.nn.Module:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    module_name, _, cls_name = state["target"].partition(":")
+    module = getattr(importlib.import_module(module_name), cls_name)(**state["kwargs"])
+    module.load_state_dict(state["state_dict"])
+    return module.eval()
+
+
+def _faiss_top_k(encoder, index, history, k: int) -> tuple[list[int], np.ndarray]:
+    """Encode the newest max_len events (left-padded), search every interest vector, keep each item's best score
+    (max-sim), drop the history, best k first."""
+    window = np.asarray(history[-encoder.max_len:], dtype=np.int64)
+    seqs = np.zeros((1, encoder.max_len), dtype=np.int64)
+    seqs[0, encoder.max_len - len(window):] = window
+    with torch.no_grad():
+        vectors = encoder.encode(torch.from_numpy(seqs))[0].numpy().reshape(-1, index.d)      # [K, D]
+    # Enough per interest that the best k unseen items by max-sim are in the union (k + |history| each).
+    scores, ids = index.search(np.ascontiguousarray(vectors, dtype=np.float32), k + len(set(history)))
+    best: dict[int, float] = {}
+    for row_ids, row_scores in zip(ids, scores):
+        for item, score in zip(row_ids.tolist(), row_scores.tolist()):
+            if item >= 0 and item not in set(history):
+                best[item] = max(best.get(item, -np.inf), score)
+    top = sorted(best.items(), key=lambda kv: -kv[1])[:k]
+    return [i for i, _ in top], np.array([s for _, s in top], dtype=np.float32)
+
+
+def _assert_same_top_k(encoder, index, model, user_idx: int, history, k: int = 10):
+    items, scores = _faiss_top_k(encoder, index, history, k)
+    expected_items, expected_scores = model.recommend(user_idx, np.asarray(history, dtype=np.int64), k)
+    assert len(items) == k
+    assert items == expected_items.tolist(), (user_idx, items, expected_items.tolist())
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-5)
+
+
+def _trained(trained, name: str):
+    from tapestry.training import registry
+    from tapestry.training.base import Recommender
+
+    return Recommender.load(trained.path / registry.get(name).filename, device="cpu")
+
+
+def test_exported_user_encoder_and_index_give_the_trained_models_top_k(exported):
+    export, trained = exported
+    art = export.artifact_dir
+    manifest = json.loads((art / "manifest.json").read_text())
+    encoder = _plain_encoder(art / manifest["user_encoder"])
+    index = faiss.read_index(str(art / "items.faiss"))
+    model = _trained(trained, manifest["served_model"])
+    users = pl.read_parquet(art / "users.parquet").filter(pl.col("history").list.len() > 0)
+    for row in users.head(12).iter_rows(named=True):
+        # users.parquet holds every split's events: the model is asked with that same full history.
+        _assert_same_top_k(encoder, index, model, row["user_idx"], row["history"])
+
+
+def test_exported_session_encoder_and_index_give_the_trained_srgnn_top_k(exported):
+    export, trained = exported
+    art = export.artifact_dir
+    manifest = json.loads((art / "manifest.json").read_text())
+    encoder = _plain_encoder(art / manifest["session_encoder"])
+    index = faiss.read_index(str(art / "items.faiss"))
+    model = _trained(trained, manifest["session_model"])
+    rng = np.random.default_rng(0)
+    for length in (1, 2, 3, 5, 8, 30):        # anonymous sessions (user 0), 30 > max_len: the newest are read
+        session = rng.choice(np.arange(1, manifest["num_items"]), size=length, replace=False).tolist()
+        _assert_same_top_k(encoder, index, model, 0, session)
+
+
+def test_exported_multi_interest_encoder_gives_comirec_max_sim_top_k(exported):
+    export, trained = exported
+    comirec = run_export("tiny", export.path.parents[2], max_k=20, serve="comirec", **QUIET)
+    art = comirec.artifact_dir
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert manifest["served_model"] == "comirec" and manifest["num_interests"] > 1
+    encoder = _plain_encoder(art / manifest["user_encoder"])
+    index = faiss.read_index(str(art / "items.faiss"))
+    model = _trained(trained, "comirec")
+    users = pl.read_parquet(art / "users.parquet").filter(pl.col("history").list.len() > 0)
+    for row in users.head(12).iter_rows(named=True):
+        _assert_same_top_k(encoder, index, model, row["user_idx"], row["history"])
