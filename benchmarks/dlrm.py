@@ -35,7 +35,7 @@ from tapestry.training.data import InteractionData
 from tapestry.training.evaluate import evaluate
 from tapestry.training.pipeline import RERANK_FILE, trained_config
 from tapestry.training.rerank_fit import _candidates, evaluate_reranked
-from tapestry.training.reranker import FeatureReranker
+from tapestry.inference.feature_reranker import FeatureReranker
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -71,18 +71,18 @@ def cmd_etl(args) -> None:
     run_etl(tables, args.tenant, args.root, cfg)
 
 
-SEQUENTIAL_PREFIXES = ("sasrec", "bert4rec", "comirec")   # registry names the export can serve
-
-
 def train_config(args) -> TrainConfig:
     cfg = TrainConfig.smoke() if getattr(args, "quick", False) else TrainConfig()
     changes = {}
     if getattr(args, "models", None):
         changes["models"] = tuple(m.strip() for m in args.models.split(",") if m.strip())
         if cfg.serve not in changes["models"]:
-            # The default served model is not in the line-up: serve the last sequential encoder asked for, if any.
-            seq = [m for m in changes["models"] if m.startswith(SEQUENTIAL_PREFIXES)]
-            changes["serve"] = seq[-1] if seq else ""
+            # The default served model is not in the line-up: serve the last retriever asked for (the registry's
+            # role), if any. Unknown names are left for the training pipeline to report.
+            from tapestry.training import registry
+
+            found = [m for m in changes["models"] if m in registry.MODELS and registry.get(m).role == "retriever"]
+            changes["serve"] = found[-1] if found else ""
     if getattr(args, "serve", None) is not None:
         changes["serve"] = args.serve
     if getattr(args, "session", None) is not None:

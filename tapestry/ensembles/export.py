@@ -24,7 +24,7 @@ from tapestry.artifacts import atomic_write_json, latest_version, new_version
 from tapestry.config import PROJECT_ROOT, validate_tenant
 from tapestry.serving.batching import DEFAULT_MAX_BATCH_SIZE, set_max_batch_size
 from tapestry.training.data import InteractionData
-from tapestry.training.reranker import FeatureReranker
+from tapestry.inference.feature_reranker import FeatureReranker
 
 TEMPLATES = PROJECT_ROOT / "triton_models"
 DEFAULT_MAX_K = 100
@@ -66,9 +66,9 @@ def build_faiss_index(item_embeddings: np.ndarray) -> faiss.Index:
 def _tuned_index(encoder, item_emb: np.ndarray, data: InteractionData, index_cfg, k: int, log) -> tuple:
     """The configured FAISS index; an approximate one is tuned (nprobe / efSearch) to its target recall@k on the
     interest vectors of up to 500 real users. Returns (index, manifest entry)."""
-    from tapestry.models.sequential.sasrec import left_pad
+    from tapestry.inference.padding import left_pad
     from tapestry.serving.ann import IndexConfig, build_index, get_params, resolve_factory, tune_index
-    from tapestry.serving.encoders import interest_vectors
+    from tapestry.inference.encoders import interest_vectors
 
     cfg = index_cfg if isinstance(index_cfg, IndexConfig) else IndexConfig(factory=index_cfg)
     factory = resolve_factory(cfg.factory, item_emb.shape[0] - 1)
@@ -88,15 +88,17 @@ def _tuned_index(encoder, item_emb: np.ndarray, data: InteractionData, index_cfg
 
 def _served_encoders(models_dir: Path, train_cfg: dict, served: str, session: str | None):
     """(user encoder module, session encoder module or None) of a trained run, checked against the contract."""
-    from tapestry.serving.encoders import check_servable
+    from tapestry.inference.encoders import check_servable
     from tapestry.training import registry
     from tapestry.training.base import Recommender
 
     def module(name: str):
+        if not registry.servable(name):
+            choices = [m for m in train_cfg["models"] if registry.get(m).role == "retriever"]
+            raise ValueError(f"{name} (role {registry.get(name).role}) cannot be served: the export serves a "
+                             f"retriever's user encoder; this run trained {choices or 'none'}; choose one with "
+                             "`--serve`")
         model = Recommender.load(models_dir / registry.get(name).filename, device="cpu")
-        if not hasattr(model, "serving_module"):
-            raise ValueError(f"{name} ({type(model).__name__}) cannot be served: the export serves sequential "
-                             "encoders (sasrec*, bert4rec, comirec*); choose one with `--serve`")
         m = model.serving_module()
         check_servable(m, name)
         return m
@@ -124,7 +126,7 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
     tapestry.serving.ann.IndexConfig ("auto": exact below 50k items, else IVF + SQ8 with an exact re-score).
     `max_batch_size`: Triton's dynamic batching (users per request and per batch; 0: off, one user per request,
     tensors without a batch dimension)."""
-    from tapestry.serving.encoders import save_encoder, interest_vectors
+    from tapestry.inference.encoders import save_encoder, interest_vectors
 
     validate_tenant(tenant)
     if not (TEMPLATES / "recommend" / "config.pbtxt").exists():
@@ -156,14 +158,14 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
     vc = all_events.group_by("item_idx").len()
     popularity[vc["item_idx"].to_numpy()] = vc["len"].to_numpy()
 
-    # A ranker trained on the served model's candidates (registry entries whose config names a `retriever`)
-    # replaces the feature reranker; its file is the unsharded inference state, however it was trained.
-    rankers = [m for m in train_cfg["models"] if train_cfg.get("resolved", {}).get(m, {}).get("retriever") == served]
+    # A ranker trained on the served model's candidates (the registry's role and upstream say which) replaces the
+    # feature reranker; its file is the unsharded inference state, however it was trained.
+    from tapestry.training import registry
+    from tapestry.training.base import Recommender
+
+    rankers = registry.rankers_of(served, train_cfg["models"], train_cfg.get("resolved", {}))
     dlrm = None
     if rankers:
-        from tapestry.training import registry
-        from tapestry.training.base import Recommender
-
         dlrm = Recommender.load(models_dir / registry.get(rankers[-1]).filename, device="cpu").ranker
         num_candidates = num_candidates or dlrm.cfg.num_candidates   # the list length it was trained on
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from tapestry.inference.padding import left_pad_one
 from tapestry.online.store import EmbeddedStore, OnlineStore, open_store
 from tapestry.serving import validate as v
 from tapestry.serving.stage import (USER_COLD, USER_KNOWN, USER_SESSION, Stage, checked_rows, export_manifest,
@@ -85,17 +86,13 @@ class FeatureLookup(Stage):
         recent = [self._items.get(x, 0) for x in recent_ids]
         ignored = sum(1 for i in recent if i == 0)
         history = np.concatenate([stored, np.asarray([i for i in recent if i], dtype=np.int64)])
-        window = history[-self.max_len:]
-        padded = np.zeros(self.max_len, dtype=np.int64)
-        if window.size:
-            padded[-window.size:] = window  # left padding: the newest item is always the last position
         kind = USER_COLD if history.size == 0 else (USER_KNOWN if known else USER_SESSION)
         exclude = [self._items.get(x, 0) for x in exclude_ids]
         user_attrs = np.zeros(self.num_attrs, dtype=np.float32)
         user_attrs[attrs] = 1.0
         # SEEN and EXCLUDE always carry a leading 0 (the padding id) so they are never zero-sized tensors.
         return {
-            "HISTORY": padded,
+            "HISTORY": left_pad_one(history, self.max_len),  # the newest item is always last
             "SEEN": np.concatenate([[0], np.unique(history)]).astype(np.int64),
             "EXCLUDE": np.array(sorted({0, *exclude}), dtype=np.int64),
             "USER_ATTRS": user_attrs,

@@ -1,8 +1,8 @@
 """Stage 5: score the filtered candidates with the reranker, keep the top K, attach ids and titles.
 
-The reranker is the DLRM ranker when the export has one (manifest "reranker": "dlrm"; its SCORES are calibrated
-log-probabilities), else the feature reranker. Both take (candidates, retrieval scores, history, user attributes);
-the DLRM reads the time-ordered HISTORY window, the feature reranker the SEEN set.
+The reranker is whatever the export's manifest names ("reranker": "feature", "dlrm", ...; loaded through
+tapestry.inference.rerankers). Every kind takes (candidates, retrieval scores, history, user attributes); one that
+reads order (`ordered_history`, the DLRM) gets the time-ordered HISTORY window, the others the SEEN set.
 """
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from tapestry.inference.rerankers import Reranker, load_reranker
 from tapestry.serving import validate as v
 from tapestry.serving.stage import (STRATEGIES, RequestError, Stage, bytes_array, checked_rows, export_manifest,
                                     one_row)
-from tapestry.training.reranker import FeatureReranker
 
 
 class Rerank(Stage):
@@ -22,7 +22,7 @@ class Rerank(Stage):
     inputs = ("TENANT", "FILTERED", "FILTERED_SCORES", "HISTORY", "SEEN", "USER_ATTRS", "USER_KIND", "K")
     outputs = ("ITEM_IDS", "SCORES", "TITLES", "STRATEGY")
 
-    def __init__(self, tenant: str, reranker: FeatureReranker, item_ids: list[str], titles: list[str], max_k: int,
+    def __init__(self, tenant: str, reranker: Reranker, item_ids: list[str], titles: list[str], max_k: int,
                  max_len: int):
         self.tenant = tenant
         self.max_len = max_len  # of HISTORY
@@ -40,12 +40,7 @@ class Rerank(Stage):
         for idx, iid, title in items.select("item_idx", "item_id", "title").iter_rows():
             ids[idx], titles[idx] = iid, title or ""
         m = export_manifest(artifact_dir)
-        if m.get("reranker") == "dlrm":
-            from tapestry.training.dlrm import DLRMRanker   # TorchRec is imported only where a DLRM is served
-
-            reranker = DLRMRanker.load(artifact_dir / "dlrm_ranker.pt")
-        else:
-            reranker = FeatureReranker.load(artifact_dir / "rerank.npz")
+        reranker = load_reranker(m.get("reranker", "feature"), artifact_dir)
         return cls(m["tenant"], reranker, ids, titles, m["max_k"], m["max_len"])
 
     def __call__(self, t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -61,8 +56,7 @@ class Rerank(Stage):
         scores = v.floats(t, "FILTERED_SCORES", size=cands.size, allow_neg_inf=True)
         history = v.item_indices(t, "HISTORY", n, max_size=self.max_len)
         seen = v.item_indices(t, "SEEN", n, max_size=n)
-        num_attrs = self.reranker.tables.user_attrs.shape[1]
-        user_attrs = v.floats(t, "USER_ATTRS", size=num_attrs)
+        user_attrs = v.floats(t, "USER_ATTRS", size=self.reranker.num_user_attrs)
         kind = int(v.tensor(t, "USER_KIND", "int", max_size=1)[0])
         if kind not in STRATEGIES:
             raise RequestError(f"USER_KIND must be one of {sorted(STRATEGIES)}, got {kind}")
@@ -72,7 +66,7 @@ class Rerank(Stage):
             raise RequestError("no items left to recommend after removing seen and excluded items")
         if not np.isfinite(scores).all():  # -inf only marks the filter's placeholder (item 0), never a real item
             raise RequestError("FILTERED_SCORES must be finite for every real candidate")
-        read = history if getattr(self.reranker, "ordered_history", False) else seen
+        read = history if self.reranker.ordered_history else seen
         return k, cands, scores, read, user_attrs, kind
 
     def batch(self, rows: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Exception]:

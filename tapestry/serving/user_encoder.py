@@ -1,7 +1,7 @@
 """Stage 2: the user's history -> USER_EMB [K, D], the user's interest vectors (K = 1 for single-vector models).
 
 The encoder is whatever model the export serves (SASRec and its graph hybrids, BERT4Rec: one vector; ComiRec: K
-interest vectors), rebuilt from `user_encoder.pt` (tapestry.serving.encoders). An anonymous visitor (USER_KIND
+interest vectors), rebuilt from `user_encoder.pt` (tapestry.inference.encoders). An anonymous visitor (USER_KIND
 SESSION: an unknown id with recent events) is encoded by the session encoder when the export has one
 (`session_encoder.pt`, SR-GNN over the served item table, so its vector searches the same FAISS index), else by
 the served encoder from those events alone. No events at all (COLD) gives a zero row: retrieval reads it as cold.
@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tapestry.inference.encoders import interest_vectors, load_encoder
+from tapestry.inference.padding import left_pad, trim_padding
 from tapestry.serving import validate as v
-from tapestry.serving.encoders import interest_vectors, load_encoder
 from tapestry.serving.stage import USER_SESSION, Stage, checked_rows, export_manifest, one_row
-from tapestry.training.sequential import trim_padding
 
 
 class UserEncoder(Stage):
@@ -73,10 +73,7 @@ class UserEncoder(Stage):
             if not members:
                 continue
             model = self.session_model if session else self.model
-            seqs = np.zeros((len(members), model.max_len), dtype=np.int64)
-            for row, (_, history) in enumerate(members):
-                window = history[-model.max_len:]
-                seqs[row, model.max_len - window.size:] = window
+            seqs = left_pad([history for _, history in members], model.max_len, width=model.max_len)
             # Only as wide as the longest history in the group: attention costs grow with the square of the width,
             # and the encoders give the same vectors at any padding width (their contract; tested).
             seqs = trim_padding(torch.from_numpy(seqs))

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from tapestry.models.sequential.bert4rec import BERT4Rec
-from tapestry.models.sequential.sasrec import left_pad
+from tapestry.inference.padding import left_pad, trim_padding
 from tapestry.training.base import seeded, shuffled_epoch
-from tapestry.training.sequential import SequentialRecommender, trim_padding
+from tapestry.training.sequential import SequentialRecommender
 
 
 @dataclass

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from tapestry.models.sequential.comirec import ComiRecSA
 from tapestry.training.base import Recommender, seeded, shuffled_epoch
-from tapestry.training.sequential import SequentialRecommender, trim_padding
+from tapestry.inference.padding import trim_padding
+from tapestry.training.sequential import SequentialRecommender
 
 
 @dataclass

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from tapestry.models.retrieval.two_tower import TwoTower
-from tapestry.models.sequential.sasrec import left_pad
+from tapestry.inference.padding import left_pad
 from tapestry.training.base import Recommender
 from tapestry.training.two_tower import TwoTowerConfig, TwoTowerRecommender
 

@@ -1,4 +1,5 @@
-"""The DLRM ranker as a Recommender (`dlrm` in the registry) and as the serving reranker (`DLRMRanker`).
+"""The DLRM ranker as a Recommender (`dlrm` in the registry); serving loads its `DLRMRanker`
+(tapestry.inference.dlrm_ranker).
 
     tapestry train --tenant ml1m --models popularity,lightgcn,sasrec_lightgcn,dlrm                 # one process
     tapestry train --tenant ml1m --models popularity,lightgcn,sasrec_lightgcn,dlrm --distributed 2 # torchrun, 2
@@ -19,6 +20,7 @@ Tasks: "interact" (the next item, whatever the event) plus one per event type wh
 """
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import tempfile
@@ -27,11 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tapestry.inference.dlrm_ranker import DLRMRanker
 from tapestry.training.base import Recommender
-from tapestry.models.ranking.dlrm import DLRMInference
-from tapestry.training.dlrm_features import (DENSE, Lists, RankerFeatures, features_from_state, features_state,
-                                             flat)
-from tapestry.training.dlrm_loop import DLRMConfig, build_model, final_scores, train_lists
+from tapestry.training.dlrm_features import DENSE, Lists, RankerFeatures, build_ranker_features
+from tapestry.training.dlrm_loop import DLRMConfig, train_lists
+
+__all__ = ["DLRMConfig", "DLRMRanker", "DLRMRecommender", "candidate_lists", "task_spec"]
 
 
 def task_spec(data, like_min_weight: float) -> tuple[list[str], object]:
@@ -43,87 +46,6 @@ def task_spec(data, like_min_weight: float) -> tuple[list[str], object]:
     if weights.n_unique() > 1 and float(weights.max()) >= like_min_weight:
         return ["interact", "like"], lambda et, w: [1.0, float(w >= like_min_weight)]
     return ["interact"], lambda et, w: [1.0]
-
-
-class DLRMRanker:
-    """The unsharded DLRM with its feature tables: the reranker serving calls.
-
-    The FeatureReranker protocol (`features(...)` then `score(...)`, `tables.user_attrs`), so evaluation and the
-    rerank stage take either. Unlike it, this one reads the history in time order (`ordered_history`): serving
-    passes the padded, time-ordered HISTORY window, not the SEEN set.
-    """
-
-    ordered_history = True
-
-    def __init__(self, cfg: DLRMConfig, features: RankerFeatures, task_names: list[str], state: dict,
-                 task_mix: float = 0.0, temperature: float = 1.0):
-        self.cfg, self.feats, self.task_names = cfg, features, list(task_names)
-        self.task_mix, self.temperature = float(task_mix), float(temperature)
-        self.model = build_model(cfg, features, len(task_names))     # the training module (TorchRec tables)
-        self.model.load_state_dict(state)
-        self.model.eval()
-        self.infer = DLRMInference(self.model).eval()                  # what scores: plain torch, one bag call
-
-    @property
-    def tables(self):
-        return self.feats.rerank
-
-    def features(self, candidates: np.ndarray, retrieval_scores: np.ndarray, history: np.ndarray,
-                 user_attrs: np.ndarray) -> Lists:
-        return self.feats.request(candidates, retrieval_scores, np.asarray(history, np.int64), user_attrs)
-
-    @torch.no_grad()
-    def log_scores(self, lists: Lists, chunk: int = 64) -> torch.Tensor:
-        """[B, N] final scores (log space, -inf at padding) for a batch of lists."""
-        out = []
-        keys = self.feats.keys(self.cfg.user_table)
-        for s in range(0, len(lists), chunk):
-            part = lists.take(np.arange(s, min(s + chunk, len(lists))))
-            values, lengths = flat(keys, self.feats.sparse(part, self.cfg.user_table))
-            logits = self.infer(torch.from_numpy(part.dense.reshape(-1, part.dense.shape[-1])), values, lengths)
-            logits = logits.view(len(part), part.cands.shape[1], -1)
-            out.append(final_scores(logits, torch.from_numpy(part.cands > 0), self.task_mix))
-        return torch.cat(out) if out else torch.zeros(0, lists.cands.shape[1])
-
-    def score(self, lists: Lists) -> np.ndarray:
-        """Calibrated log P(next interaction = candidate | these candidates) for a one-list batch (the serving
-        call). Log, not P: the order then equals the offline one exactly (probabilities of far-down candidates
-        underflow to equal zeros at a sharp temperature)."""
-        return torch.log_softmax(self.log_scores(lists)[0] / self.temperature, 0).numpy().astype(np.float32)
-
-    def score_many(self, lists: list[Lists]) -> list[np.ndarray]:
-        """`score` of each one-list batch, the forward run once over all of them (a dynamic batch's requests):
-        padding columns are -inf before the softmax, so each list's scores are its own call's."""
-        merged = self.log_scores(Lists.concat(lists)) / self.temperature
-        return [torch.log_softmax(row[:part.cands.shape[1]], 0).numpy().astype(np.float32)
-                for row, part in zip(merged, lists)]
-
-    # ---- persistence (plain tensors and Python values: torch.load(weights_only=True) reads it) ---------------
-    def payload(self) -> dict:
-        import dataclasses
-
-        return {"config": dataclasses.asdict(self.cfg), "features": features_state(self.feats),
-                "task_names": self.task_names, "task_mix": self.task_mix, "temperature": self.temperature,
-                "state": {k: v.detach().cpu() for k, v in self.model.state_dict().items()}}
-
-    @classmethod
-    def from_payload(cls, p: dict) -> "DLRMRanker":
-        cfg = DLRMConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in p["config"].items()})
-        return cls(cfg, features_from_state(p["features"]), p["task_names"], p["state"], p["task_mix"],
-                   p["temperature"])
-
-    def save(self, path: Path) -> None:
-        import io
-
-        from tapestry.artifacts import atomic_write_bytes
-
-        buf = io.BytesIO()
-        torch.save(self.payload(), buf)
-        atomic_write_bytes(Path(path), buf.getvalue())
-
-    @classmethod
-    def load(cls, path: Path) -> "DLRMRanker":
-        return cls.from_payload(torch.load(Path(path), map_location="cpu", weights_only=True))
 
 
 def candidate_lists(retriever, data, features: RankerFeatures, split: str, n: int,
@@ -185,7 +107,7 @@ class DLRMRecommender(Recommender):
         c = self.cfg
         self.num_items = data.num_items
         max_history = int(getattr(getattr(self.retriever, "cfg", None), "max_len", 100) or 100)
-        feats = RankerFeatures.build(data, history_len=min(c.history_len, max_history), max_history=max_history,
+        feats = build_ranker_features(data, history_len=min(c.history_len, max_history), max_history=max_history,
                                      cross_buckets=c.cross_buckets, graph=self.graph_vectors)
         names, labels = task_spec(data, c.like_min_weight)
         lists, _ = candidate_lists(self.retriever, data, feats, "valid", c.num_candidates, labels)
@@ -196,7 +118,7 @@ class DLRMRecommender(Recommender):
         result = self._train(feats, names, lists, vectors)
         self.report = {k: v for k, v in result.items() if k not in ("state", "config")}
         self.loss_history_ = [h["loss"] for h in result["history"]]
-        self.ranker = DLRMRanker(c, feats, names, result["state"], result["task_mix"], result["temperature"])
+        self.ranker = DLRMRanker(dataclasses.asdict(c), feats, names, result["state"], result["task_mix"], result["temperature"])
         return self
 
     def _train(self, feats, names, lists, vectors) -> dict:

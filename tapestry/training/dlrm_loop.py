@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tapestry.inference.dlrm_ranker import DLRMArchitecture, build_dlrm, final_scores
 from tapestry.models.ranking.dlrm import DLRM, listwise_loss, transe_loss
 from tapestry.training import distributed as D
 from tapestry.training.dlrm_features import DENSE, Lists, RankerFeatures, to_kjt
@@ -66,15 +67,7 @@ class DLRMConfig:
 
 
 def build_model(cfg: DLRMConfig, features: RankerFeatures, num_tasks: int) -> DLRM:
-    from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType
-
-    tables = [EmbeddingBagConfig(name=name, embedding_dim=cfg.embedding_dim, num_embeddings=max(rows, 1),
-                                 feature_names=names, pooling=PoolingType.MEAN)
-              for name, (rows, names) in features.table_sizes(cfg.user_table).items()]
-    ebc = EmbeddingBagCollection(tables=tables, device=torch.device("cpu"))
-    relations = [f"item_{t}" for t in features.item_types] if cfg.kg_weight > 0 else []
-    return DLRM(ebc, features.keys(cfg.user_table), len(DENSE), [*cfg.bottom_mlp, cfg.embedding_dim],
-                list(cfg.top_mlp), num_tasks, cfg.dropout, len(relations), relations)
+    return build_dlrm(DLRMArchitecture.from_config(dataclasses.asdict(cfg)), features, num_tasks)
 
 
 def batch_tensors(features: RankerFeatures, lists: Lists, user_table: bool, kg=None):
@@ -117,15 +110,6 @@ def list_logits(module, features: RankerFeatures, lists: Lists, user_table: bool
     dense, kjt, _ = batch_tensors(features, lists, user_table)
     logits, _ = module(dense, kjt)
     return logits.view(len(lists), lists.cands.shape[1], -1)
-
-
-def final_scores(logits: torch.Tensor, mask: torch.Tensor, task_mix: float) -> torch.Tensor:
-    """log P(interaction) + task_mix * mean over the other tasks of log P(that event), per candidate."""
-    logp = torch.log_softmax(logits.masked_fill(~mask.unsqueeze(-1), float("-inf")), dim=1)
-    score = logp[..., 0]
-    if logits.shape[-1] > 1 and task_mix:
-        score = score + task_mix * logp[..., 1:].mean(-1)
-    return score.masked_fill(~mask, float("-inf"))
 
 
 def ndcg_sum(scores: torch.Tensor, positive: torch.Tensor, k: int = 10) -> float:

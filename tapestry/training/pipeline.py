@@ -28,12 +28,10 @@ from tapestry.training.base import Recommender
 from tapestry.training.data import InteractionData
 from tapestry.training.evaluate import evaluate, evaluate_slices, is_multi_target
 from tapestry.training.rerank_fit import evaluate_reranked, fit_reranker
-from tapestry.training.reranker import FeatureReranker
+from tapestry.inference.feature_reranker import FeatureReranker
 from tapestry.timing import Stage
 
 RERANK_FILE = "rerank.npz"
-# Config fields that name another registry model, read through `bind`: it must be trained earlier in the same run.
-UPSTREAM_FIELDS = ("item_init_from", "graph_from", "retriever", "teacher", "item_table_from")
 
 
 @dataclass
@@ -79,8 +77,8 @@ def _check_config(cfg: TrainConfig) -> None:
     for i, name in enumerate(cfg.models):
         model = registry.build(name, cfg.params.get(name), quick=cfg.quick, device="cpu")
         c = model.cfg
-        for source in (getattr(c, field, None) for field in UPSTREAM_FIELDS):
-            if source is not None and source not in cfg.models[:i]:
+        for source in registry.upstream_names(name, c):
+            if source not in cfg.models[:i]:
                 raise ValueError(f"{name} reads {source!r}, which must come before it in models {list(cfg.models)}")
         if getattr(c, "item_init_from", None):
             width = registry.build(c.item_init_from, cfg.params.get(c.item_init_from), quick=cfg.quick,

@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from tapestry.training.evaluate import metrics_from_ranks
-from tapestry.training.reranker import FeatureReranker, RerankTables
+from tapestry.training.reranker import FeatureReranker, build_rerank_tables, fit_weights
 
 
 def _candidates(model, users: np.ndarray, histories: list[np.ndarray], n: int, batch_size: int = 512):
@@ -32,7 +32,7 @@ def _candidates(model, users: np.ndarray, histories: list[np.ndarray], n: int, b
 
 def fit_reranker(model, data, num_candidates: int = 100, epochs: int = 30, lr: float = 0.05, seed: int = 0,
                  log: Callable[[str], None] = print) -> FeatureReranker:
-    tables = RerankTables.build(data)
+    tables = build_rerank_tables(data)
     reranker = FeatureReranker(tables)
     histories = data.sequences(("train",))
     targets = dict(zip(data.valid["user_idx"].to_list(), data.valid["item_idx"].to_list()))
@@ -43,7 +43,7 @@ def fit_reranker(model, data, num_candidates: int = 100, epochs: int = 30, lr: f
         hit = np.flatnonzero(cands == targets[int(u)])
         if hit.size:
             examples.append((reranker.features(cands, scores, hist, tables.user_attrs[u]), int(hit[0])))
-    return reranker.fit(examples, epochs=epochs, lr=lr, seed=seed, log=log)
+    return fit_weights(reranker, examples, epochs=epochs, lr=lr, seed=seed, log=log)
 
 
 def evaluate_reranked(model, reranker: FeatureReranker, data, k: int = 10, num_candidates: int = 100,

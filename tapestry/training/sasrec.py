@@ -20,9 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tapestry.models.sequential.sasrec import SASRec, left_pad
+from tapestry.inference.padding import left_pad, trim_padding
+from tapestry.models.sequential.sasrec import SASRec
 from tapestry.training.base import Recommender, seeded, shuffled_epoch
-from tapestry.training.sequential import SequentialRecommender, trim_padding
+from tapestry.training.sequential import SequentialRecommender
 
 
 @dataclass

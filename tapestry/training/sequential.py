@@ -1,5 +1,5 @@
 """What the sequential encoders share (SASRec, BERT4Rec, ComiRec, SR-GNN): their module follows the serving
-contract (tapestry/serving/encoders.py), so encoding histories, scoring and serving are written once here.
+contract (tapestry/inference/encoders.py), so encoding histories, scoring and serving are written once here.
 
 A subclass sets `self.model` (the nn.Module: `encode(seqs) -> [B, D] | [B, K, D]`, `item_embeddings()`) and may
 override `history_window()` (BERT4Rec keeps one slot for its [MASK]). Scores are the inner products of the two, the
@@ -10,14 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tapestry.models.sequential.sasrec import left_pad
+from tapestry.inference.padding import left_pad
 from tapestry.training.base import Recommender
-
-
-def trim_padding(batch: torch.Tensor) -> torch.Tensor:
-    """Drop the left columns that are padding in every row of a left-padded [B, L] batch: less work in training,
-    identical outputs (the modules count positions from the right edge and mask padding)."""
-    return batch[:, int((batch > 0).int().argmax(1).min()):]
 
 
 class SequentialRecommender(Recommender):

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from tapestry.models.session.srgnn import SRGNN
 from tapestry.training.base import Recommender, seeded, shuffled_epoch
 from tapestry.training.examples import PrefixExamples
-from tapestry.training.sequential import SequentialRecommender, trim_padding
+from tapestry.inference.padding import trim_padding
+from tapestry.training.sequential import SequentialRecommender
 
 
 @dataclass

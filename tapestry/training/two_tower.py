@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from tapestry.models.retrieval.two_tower import TwoTower
-from tapestry.models.sequential.sasrec import left_pad
+from tapestry.inference.padding import left_pad
 from tapestry.training.base import Recommender, seeded, shuffled_epoch
 from tapestry.training.examples import PrefixExamples  # noqa: F401 - re-exported (tests, distill)
 

@@ -12,7 +12,7 @@ import torch
 from tapestry.config import DEFAULT_MODELS, TrainConfig
 from tapestry.ensembles import run_export
 from tapestry.serving.pipeline import RecommendPipeline
-from tapestry.serving.encoders import load_encoder
+from tapestry.inference.encoders import load_encoder
 from tapestry.training.pipeline import run_train
 from tapestry.training.sasrec import SASRecRecommender
 

@@ -1,4 +1,4 @@
-"""What every servable user encoder promises (tapestry/serving/encoders.py), tested once for each module.
+"""What every servable user encoder promises (tapestry/inference/encoders.py), tested once for each module.
 
 A test class subclasses EncoderContract and implements `make()` (a module in eval mode, perturbed so that the
 tests see a generic network rather than the symmetric untrained one).
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tapestry.models.sequential.sasrec import left_pad
+from tapestry.inference.padding import left_pad
 
 HISTORIES = [np.array([3, 1, 4, 1, 5]), np.array([9]), np.array([], np.int64)]
 

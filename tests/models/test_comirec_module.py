@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tapestry.models.sequential.comirec import ComiRecSA
-from tapestry.models.sequential.sasrec import left_pad
+from tapestry.inference.padding import left_pad
 
 from .encoder_contract import EncoderContract, perturbed
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from tapestry.models.sequential.sasrec import SASRec, left_pad
+from tapestry.inference.padding import left_pad
+from tapestry.models.sequential.sasrec import SASRec
 
 from .encoder_contract import EncoderContract, perturbed
 

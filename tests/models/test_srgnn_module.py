@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tapestry.models.sequential.sasrec import left_pad
+from tapestry.inference.padding import left_pad
 from tapestry.models.session.srgnn import SRGNN, session_graph
 
 from .encoder_contract import EncoderContract

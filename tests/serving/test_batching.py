@@ -157,7 +157,7 @@ def test_retrieval_searches_the_device_index_within_gpu_faiss_k_limit(monkeypatc
 
 def test_rerank_batch_scores_every_row_at_once_and_equals_one_call_per_row():
     from tapestry.serving.rerank import Rerank
-    from tapestry.training.reranker import FeatureReranker, RerankTables
+    from tapestry.inference.feature_reranker import FeatureReranker, RerankTables
 
     rng = np.random.default_rng(4)
     n = 12

@@ -10,7 +10,7 @@ from tapestry.serving.pipeline import request_tensors
 from tapestry.serving.rerank import Rerank
 from tapestry.serving.retrieval import Retrieval, merge_max_sim
 from tapestry.serving.stage import USER_COLD, USER_KNOWN, USER_SESSION, RequestError, as_str, bytes_array
-from tapestry.training.reranker import FeatureReranker, RerankTables
+from tapestry.inference.feature_reranker import FeatureReranker, RerankTables
 
 ITEM_IDS = ["", "a", "b", "c", "d", "e"]
 TENANT = bytes_array(["acme"])

@@ -14,7 +14,7 @@ import torch
 
 from tapestry.training import distributed as D
 from tapestry.training.data import InteractionData
-from tapestry.training.dlrm_features import Lists, RankerFeatures
+from tapestry.training.dlrm_features import Lists, RankerFeatures, build_ranker_features
 from tapestry.training.dlrm_loop import DLRMConfig, build_model, kg_triples, step_loss, train_lists
 
 
@@ -36,7 +36,7 @@ def main(etl_dir: str, out_path: str) -> None:
     device = D.init_process_group()
     rank, size = D.world()
     data = InteractionData.load(etl_dir)
-    feats = RankerFeatures.build(data, history_len=5, max_history=20)
+    feats = build_ranker_features(data, history_len=5, max_history=20)
     lists = tiny_lists(data, feats, n_lists=8, n_cands=6, seed=0)
     mine = lists.take(np.arange(len(lists))[D.rank_slice(len(lists), rank, size)])
     items, rel, values = kg_triples(feats, 8, np.random.default_rng(1))       # 8 true + 8 corrupted, global

@@ -16,7 +16,7 @@ from tapestry.models.ranking.dlrm import DotInteraction, listwise_loss  # noqa: 
 from tapestry.training.base import Recommender  # noqa: E402
 from tapestry.training.data import InteractionData  # noqa: E402
 from tapestry.training.dlrm import DLRMRecommender, task_spec  # noqa: E402
-from tapestry.training.dlrm_features import Lists, RankerFeatures, gather_ragged  # noqa: E402
+from tapestry.training.dlrm_features import Lists, RankerFeatures, build_ranker_features, gather_ragged  # noqa: E402
 from tapestry.training.dlrm_loop import kg_triples  # noqa: E402
 from tapestry.training.evaluate import evaluate  # noqa: E402
 from tapestry.training.pipeline import _check_config  # noqa: E402
@@ -56,7 +56,7 @@ def data(tiny_etl):
 
 @pytest.fixture(scope="module")
 def feats(data):
-    return RankerFeatures.build(data, history_len=5, max_history=20)
+    return build_ranker_features(data, history_len=5, max_history=20)
 
 
 def test_sparse_rows_and_exact_crosses(feats, data):

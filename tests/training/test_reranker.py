@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 
 from tapestry.training.data import InteractionData
-from tapestry.training.reranker import FEATURES, FeatureReranker, RerankTables
+from tapestry.training.reranker import FEATURES, FeatureReranker, build_rerank_tables, fit_weights
 
 
 @pytest.fixture(scope="module")
 def tables(tiny_etl):
-    return RerankTables.build(InteractionData.load(tiny_etl))
+    return build_rerank_tables(InteractionData.load(tiny_etl))
 
 
 def test_tables_shapes_and_normalisation(tiny_etl, tables):
@@ -30,12 +30,12 @@ def test_fit_learns_the_informative_feature(tables):
         f = rng.normal(size=(20, len(FEATURES))).astype(np.float32)
         positive = int(np.argmax(f[:, 2]))      # only entity_affinity predicts the positive
         examples.append((f, positive))
-    rr = FeatureReranker(tables).fit(examples, epochs=20, log=lambda *_: None)
+    rr = fit_weights(FeatureReranker(tables), examples, epochs=20, log=lambda *_: None)
     assert np.argmax(np.abs(rr.weights)) == 2 and rr.weights[2] > 0
 
 
 def test_fit_without_examples_keeps_retrieval_order(tables):
-    rr = FeatureReranker(tables).fit([], log=lambda *_: None)
+    rr = fit_weights(FeatureReranker(tables), [], log=lambda *_: None)
     assert rr.weights.tolist() == [1.0, 0.0, 0.0, 0.0]
 
 

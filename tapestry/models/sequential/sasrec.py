@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -71,7 +70,7 @@ class SASRec(nn.Module):
         super().__init__()
         if fusion not in ("add", "gate"):
             raise ValueError(f"fusion must be 'add' or 'gate', got {fusion!r}")
-        # The constructor arguments, so serving rebuilds the module from a file (tapestry.serving.encoders).
+        # The constructor arguments, so serving rebuilds the module from a file (tapestry.inference.encoders).
         self.init_args = dict(num_items=num_items, hidden_dim=hidden_dim, num_blocks=num_blocks, num_heads=num_heads,
                               max_len=max_len, dropout=dropout, side_dim=side_dim, fusion=fusion)
         self.num_items = num_items
@@ -200,18 +199,3 @@ def zero_padding_row(table: torch.Tensor) -> torch.Tensor:
     pad = torch.ones(table.shape[0], 1, device=table.device, dtype=table.dtype)
     pad[0] = 0.0
     return table * pad
-
-
-def left_pad(histories: list[np.ndarray], max_len: int, width: int | None = None) -> np.ndarray:
-    """The last `max_len` items of each history, right-aligned in an int64 array [B, width] padded with 0.
-
-    `width` defaults to the longest (capped) history, at least 1; any width gives the same model outputs.
-    """
-    lengths = [min(len(h), max_len) for h in histories]
-    width = width or max(max(lengths, default=0), 1)
-    out = np.zeros((len(histories), width), dtype=np.int64)
-    for row, (h, n) in enumerate(zip(histories, lengths)):
-        n = min(n, width)
-        if n:
-            out[row, width - n:] = np.asarray(h, dtype=np.int64)[-n:]
-    return out

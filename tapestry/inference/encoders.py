@@ -26,7 +26,7 @@ def check_servable(module: torch.nn.Module, name: str = "model") -> None:
     missing = [a for a in ("num_items", "max_len", "init_args", "encode", "item_embeddings") if not hasattr(module, a)]
     if missing:
         raise TypeError(f"{name} ({type(module).__name__}) cannot be served as a user encoder: it lacks {missing} "
-                        "(see tapestry/serving/encoders.py for the contract)")
+                        "(see tapestry/inference/encoders.py for the contract)")
 
 
 def save_encoder(module: torch.nn.Module, path: Path) -> None:
