@@ -73,12 +73,53 @@ def test_recency_and_order_matter(model):
     assert not torch.allclose(model.encode(a), model.encode(a.flip(1)))     # same items, other order
 
 
-def test_encode_equals_the_score_path(model):
-    seqs = _seqs()
+def _numpy_two_tower_scores(m: TwoTower, seqs: torch.Tensor) -> np.ndarray:
+    """The towers as the module docstring describes them, one item and one user at a time in float64 numpy:
+    item = unit(MLP([id embedding, mean of its attribute embeddings])); user = unit(MLP([mean of the history's ID
+    embeddings, attention pooling with weight softmax(<h, query> / sqrt(D) + recency[position from the right])]));
+    score = <user, item>. Padding (0) is no item; a row without items is the zero vector."""
+    w = {k: v.detach().double().numpy() for k, v in m.state_dict().items()}
+    attrs = m.item_attrs.numpy()
+
+    def mlp(prefix, x):
+        hidden = np.maximum(w[f"{prefix}.0.weight"] @ x + w[f"{prefix}.0.bias"], 0.0)
+        return w[f"{prefix}.2.weight"] @ hidden + w[f"{prefix}.2.bias"]
+
+    def unit(x):
+        return x / max(np.linalg.norm(x), 1e-12)
+
+    items = np.zeros((NUM_ITEMS, DIM))
+    for i in range(1, NUM_ITEMS):
+        values = [a for a in attrs[i] if a > 0]
+        attr_mean = w["attr_emb.weight"][values].mean(axis=0) if values else np.zeros(DIM)
+        items[i] = unit(mlp("item_mlp", np.concatenate([w["item_emb.weight"][i], attr_mean])))
+    users = np.zeros((len(seqs), DIM))
+    for row, seq in enumerate(seqs.numpy()):
+        seq = seq[-MAX_LEN:]
+        positions = [MAX_LEN - len(seq) + j for j, item in enumerate(seq) if item > 0]
+        history = [item for item in seq if item > 0]
+        if not history:
+            continue
+        h = w["item_emb.weight"][history]                                   # [n, D]
+        att = h @ w["attn_query"] / np.sqrt(DIM) + w["recency"][positions]
+        weights = np.exp(att - att.max())
+        weights /= weights.sum()
+        users[row] = unit(mlp("user_mlp", np.concatenate([h.mean(axis=0), weights @ h])))
+    return users @ items.T
+
+
+def test_score_equals_an_independent_numpy_two_tower(model):
+    seqs = _seqs(6)
+    seqs[1] = 0                                                          # an all-padding row: every score 0
+    seqs[2, :-1] = 0                                                     # one item
     scores = model.score(seqs)
-    assert scores.shape == (4, NUM_ITEMS)
-    torch.testing.assert_close(scores, model.encode(seqs) @ model.item_embeddings().T)
-    torch.testing.assert_close(model.logits(model.encode(seqs), model.item_embeddings()), scores / 0.1)
+    assert scores.shape == (6, NUM_ITEMS)
+    expected = _numpy_two_tower_scores(model, seqs)
+    assert not expected[1].any() and not expected[:, 0].any()
+    np.testing.assert_allclose(scores.detach().double().numpy(), expected, rtol=1e-5, atol=1e-6)
+    # The training logits are the same cosines over the temperature (0.1 here).
+    np.testing.assert_allclose(model.logits(model.encode(seqs), model.item_embeddings()).detach().double().numpy(),
+                               expected / 0.1, rtol=1e-5, atol=1e-5)
 
 
 def test_item_attributes_shape_the_item_vectors(model):

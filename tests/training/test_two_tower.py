@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from tapestry.training.sasrec import SASRecRecommender
 from tapestry.training.two_tower import PrefixExamples, TwoTowerRecommender, in_batch_softmax_loss
 
 from .recommender_mixin import RecommenderMixin
+from .serving_reference import assert_scores_match, brute_force_scores
 from .test_recommenders import SASREC, needs_cuda
 
 TWO_TOWER = dict(embedding_dim=32, hidden_dim=64, max_len=20, epochs=8, batch_size=128, lr=5e-3, seed=0)
@@ -29,12 +31,14 @@ def _teacher(etl_path: str, device: str) -> SASRecRecommender:
     return SASRecRecommender(**SASREC, device=device, progress=False).fit(data)
 
 
-def _serving_scores(model, users, hist) -> torch.Tensor:
-    m = model.serving_module()
-    seqs = torch.from_numpy(left_pad(hist, m.max_len)).to(model.device)
-    scores = m.encode(seqs, model._attrs_of(users)) @ m.item_embeddings().T
-    scores[:, 0] = -torch.inf
-    return scores
+def _assert_score_is_the_serving_inner_product(model, users, histories):
+    """score() of a batch of histories of different lengths (one past max_len, one empty) against each history
+    encoded alone at the serving width and scored by float64 inner products (serving_reference.py)."""
+    long = np.tile(histories[users[0]], model.cfg.max_len)
+    hist = [histories[u] for u in users] + [long, np.zeros(0, np.int64)]
+    users = np.append(users, [users[0], 0])
+    attrs = model._attrs_of(users) if model.user_attrs is not None else None
+    assert_scores_match(model.score(users, hist), brute_force_scores(model.serving_module(), hist, attrs))
 
 
 class TestTwoTower(RecommenderMixin):
@@ -45,11 +49,9 @@ class TestTwoTower(RecommenderMixin):
         return TwoTowerRecommender(**TWO_TOWER, **cls.params, device=cls.device, progress=False)
 
     def test_score_is_the_serving_inner_product(self, model, data, histories):
-        users = self._users(data)
-        hist = [histories[u] for u in users]
         m = model.serving_module()
         assert not m.training and m.num_items == data.num_items and m.max_len == TWO_TOWER["max_len"]
-        torch.testing.assert_close(model.score(users, hist), _serving_scores(model, users, hist))
+        _assert_score_is_the_serving_inner_product(model, self._users(data), histories)
         items = model.item_embeddings()
         assert items.shape == (data.num_items, TWO_TOWER["embedding_dim"]) and not items[0].any()
 
@@ -88,11 +90,55 @@ def test_prefix_examples_are_the_left_padded_histories():
     assert log_q[5] == log_q[3] and log_q[5] > log_q[1]      # each target once; never-a-target items get a floor
 
 
-def test_logq_switch_changes_the_loss(tiny_etl):
+def test_logq_switch_feeds_the_target_log_q_to_every_step(tiny_etl, monkeypatch):
+    import tapestry.training.two_tower as tt
+
     data = InteractionData.load(tiny_etl)
-    fit = lambda logq: TwoTowerRecommender(**dict(TWO_TOWER, epochs=1, logq=logq), progress=False,  # noqa: E731
-                                           device="cpu").fit(data)
-    assert fit(True).loss_history_ != fit(False).loss_history_
+    expected = PrefixExamples(data.sequences(("train",)), TWO_TOWER["max_len"]).target_log_q(data.num_items)
+    for logq in (True, False):
+        seen = []
+
+        def spy(model, users, targets, log_q, _real=tt.in_batch_softmax_loss):
+            seen.append(log_q)
+            return _real(model, users, targets, log_q)
+
+        monkeypatch.setattr(tt, "in_batch_softmax_loss", spy)
+        TwoTowerRecommender(**dict(TWO_TOWER, epochs=1, logq=logq), progress=False, device="cpu").fit(data)
+        assert len(seen) > 1
+        if logq:
+            for log_q in seen:
+                assert torch.equal(log_q, expected)
+        else:
+            assert all(log_q is None for log_q in seen)
+
+
+def test_logq_correction_moves_the_loss_in_the_computed_direction():
+    """log-Q subtracts log q(j) from column j: it takes away the credit a scorer gets for following popularity."""
+    torch.manual_seed(0)
+    tower = TwoTower(10, 8, 5, temperature=1.0)
+    targets = torch.tensor([1, 2, 3, 4])
+    q = torch.tensor([0.5, 0.25, 0.125, 0.125])                      # target shares, sum 1
+    log_q = torch.full((10,), -9.0)
+    log_q[targets] = q.log()
+    # (a) A popularity-blind scorer (zero user vectors: every logit 0). Without correction every row's loss is
+    #     log 4 = 1.3863. With it, row i's logits are -log q_j and its loss is log(sum_j 1/q_j) + log q_i:
+    #     mean = log(2 + 4 + 8 + 8) + (log .5 + log .25 + 2 log .125) / 4 = 3.0910 - 1.5596 = 1.5314 (up).
+    blind = torch.zeros(4, 8)
+    torch.testing.assert_close(in_batch_softmax_loss(tower, blind, targets, None), torch.tensor(math.log(4)))
+    corrected = in_batch_softmax_loss(tower, blind, targets, log_q)
+    torch.testing.assert_close(corrected, torch.tensor(math.log(22) + q.log().mean().item()))
+    assert corrected.item() == pytest.approx(1.5314, abs=1e-4)
+    # (b) A scorer whose logits ARE log q(j) (user vectors solved so that <u_i, v_j> = log q_j over the batch).
+    #     Without correction row i's loss is log(sum_j q_j) - log q_i: mean = 0 + 1.5596. With it every logit is
+    #     log q_j - log q_j = 0: loss log 4 = 1.3863 (down).
+    with torch.no_grad():
+        items = tower.item_vectors(targets).double()                   # [4, 8], unit rows
+        users = torch.linalg.lstsq(items, q.log().double().unsqueeze(1)).solution.T.expand(4, 8).float()
+        torch.testing.assert_close(tower.logits(users, items.float()), q.log().expand(4, 4), atol=1e-5, rtol=0)
+    plain = in_batch_softmax_loss(tower, users, targets, None)
+    torch.testing.assert_close(plain, -q.log().mean(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(in_batch_softmax_loss(tower, users, targets, log_q), torch.tensor(math.log(4)),
+                               atol=1e-5, rtol=0)
 
 
 def test_in_batch_loss_logq_and_duplicate_masking():
@@ -131,9 +177,7 @@ class TestDistilledTwoTower(RecommenderMixin):
         assert student > baseline + 0.05, (student, baseline)
 
     def test_score_is_the_serving_inner_product(self, model, data, histories):
-        users = self._users(data)
-        hist = [histories[u] for u in users]
-        torch.testing.assert_close(model.score(users, hist), _serving_scores(model, users, hist))
+        _assert_score_is_the_serving_inner_product(model, self._users(data), histories)
 
     def test_loaded_student_needs_no_teacher(self, model, tmp_path):
         loaded = Recommender.load(model.save(tmp_path / "m.pt"))
