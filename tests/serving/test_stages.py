@@ -189,8 +189,17 @@ def _kind(kind=USER_KNOWN):
 
 
 def test_user_encoder_encodes_a_history_and_returns_zeros_for_padding_only():
+    import torch
+
+    torch.manual_seed(0)
     enc = _user_encoder()
-    assert enc({"TENANT": TENANT, "HISTORY": np.array([0, 0, 1, 2]), "USER_KIND": _kind()})["USER_EMB"].shape == (1, 4)
+    emb = enc({"TENANT": TENANT, "HISTORY": np.array([0, 0, 1, 2]), "USER_KIND": _kind()})["USER_EMB"]
+    with torch.no_grad():
+        expected = enc.model.encode(torch.tensor([[1, 2]])).numpy()      # the module on the history's items
+    assert emb.shape == (1, 4) and emb.dtype == np.float32 and np.abs(expected).sum() > 0
+    np.testing.assert_allclose(emb, expected, rtol=1e-5, atol=1e-6)
+    other = enc({"TENANT": TENANT, "HISTORY": np.array([0, 0, 2, 1]), "USER_KIND": _kind()})["USER_EMB"]
+    assert not np.allclose(other, emb)                                    # order matters: not a constant
     cold = enc({"TENANT": TENANT, "HISTORY": np.array([0, 0, 0, 0]), "USER_KIND": _kind(USER_COLD)})["USER_EMB"]
     assert cold.shape == (1, 4) and not cold.any()
 
