@@ -202,10 +202,13 @@ def train_lists(cfg: DLRMConfig, features: RankerFeatures, task_names: list[str]
             place.optimizer.step()
             total, steps, examples = total + loss.item(), steps + 1, examples + b * n
         seconds += time.perf_counter() - t0
+        # The epoch's loss over every rank's share (each rank's step loss is the mean over its equal share).
+        total, steps = D.all_reduce_sum([total, float(steps)])
+        epoch_loss = total / max(steps, 1)
         ndcg = _holdout_ndcg(place, features, hold, cfg, rank, size, device)
-        history.append({"epoch": epoch + 1, "loss": total / max(steps, 1), "holdout_ndcg@10": ndcg})
+        history.append({"epoch": epoch + 1, "loss": epoch_loss, "holdout_ndcg@10": ndcg})
         if rank == 0:
-            log(f"[dlrm] epoch {epoch + 1}: loss {total / max(steps, 1):.4f}, holdout ndcg@10 {ndcg:.4f}")
+            log(f"[dlrm] epoch {epoch + 1}: loss {epoch_loss:.4f}, holdout ndcg@10 {ndcg:.4f}")
         if ndcg > best:
             best, stale, best_state = ndcg, 0, place.full_state()
         else:

@@ -7,7 +7,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-pytest.importorskip("torchrec")
+try:            # `make install` installs TorchRec: a missing one is a broken install, never a reason to skip
+    import torchrec  # noqa: F401
+except ImportError as e:
+    raise ImportError(f"TorchRec does not import ({e}): the DLRM tests need it; run `make install` "
+                      "(fbgemm-gpu-cpu, then torchrec --no-deps)") from e
 
 from tapestry.config import TrainConfig  # noqa: E402
 from tapestry.ensembles import run_export  # noqa: E402

@@ -9,9 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import math
+
 import pytest
 
-pytest.importorskip("torchrec")
+try:            # `make install` installs TorchRec: a missing one is a broken install, never a reason to skip
+    import torchrec  # noqa: F401
+except ImportError as e:
+    raise ImportError(f"TorchRec does not import ({e}): the DLRM tests need it; run `make install` "
+                      "(fbgemm-gpu-cpu, then torchrec --no-deps)") from e
+
 CHECK = Path(__file__).with_name("dlrm_sharded_check.py")
 
 
@@ -40,5 +47,7 @@ def test_sharded_equals_unsharded(report, sharding):
 
 def test_sharded_training_loop_runs_and_gathers(report):
     t = report["train"]
-    assert t["processes"] == 2 and t["epochs"] >= 1
-    assert all(x == x for x in t["loss"])                    # finite (NaN != NaN)
+    assert t["processes"] == 2 and t["epochs"] == 5          # patience = epochs: no early stop
+    assert all(math.isfinite(x) for x in t["loss"]), t["loss"]
+    # The epoch loss (over both ranks' shares) falls: ~2.30 -> ~2.20 on this seed.
+    assert t["loss"][-1] < 0.97 * t["loss"][0], t["loss"]
