@@ -3,13 +3,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+
+import numpy as np
 
 import pytest
 
 from tapestry.artifacts import latest_version
 from tapestry.config import TrainConfig
 from tapestry.training.base import Recommender
+from tapestry.training.lightgcn import LightGCNRecommender
 from tapestry.training.pipeline import evaluate_models, run_train
+from tapestry.training.popularity import PopularityRecommender
 from tapestry.training.sasrec import SASRecRecommender
 
 _SEQ = dict(hidden_dim=16, num_blocks=1, num_heads=1, max_len=20, dropout=0.1, epochs=5, lr=5e-3)
@@ -43,21 +48,39 @@ def test_writes_a_complete_version(trained, tiny_etl):
     assert resolved["lightgcn"]["epochs"] == 5 and resolved["sasrec_lightgcn_init"]["item_init_from"] == "lightgcn"
 
 
+def _logged_seconds(lines: list[str], stage: str) -> float:
+    """The wall time the `[train] <stage>: ... (1.2s)` line reports."""
+    [line] = [x for x in lines if x.startswith(f"[train] {stage}:")]
+    return float(re.search(r"\((\d+\.\d)s\)$", line).group(1))
+
+
 def test_metrics_json(trained):
-    result, _, _ = trained
+    result, lines, _ = trained
     metrics = json.loads((result.path / "metrics.json").read_text())
     assert metrics == result.metrics
     assert set(metrics) == {"popularity", "lightgcn", "sasrec", "sasrec_lightgcn_init", "sasrec_lightgcn_init+rerank"}
     assert (result.path / "rerank.npz").exists()
     for name, m in metrics.items():
         reranked = name.endswith("+rerank")
-        assert set(m) == {"valid", "test", "fit_seconds"} | (set() if reranked else {"slices", "loss_history"})
-        assert m["fit_seconds"] >= 0
+        early = not reranked and name != "popularity"      # gradient-trained: early stopping on validation
+        assert set(m) == ({"valid", "test", "fit_seconds"} | (set() if reranked else {"slices", "loss_history"})
+                          | ({"best_epoch", "valid_history"} if early else set()))
+        # The fit stage's own wall time (the "fit <name>" log line, 0.1 s resolution), not evaluation's.
+        fit_stage = "fit rerank" if reranked else f"fit {name}"
+        assert m["fit_seconds"] == pytest.approx(_logged_seconds(lines, fit_stage), abs=0.05 + 1e-9)
+        if early:
+            assert m["fit_seconds"] > 0
         if not reranked:
             assert set(m["slices"]) == {"cold_items", "cold_users"}
             assert m["slices"]["cold_users"]["num_users"] <= m["test"]["num_users"]
             epochs = {"popularity": 0, "lightgcn": 5}.get(name, _SEQ["epochs"])
-            assert len(m["loss_history"]) == epochs and all(x > 0 for x in m["loss_history"])
+            assert all(x > 0 for x in m["loss_history"])
+            if early:   # one validation check per epoch; the kept epoch is the best check
+                ran, curve = len(m["loss_history"]), m["valid_history"]
+                assert len(curve) == ran and m["best_epoch"] == int(np.argmax(curve)) + 1
+                assert ran == epochs or ran - m["best_epoch"] == 3     # all epochs, or stopped by patience 3
+            else:
+                assert len(m["loss_history"]) == epochs
         for split in ("valid", "test"):
             extra = {"num_candidates"} if reranked else ({"coverage@10"} if split == "test" else set())
             assert set(m[split]) == {"recall@10", "ndcg@10", "mrr", "recall@100", "num_users"} | extra
@@ -68,8 +91,11 @@ def test_metrics_json(trained):
 
 def test_models_load_and_sasrec_started_from_the_graph(trained):
     result, _, _ = trained
-    for name in ("popularity", "lightgcn", "sasrec"):
-        assert isinstance(Recommender.load(result.path / f"{name}.pt"), Recommender)
+    for name, cls in (("popularity", PopularityRecommender), ("lightgcn", LightGCNRecommender),
+                      ("sasrec", SASRecRecommender), ("sasrec_lightgcn_init", SASRecRecommender)):
+        loaded = Recommender.load(result.path / f"{name}.pt")
+        assert type(loaded) is cls, (name, type(loaded))
+        assert loaded.num_items == 101                          # fitted: 100 items + padding
     assert SASRecRecommender.load(result.path / "sasrec_lightgcn_init.pt").initialised_from_graph
     assert not SASRecRecommender.load(result.path / "sasrec.pt").initialised_from_graph
 
