@@ -47,11 +47,11 @@ def seeded(device: torch.device, seed: int):
 
 
 def shuffled_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, num_examples: int, batch_size: int,
-                   batch_loss) -> float:
+                   batch_loss, heartbeat=None) -> float:
     """One training pass over `num_examples` in random order, `batch_size` at a time: the minibatch loop every
     gradient-trained model shares. `batch_loss(indices)` returns (the loss of those examples, its weight in the
     epoch's mean: examples, predicted positions or 1 per step), or None to skip the batch. Returns the weighted
-    mean loss."""
+    mean loss. `heartbeat()` (tapestry.training.loop) is called after every step: a log line when one is due."""
     model.train()
     perm = torch.randperm(num_examples)
     total, weight = 0.0, 0
@@ -64,6 +64,8 @@ def shuffled_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, num_examp
         loss.backward()
         opt.step()
         total, weight = total + float(loss.detach()) * n, weight + n
+        if heartbeat is not None:
+            heartbeat()
     return total / max(weight, 1)
 
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tapestry.models.sequential.bert4rec import BERT4Rec
 from tapestry.inference.padding import left_pad, trim_padding
 from tapestry.training.base import seeded, shuffled_epoch
+from tapestry.training.loop import run_epochs
 from tapestry.training.sequential import SequentialRecommender
 
 
@@ -36,6 +37,7 @@ class BERT4RecConfig:
     mask_prob: float = 0.4        # the paper's rho is 0.2 on ML-1M, tuned for ~100x more training steps
     last_mask_prob: float = 0.0   # share of windows trained on the newest item alone (the inference problem)
     epochs: int = 50              # ~8 s/epoch on ML-1M (one CPU thread); the loss still falls at 15
+    patience: int = 3             # validation checks without gain before stopping (0: run every epoch)
     batch_size: int = 32
     lr: float = 5e-3
     seed: int = 0
@@ -60,11 +62,8 @@ class BERT4RecRecommender(SequentialRecommender):
         with seeded(self.device, c.seed):
             self.model = model = self._new_model(self.num_items)
             opt = torch.optim.Adam(model.parameters(), lr=c.lr, betas=(0.9, 0.98))
-            bar = self._epoch_bar(c.epochs, "bert4rec")
-            for _ in bar:
-                self.loss_history_.append(self._train_epoch(model, opt, windows))
-                bar.set_postfix(loss=f"{self.loss_history_[-1]:.4f}")
-        model.eval()
+            run_epochs(self, model, c.epochs, "bert4rec", lambda beat: self._train_epoch(model, opt, windows, beat),
+                       data, c.patience)
         return self
 
     def _mask(self, batch: torch.Tensor) -> torch.Tensor:
@@ -77,7 +76,7 @@ class BERT4RecRecommender(SequentialRecommender):
         masked[:, -1] |= ~masked.any(dim=1)
         return masked
 
-    def _train_epoch(self, model: BERT4Rec, opt: torch.optim.Optimizer, windows: torch.Tensor) -> float:
+    def _train_epoch(self, model: BERT4Rec, opt: torch.optim.Optimizer, windows: torch.Tensor, beat=None) -> float:
         """One pass over the users in random order; returns the mean loss per masked item."""
         def batch_loss(rows):
             batch = trim_padding(windows[rows].to(self.device))
@@ -86,7 +85,7 @@ class BERT4RecRecommender(SequentialRecommender):
             # Full softmax over real items 1..N-1 (0 is padding, [MASK] is not in the output table).
             return F.cross_entropy(h @ model.item_embeddings()[1:].T, batch[masked] - 1), h.shape[0]
 
-        return shuffled_epoch(model, opt, windows.shape[0], self.cfg.batch_size, batch_loss)
+        return shuffled_epoch(model, opt, windows.shape[0], self.cfg.batch_size, batch_loss, beat)
 
     def history_window(self) -> int:
         return self.cfg.max_len - 1      # the module appends the [MASK] in the last slot of its window

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from tapestry.models.sequential.comirec import ComiRecSA
 from tapestry.training.base import Recommender, seeded, shuffled_epoch
+from tapestry.training.loop import run_epochs
 from tapestry.inference.padding import trim_padding
 from tapestry.training.sequential import SequentialRecommender
 
@@ -42,6 +43,7 @@ class ComiRecConfig:
     attn_dim: int = 64            # width of the attention MLP (W1); 0 = 4 * hidden_dim, the authors' code
     positions_per_user: int = 16  # (prefix -> next item) examples drawn per user and epoch; 0 = all positions
     epochs: int = 15              # ~9 s/epoch on ML-1M (one CPU thread); the loss flattens after ~10
+    patience: int = 3             # validation checks without gain before stopping (0: run every epoch)
     batch_size: int = 256
     lr: float = 5e-3
     dropout: float = 0.1          # on the history's item vectors
@@ -99,17 +101,16 @@ class ComiRecRecommender(SequentialRecommender):
             if self.side is not None:
                 model.set_side_embeddings(self.side.float())
             opt = torch.optim.Adam(model.parameters(), lr=c.lr)
-            bar = self._epoch_bar(c.epochs, "comirec")
-            for _ in bar:
+
+            def epoch(beat):
                 windows, targets = prefix_examples(sequences, c.max_len, c.positions_per_user, rng)
-                self.loss_history_.append(self._train_epoch(model, opt, torch.from_numpy(windows),
-                                                            torch.from_numpy(targets)))
-                bar.set_postfix(loss=f"{self.loss_history_[-1]:.4f}")
-        model.eval()
+                return self._train_epoch(model, opt, torch.from_numpy(windows), torch.from_numpy(targets), beat)
+
+            run_epochs(self, model, c.epochs, "comirec", epoch, data, c.patience)
         return self
 
     def _train_epoch(self, model: ComiRecSA, opt: torch.optim.Optimizer, windows: torch.Tensor,
-                     targets: torch.Tensor) -> float:
+                     targets: torch.Tensor, beat=None) -> float:
         """One pass over the examples in random order; returns the mean loss per example."""
         def batch_loss(rows):
             batch, target = trim_padding(windows[rows].to(self.device)), targets[rows].to(self.device)
@@ -119,7 +120,7 @@ class ComiRecRecommender(SequentialRecommender):
             # Full softmax over real items 1..N-1 (index 0 is padding, never a target).
             return F.cross_entropy(chosen @ table[1:].T, target - 1), len(rows)
 
-        return shuffled_epoch(model, opt, windows.shape[0], self.cfg.batch_size, batch_loss)
+        return shuffled_epoch(model, opt, windows.shape[0], self.cfg.batch_size, batch_loss, beat)
 
     def encode_interests(self, histories: list[np.ndarray], batch_size: int = 512) -> torch.Tensor:
         """Interest vectors [B, K, D] from item histories (time order); an empty history gives zeros."""

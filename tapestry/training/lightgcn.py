@@ -22,6 +22,7 @@ from tapestry.graph.hetero import INTERACTS, build_hetero_graph, homogeneous_vie
 from tapestry.models.graph.lightgcn import LightGCN
 from tapestry.nn.propagation import normalized_adjacency
 from tapestry.training.base import Recommender, seeded
+from tapestry.training.loop import run_epochs
 from tapestry.training.losses import bpr_loss, sampled_softmax_loss
 
 
@@ -31,7 +32,8 @@ class LightGCNConfig:
     per batch, so fewer, larger batches with a higher lr beat the paper's 2048 / 1e-3 within minutes."""
     embedding_dim: int = 64
     num_layers: int = 2
-    epochs: int = 20
+    epochs: int = 20                  # at most
+    patience: int = 3                 # validation checks without gain before stopping (0: every epoch)
     batch_size: int = 8192
     lr: float = 2e-2
     weight_decay: float = 1e-4        # "bpr": L2 on the batch's layer-0 embeddings (the paper's regulariser)
@@ -69,8 +71,8 @@ class LightGCNRecommender(Recommender):
             model = LightGCN(view.num_nodes, c.embedding_dim, c.num_layers).to(self.device)
             opt = torch.optim.Adam(model.parameters(), lr=c.lr)
             model.train()
-            bar = self._epoch_bar(c.epochs, "lightgcn")
-            for _ in bar:
+
+            def epoch(beat):
                 perm = torch.randperm(n_edges, device=self.device)
                 total, steps = 0.0, 0
                 for start in range(0, n_edges, c.batch_size):
@@ -90,19 +92,22 @@ class LightGCNRecommender(Recommender):
                     loss.backward()
                     opt.step()
                     total, steps = total + float(loss.detach()), steps + 1
-                self.loss_history_.append(total / max(steps, 1))
-                bar.set_postfix(loss=f"{self.loss_history_[-1]:.4f}")
+                    beat()
+                return total / max(steps, 1)
 
-        model.eval()
-        with torch.no_grad():
-            emb = model(adj)
-            if c.loss == "softmax":
-                emb = torch.nn.functional.normalize(emb, dim=-1)   # trained on cosine: score on cosine
-        self._user_emb = emb[view.slice("user")].clone()
-        self._item_emb = emb[view.slice("item")].clone()
-        # Row 0 is the isolated OOV/padding node: its vector is untrained noise, so define it as zero.
-        self._user_emb[0] = 0.0
-        self._item_emb[0] = 0.0
+            def refresh():
+                """The propagated tables `score` reads, from the current weights."""
+                with torch.no_grad():
+                    emb = model(adj)
+                    if c.loss == "softmax":
+                        emb = torch.nn.functional.normalize(emb, dim=-1)   # trained on cosine: score on cosine
+                self._user_emb = emb[view.slice("user")].clone()
+                self._item_emb = emb[view.slice("item")].clone()
+                # Row 0 is the isolated OOV/padding node: its vector is untrained noise, so define it as zero.
+                self._user_emb[0] = 0.0
+                self._item_emb[0] = 0.0
+
+            run_epochs(self, model, c.epochs, "lightgcn", epoch, data, c.patience, refresh=refresh)
         return self
 
     def user_embeddings(self) -> torch.Tensor:

@@ -9,7 +9,8 @@ Output `<root>/<tenant>/models/vNNNN/` (written atomically via new_version):
     <name>.pt           Recommender.save files, one per trained model (load any with Recommender.load)
     rerank.npz          FeatureReranker.save (weights + feature tables)
     config.json         dataclasses.asdict(TrainConfig) + "resolved": every model's full hyper-parameters
-    metrics.json        {model: {"valid", "test", "slices": {cold_items, cold_users}, "fit_seconds", "loss_history"}}
+    metrics.json        {model: {"valid", "test", "slices": {cold_items, cold_users}, "fit_seconds", "loss_history",
+                        "best_epoch", "valid_history" (models that stop early on validation)}}
     etl_version.txt     the ETL version directory trained on
 """
 from __future__ import annotations
@@ -126,11 +127,16 @@ def run_train(tenant: str, root: Path | None = None, cfg: TrainConfig | None = N
         with Stage(log, f"fit {name}") as s:
             model.fit(data, graph)
             s.detail = f"final loss {model.loss_history_[-1]:.4f}" if model.loss_history_ else ""
+            if getattr(model, "valid_history_", None):
+                s.detail += f", kept epoch {model.best_epoch_} of {len(model.loss_history_)} (validation)"
         with Stage(log, f"evaluate {name}") as e:
             metrics[name] = _evaluate_model(model, data, k)
             e.detail = f"valid {_fmt(metrics[name]['valid'])} | test {_fmt(metrics[name]['test'])}"
         metrics[name]["fit_seconds"] = round(s.seconds, 2)
         metrics[name]["loss_history"] = [round(float(x), 6) for x in model.loss_history_]   # the report's curves
+        if hasattr(model, "best_epoch_"):      # early stopping: the epoch kept and the validation curve
+            metrics[name]["best_epoch"] = int(model.best_epoch_)
+            metrics[name]["valid_history"] = list(model.valid_history_)
         models[name] = model
 
     reranker = None

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tapestry.inference.padding import left_pad, trim_padding
 from tapestry.models.sequential.sasrec import SASRec
 from tapestry.training.base import Recommender, seeded, shuffled_epoch
+from tapestry.training.loop import run_epochs
 from tapestry.training.sequential import SequentialRecommender
 
 
@@ -33,7 +34,8 @@ class SASRecConfig:
     num_heads: int = 1
     max_len: int = 100            # 200 costs 1.7x per epoch on ML-1M for no gain per minute of training
     dropout: float = 0.2
-    epochs: int = 26              # ~8 s/epoch on ML-1M (2 CPU cores) with the full softmax
+    epochs: int = 26              # at most; ~8 s/epoch on ML-1M (2 CPU cores) with the full softmax
+    patience: int = 3             # validation checks without gain before stopping (0: run every epoch)
     batch_size: int = 128
     lr: float = 4e-3              # full-softmax CE tolerates a higher lr than the paper's 1e-3 (BCE)
     item_init_from: str | None = None   # registry name of a model whose item_embeddings() start the ID table
@@ -94,14 +96,11 @@ class SASRecRecommender(SequentialRecommender):
                 self.initialised_from_graph = True
             # Adam with beta2 = 0.98 as in the SASRec paper; no weight decay (dropout regularises).
             opt = torch.optim.Adam(model.parameters(), lr=c.lr, betas=(0.9, 0.98))
-            bar = self._epoch_bar(c.epochs, "sasrec")
-            for _ in bar:
-                self.loss_history_.append(self._train_epoch(model, opt, windows))
-                bar.set_postfix(loss=f"{self.loss_history_[-1]:.4f}")
-        model.eval()
+            run_epochs(self, model, c.epochs, "sasrec", lambda beat: self._train_epoch(model, opt, windows, beat),
+                       data, c.patience)
         return self
 
-    def _train_epoch(self, model: SASRec, opt: torch.optim.Optimizer, windows: torch.Tensor) -> float:
+    def _train_epoch(self, model: SASRec, opt: torch.optim.Optimizer, windows: torch.Tensor, beat=None) -> float:
         """One pass over the users in random order; returns the mean loss per predicted position."""
         def batch_loss(rows):
             batch = trim_padding(windows[rows].to(self.device))
@@ -111,7 +110,7 @@ class SASRecRecommender(SequentialRecommender):
             # Full softmax over real items 1..N-1 (index 0 is padding, never a target).
             return F.cross_entropy(h @ model.item_table()[1:].T, targets[real] - 1), h.shape[0]
 
-        return shuffled_epoch(model, opt, windows.shape[0], self.cfg.batch_size, batch_loss)
+        return shuffled_epoch(model, opt, windows.shape[0], self.cfg.batch_size, batch_loss, beat)
 
     def _get_state(self):
         return {"num_items": self.num_items, "initialised_from_graph": self.initialised_from_graph,

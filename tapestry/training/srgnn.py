@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from tapestry.models.session.srgnn import SRGNN
 from tapestry.training.base import Recommender, seeded, shuffled_epoch
+from tapestry.training.loop import run_epochs
 from tapestry.training.examples import PrefixExamples
 from tapestry.inference.padding import trim_padding
 from tapestry.training.sequential import SequentialRecommender
@@ -36,7 +37,8 @@ class SRGNNConfig:
     hidden_dim: int = 64          # must equal the upstream table's width with item_table_from
     num_steps: int = 1            # GNN propagation steps (the paper's best: 1)
     max_len: int = 50             # session window: the last max_len clicks of a prefix / history
-    epochs: int = 10
+    epochs: int = 10              # at most
+    patience: int = 3             # validation checks without gain before stopping (0: run every epoch)
     batch_size: int = 100         # the reference's batch size
     lr: float = 1e-3              # the reference's Adam lr
     l2: float = 1e-5              # Adam weight decay (the reference's L2 penalty)
@@ -75,10 +77,11 @@ class SRGNNRecommender(SequentialRecommender):
         return PrefixExamples(sequences, self.cfg.max_len, self.cfg.max_prefixes_per_user or 0).all()
 
     def fit(self, data, graph=None) -> "SRGNNRecommender":
-        return self.fit_sequences(data.sequences(("train",)), data.num_items)
+        return self.fit_sequences(data.sequences(("train",)), data.num_items, data)
 
-    def fit_sequences(self, sequences: list[np.ndarray], num_items: int) -> "SRGNNRecommender":
-        """Train on item-index sequences (user histories or sessions, time order); num_items includes padding 0."""
+    def fit_sequences(self, sequences: list[np.ndarray], num_items: int, data=None) -> "SRGNNRecommender":
+        """Train on item-index sequences (user histories or sessions, time order); num_items includes padding 0.
+        With `data` (an InteractionData) it stops early on its validation split (`patience`)."""
         c = self.cfg
         if c.item_table_from is not None and self.item_table is None:
             raise RuntimeError(f"srgnn item_table_from={c.item_table_from!r}: call bind() before fit()")
@@ -93,16 +96,17 @@ class SRGNNRecommender(SequentialRecommender):
                 model.set_item_table(self.item_table.float())
             opt = torch.optim.Adam(model.parameters(), lr=c.lr, weight_decay=c.l2)
             sched = torch.optim.lr_scheduler.StepLR(opt, step_size=c.lr_decay_every, gamma=c.lr_decay)
-            bar = self._epoch_bar(c.epochs, "srgnn")
-            for _ in bar:
-                self.loss_history_.append(self._train_epoch(model, opt, inputs, targets))
+
+            def epoch(beat):
+                loss = self._train_epoch(model, opt, inputs, targets, beat)
                 sched.step()
-                bar.set_postfix(loss=f"{self.loss_history_[-1]:.4f}")
-        model.eval()
+                return loss
+
+            run_epochs(self, model, c.epochs, "srgnn", epoch, data, c.patience)
         return self
 
     def _train_epoch(self, model: SRGNN, opt: torch.optim.Optimizer, inputs: torch.Tensor,
-                     targets: torch.Tensor) -> float:
+                     targets: torch.Tensor, beat=None) -> float:
         """One pass over the prefixes in random order; returns the mean loss per prefix."""
         def batch_loss(idx):
             batch = trim_padding(inputs[idx].to(self.device))   # the session graph is [B, L, L]: worth trimming
@@ -110,7 +114,7 @@ class SRGNNRecommender(SequentialRecommender):
             logits = model.encode(batch) @ model.item_embeddings()[1:].T
             return F.cross_entropy(logits, targets[idx].to(self.device) - 1), len(idx)
 
-        return shuffled_epoch(model, opt, inputs.shape[0], self.cfg.batch_size, batch_loss)
+        return shuffled_epoch(model, opt, inputs.shape[0], self.cfg.batch_size, batch_loss, beat)
 
     def _get_state(self):
         return {"num_items": self.num_items, "frozen_item_table": self.model.frozen_item_table,

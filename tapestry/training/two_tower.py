@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from tapestry.models.retrieval.two_tower import TwoTower
 from tapestry.inference.padding import left_pad
 from tapestry.training.base import Recommender, seeded, shuffled_epoch
+from tapestry.training.loop import run_epochs
 from tapestry.training.examples import PrefixExamples  # noqa: F401 - re-exported (tests, distill)
 
 
@@ -40,6 +41,7 @@ class TwoTowerConfig:
     dropout: float = 0.1            # on the user tower's pooled input
     epochs: int = 10                # ~480 steps, 22-45 s/epoch on ML-1M (2 shared CPU cores); valid NDCG@10
                                     # 0.1735 after 5, 0.1881 after 9, 0.1874 after 10 (flat from 9 on)
+    patience: int = 3               # validation checks without gain before stopping (0: every epoch)
     batch_size: int = 1024          # = in-batch negatives per example: more negatives, a better softmax estimate
     lr: float = 2e-3                # Adam
     weight_decay: float = 0.0
@@ -135,14 +137,12 @@ class TwoTowerRecommender(Recommender):
             self.model = model = self._build(data)
             self._prepare_extra(data)
             opt = torch.optim.Adam(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-            bar = self._epoch_bar(c.epochs, type(self).__name__.removesuffix("Recommender").lower())
-            for _ in bar:
-                self.loss_history_.append(self._train_epoch(model, opt, examples, log_q))
-                bar.set_postfix(loss=f"{self.loss_history_[-1]:.4f}")
-        model.eval()
+            run_epochs(self, model, c.epochs, type(self).__name__.removesuffix("Recommender").lower(),
+                       lambda beat: self._train_epoch(model, opt, examples, log_q, beat), data, c.patience)
         return self
 
-    def _train_epoch(self, model: TwoTower, opt, examples: PrefixExamples, log_q: torch.Tensor | None) -> float:
+    def _train_epoch(self, model: TwoTower, opt, examples: PrefixExamples, log_q: torch.Tensor | None,
+                     beat=None) -> float:
         """One pass over the examples in random order; returns the mean batch loss."""
         def batch_loss(rows):
             seqs, targets, users = (t.to(self.device) for t in examples.batch(rows))
@@ -151,7 +151,7 @@ class TwoTowerRecommender(Recommender):
             hard = in_batch_softmax_loss(model, model.encode(seqs, self._attrs_of(users)), targets, log_q)
             return self._step_loss(model, hard), 1
 
-        return shuffled_epoch(model, opt, len(examples), self.cfg.batch_size, batch_loss)
+        return shuffled_epoch(model, opt, len(examples), self.cfg.batch_size, batch_loss, beat)
 
     # Hooks for subclasses that add a loss term (tapestry.training.distill): nothing extra here.
     def _prepare_extra(self, data) -> None:
