@@ -21,11 +21,11 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
 def test_failed_atomic_write_keeps_old_content_and_no_temp_files(tmp_path):
     target = tmp_path / "out.txt"
     atomic_write_text(target, "old")
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="a bytes-like object is required, not 'int'"):
         atomic_write_bytes(target, 123)  # write() of a non-bytes fails after the temp file exists
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="keys must be str, int, float, bool or None, not complex"):
         atomic_write_json(target, {1j: 1})  # unserialisable key: fails before any file is made
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
@@ -55,14 +55,14 @@ def test_exception_inside_new_version_leaves_nothing_behind(tmp_path):
     stage = tmp_path / "acme" / "etl"
     assert list(stage.iterdir()) == []  # no version, no temp dir, no LATEST
     assert v.path is None
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="no 'etl' artifacts for tenant 'acme'"):
         latest_version("acme", "etl", tmp_path)
 
 
 def test_exception_keeps_previous_latest(tmp_path):
     with new_version("acme", "models", tmp_path) as v:
         (v.tmp / "ok").write_text("1")
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="^'x'$"):
         with new_version("acme", "models", tmp_path) as bad:
             (bad.tmp / "ok").write_text("2")
             raise KeyError("x")
@@ -72,7 +72,7 @@ def test_exception_keeps_previous_latest(tmp_path):
 
 
 def test_latest_version_error_names_the_command(tmp_path):
-    with pytest.raises(FileNotFoundError) as e:
+    with pytest.raises(FileNotFoundError, match=r"run `tapestry etl --tenant acme` first") as e:
         latest_version("acme", "etl", tmp_path)
     msg = str(e.value)
     assert "tapestry etl" in msg
@@ -93,9 +93,9 @@ def test_latest_version_falls_back_to_highest_complete_version(tmp_path):
 
 @pytest.mark.parametrize("tenant", ["../x", "a/b", "..", "abc\n", "", "a" * 65])
 def test_artifact_paths_reject_bad_tenants(tmp_path, tenant):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="invalid tenant id"):
         stage_dir(tenant, "etl", tmp_path)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="invalid tenant id"):
         new_version(tenant, "etl", tmp_path)
     assert list(tmp_path.iterdir()) == []
 

@@ -58,7 +58,7 @@ def test_all_invalid_rows_fail_without_a_partial_version(tmp_path):
         run_etl(generic_tables(_events_csv(tmp_path / "bad.csv", bad=True)), "acme", root=root, **QUIET)
     assert _listing(stage) == []
     run_etl(generic_tables(_events_csv(tmp_path / "good.csv")), "acme", root=root, **QUIET)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no valid events"):
         run_etl(generic_tables(_events_csv(tmp_path / "bad.csv", bad=True)), "acme", root=root, **QUIET)
     assert _listing(stage) == ["LATEST", "v0001"]
     assert (stage / "LATEST").read_text().strip() == "v0001"

@@ -51,7 +51,7 @@ def test_small_files_keep_line_order_and_attributes(small_dir, tmp_path):
 
 def test_a_bad_attribute_file_is_a_schema_error(small_dir):
     (small_dir / "Tiny_item2attributes.json").write_text('{"1": 3}')
-    with pytest.raises(S.SchemaError):
+    with pytest.raises(S.SchemaError, match="expected a JSON object of item id -> list of attribute ids"):
         s3rec(small_dir, "Tiny")
 
 

@@ -210,12 +210,12 @@ def test_missing_required_column_raises_for_entity_tables(tmp_path):
 def test_unsupported_file_type_raises(tmp_path):
     path = tmp_path / "events.json"
     path.write_text("[]")
-    with pytest.raises(SchemaError):
+    with pytest.raises(SchemaError, match="unsupported file type for .*events.json"):
         read_table(path)
 
 
 def test_missing_input_file_raises(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="input file not found: .*nope.csv"):
         read_table(tmp_path / "nope.csv")
 
 

@@ -125,7 +125,7 @@ def test_a_crash_between_quarantine_and_commit_quarantines_nothing_twice(store, 
     lines = [f"u0006,{'i%04d' % (k % 30) if k % 3 else 'unknown'},view,{TS + k}\n".encode() for k in range(12)]
     path = tmp_path / "events.csv"
     path.write_bytes(HEADER + b"".join(lines))
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="^killed$"):
         ingest(TENANT, path, _DiesOnSecondBatch(store), root, batch_size=5)
     assert store.committed_offset(str(path.resolve())) == len(HEADER) + sum(len(x) for x in lines[:5])
     assert len(quarantined(root)) == 4            # batch 1 (k = 0, 3) and the uncommitted batch 2 (k = 6, 9)

@@ -1,4 +1,6 @@
 """tapestry.serving.validate: the checks every stage runs on its request tensors, without Triton."""
+import re
+
 import numpy as np
 import pytest
 
@@ -42,7 +44,7 @@ def test_tenant_refuses_anything_else_with_a_clear_message(sent, message):
     ({"TENANT": np.array([[b"acme"]], dtype=np.object_)}, "TENANT must be a 1-D tensor, got shape [1, 1]"),
 ])
 def test_tensor_shape_and_kind_are_checked(tensors, message):
-    with pytest.raises(RequestError) as info:
+    with pytest.raises(RequestError, match=re.escape(message)) as info:
         v.tenant(tensors, "acme")
     assert message in str(info.value)
 
@@ -62,7 +64,7 @@ def test_tensor_shape_and_kind_are_checked(tensors, message):
     (5, "USER_ID must hold strings, got int"),
 ])
 def test_bad_ids_are_request_errors(value, message):
-    with pytest.raises(RequestError) as info:
+    with pytest.raises(RequestError, match=re.escape(message)) as info:
         v.single_text({"USER_ID": _bytes(value)}, "USER_ID")
     assert message in str(info.value)
 

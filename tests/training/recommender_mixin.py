@@ -96,7 +96,7 @@ class RecommenderMixin:
         if other is None:
             pytest.skip("popularity is the other class used here")
         path = model.save(tmp_path / "model.pt")
-        with pytest.raises(TypeError):
+        with pytest.raises(TypeError, match=f"holds a {type(model).__name__}, not a {other.__name__}"):
             other.load(path)
 
     def test_fit_is_deterministic(self, model, data, graph, histories):
