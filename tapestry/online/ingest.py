@@ -19,6 +19,14 @@ lines written for an uncommitted batch are recognised by (source, offset) and no
 per source file (its resolved path); stdin cannot be re-read, so it is not resumable. The embedded store is this
 process's memory: offsets commit with it (and are mirrored to `<root>/<tenant>/ingest/offsets.json` after each
 batch), and a new process starts from an empty store, so from the file's start.
+
+Redis down (StoreUnavailable: refused, dropped, timed out, still loading after a restart): ingest waits, retrying
+every 0.1 s doubling to 2 s and logging once per outage, then commits the same batch once Redis answers, so a file
+source loses and duplicates nothing (tests/online/test_redis_faults.py stops Redis mid-ingest). A commit whose EXEC
+reached Redis but whose reply was lost is recognised by its offset on the retry (tapestry.online.redis_store). With
+stdin there is no offset to recognise it by: such a batch could be applied twice. `stop()` while waiting ends the
+run at the last committed offset. Redis must keep what it acknowledged across the restart (AOF or a replica):
+a Redis that restarts empty has lost the store and its offsets, and ingest then says the store is not loaded.
 """
 from __future__ import annotations
 
@@ -39,12 +47,37 @@ from tapestry.etl.schema import EVENT_COLUMNS, MALFORMED_LINE, SchemaError
 from tapestry.etl.sources import ROW
 from tapestry.etl.validate import validate_events
 from tapestry.online.jsonl import append_jsonl, read_jsonl
-from tapestry.online.store import EmbeddedStore, OnlineStore, RedisStore, StoreMismatch
+from tapestry.online.store import EmbeddedStore, OnlineStore, RedisStore, StoreMismatch, StoreUnavailable
 from tapestry.online.tombstones import TOMBSTONES, Tombstones
 
 UNKNOWN_ITEM = "unknown_item"
 DEFAULT_BATCH = 500
 _IDLE = None          # yielded by _read_lines when it has reached the end of what was written so far
+RETRY_MAX_S = 2.0     # the longest wait between two tries while the store is unreachable
+
+
+class _Stopped(Exception):
+    """stop() became true while waiting for the store: the run ends at the last committed offset."""
+
+
+def waiting(call, stop: Callable[[], bool], log=print, what: str = "commit"):
+    """``call()``, retried while the store is unreachable (StoreUnavailable) until it succeeds or ``stop()``."""
+    delay, since = 0.1, None
+    while True:
+        try:
+            result = call()
+        except StoreUnavailable as e:
+            if since is None:
+                since = time.monotonic()
+                log(f"[ingest] online store unavailable, waiting to {what} (nothing is skipped): {e}")
+            if stop():
+                raise _Stopped() from None
+            time.sleep(delay)   # a back-off between tries, not a measurement
+            delay = min(delay * 2, RETRY_MAX_S)
+            continue
+        if since is not None:
+            log(f"[ingest] online store back after {time.monotonic() - since:.1f}s: {what} done")
+        return result
 
 
 @dataclass
@@ -131,8 +164,10 @@ def _header(raw: bytes, source) -> list[str]:
 
 class _Batcher:
     def __init__(self, tenant: str, store: OnlineStore, header: list[str], items: dict[str, int], cfg: ETLConfig,
-                 tombstones: Tombstones, qpath: Path, source: str | None, committed: int, stats: IngestStats):
+                 tombstones: Tombstones, qpath: Path, source: str | None, committed: int, stats: IngestStats,
+                 stop: Callable[[], bool] = lambda: False, log=print):
         self.tenant, self.store, self.header, self.items, self.cfg = tenant, store, header, items, cfg
+        self.stop, self.log = stop, log
         self.tombstones, self.qpath, self.source = tombstones, qpath, source
         self.committed, self.stats = committed, stats
         self.user_col = header.index("user_id")
@@ -180,9 +215,10 @@ class _Batcher:
         append_jsonl(self.qpath, [r for r in quarantine if r["offset"] not in self.already])
         end = batch[-1][1]
         if self.source is None:
-            self.store.append(events)
+            waiting(lambda: self.store.append(events), self.stop, self.log, f"commit up to byte {end:,}")
         else:
-            self.store.append(events, self.source, end, expected_offset=self.committed)
+            waiting(lambda: self.store.append(events, self.source, end, expected_offset=self.committed), self.stop,
+                    self.log, f"commit {self.source} up to byte {end:,}")
             self.committed = end
         self.stats.lines += len(batch)
         self.stats.applied += len(events)
@@ -191,13 +227,24 @@ class _Batcher:
 
 
 def ingest(tenant: str, source: str | Path, store: OnlineStore, root: Path | None = None, follow: bool = False,
-           batch_size: int = DEFAULT_BATCH, poll_interval: float = 0.2, stop: Callable[[], bool] | None = None
-           ) -> IngestStats:
+           batch_size: int = DEFAULT_BATCH, poll_interval: float = 0.2, stop: Callable[[], bool] | None = None,
+           log=print) -> IngestStats:
     """Ingest `source` (a path, or "-" for stdin) into `store`; see the module docstring. `stop()` is checked after
-    each batch and while waiting for data: True ends the run cleanly (everything read so far is committed)."""
+    each batch and while waiting for data or for the store: True ends the run cleanly (everything read so far is
+    committed, or, while the store is unreachable, everything up to the last committed offset)."""
     validate_tenant(tenant)
     stop = stop or (lambda: False)
-    meta = store.metadata()
+    stats = IngestStats()
+    try:
+        return _ingest(tenant, source, store, root, follow, batch_size, poll_interval, stop, log, stats)
+    except _Stopped:
+        log(f"[ingest] stopped while the online store was unavailable: committed up to byte {stats.offset:,}, where "
+            "the next run resumes")
+        return stats
+
+
+def _ingest(tenant, source, store, root, follow, batch_size, poll_interval, stop, log, stats) -> IngestStats:
+    meta = waiting(store.metadata, stop, log, "read the store's metadata")
     if meta.tenant != tenant:
         raise StoreMismatch(f"the store holds tenant {meta.tenant!r}, not {tenant!r}")
     tdir = tenant_dir(tenant, root)
@@ -206,22 +253,22 @@ def ingest(tenant: str, source: str | Path, store: OnlineStore, root: Path | Non
     key = None if stdin else str(Path(source).resolve())
     fd = os.dup(0) if stdin else os.open(source, os.O_RDONLY)
     try:
-        committed = store.committed_offset(key) if key else 0
+        committed = waiting(lambda: store.committed_offset(key), stop, log, "read the committed offset") if key else 0
         if key and committed > os.fstat(fd).st_size:
             raise ValueError(f"{source} is shorter ({os.fstat(fd).st_size} bytes) than its committed offset "
                              f"{committed}: it was truncated or replaced; ingest a new file under a new name")
         lines = _read_lines(fd, 0, follow and not stdin, poll_interval, stop)
+        stats.offset = committed
         first = next((x for x in lines if x is not _IDLE), None)
         if first is None:
-            return IngestStats(offset=committed)
+            return stats
         header = _header(first[2], source)
         if committed > first[1]:
             lines.close()
             os.lseek(fd, committed, os.SEEK_SET)
             lines = _read_lines(fd, committed, follow and not stdin, poll_interval, stop)
-        stats = IngestStats(offset=committed)
         b = _Batcher(tenant, store, header, items, cfg, Tombstones(tdir / TOMBSTONES),
-                     quarantine_path(tenant, root), key, committed, stats)
+                     quarantine_path(tenant, root), key, committed, stats, stop, log)
         batch: list[tuple[int, int, bytes]] = []
         for line in lines:
             if line is not _IDLE:
@@ -243,13 +290,17 @@ def run_ingest(tenant: str, source: str | Path, root: Path | None = None, redis_
     """Ingest into the Redis store at `redis_url`, else into an embedded store over the latest export (in this
     process only: see the module docstring). kwargs: those of `ingest`."""
     if redis_url:
-        store = RedisStore(redis_url, tenant)
+        stop = kwargs.get("stop") or (lambda: False)
+        try:
+            store = waiting(lambda: RedisStore(redis_url, tenant), stop, log, "connect")
+        except _Stopped:
+            return IngestStats()
     else:
         store = EmbeddedStore.from_export(latest_version(tenant, "export", root) / "artifacts")
         log("[ingest] no --redis: ingesting into an embedded store in this process's memory only (a running server "
             "does not see it); use a Redis store to serve ingested events")
     try:
-        return ingest(tenant, source, store, root, **kwargs)
+        return ingest(tenant, source, store, root, log=log, **kwargs)
     finally:
         store.close()
 

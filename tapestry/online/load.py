@@ -15,8 +15,11 @@ from typing import Callable
 import polars as pl
 
 from tapestry.config import validate_tenant
-from tapestry.online.store import RedisStore, StoreMetadata, _connect, _Keys, _now, export_tenant_dir
+from tapestry.online.redis_store import RedisStore, _connect, _Keys
+from tapestry.online.store import StoreMetadata, _now, export_tenant_dir
 from tapestry.online.tombstones import TOMBSTONES, Tombstones
+
+LOAD_TIMEOUT_S = 30.0   # a bulk load's pipelined chunks: not a request's 0.5 s
 
 
 def _drop_generation(r, k: _Keys, gen: str, chunk: int = 1000) -> None:
@@ -43,7 +46,7 @@ def load_export_into_redis(artifact_dir: Path, url: str, chunk_users: int = 500,
     artifact_dir = Path(artifact_dir).resolve()
     m = json.loads((artifact_dir / "manifest.json").read_text())
     tenant = validate_tenant(m["tenant"])
-    k, r = _Keys(tenant), _connect(url)
+    k, r = _Keys(tenant), _connect(url, timeout=LOAD_TIMEOUT_S)
     tdir = export_tenant_dir(artifact_dir, tenant)
     tombstones = Tombstones(tdir / TOMBSTONES if tdir else None)
     tombstones.refresh()

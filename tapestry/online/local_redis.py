@@ -1,5 +1,8 @@
 """A throwaway local `redis-server` (tests, trying the Redis store on a laptop): loopback only, a free port, no
 persistence (`--save '' --appendonly no`), its own working directory; `with LocalRedis() as r: r.url`.
+`LocalRedis(persistent=True)` keeps an append-only file fsynced at every write (`--appendfsync always`), so
+`stop()` then `start()` (same port, same directory) brings back everything it acknowledged: what a Redis outage
+and restart look like to clients (tests/online/test_redis_faults.py, benchmarks/chaos.py).
 
 Production runs a managed Redis; this only starts the binary the way tests need it, like
 tapestry.serving.triton_server does for Triton.
@@ -29,7 +32,7 @@ def _free_port() -> int:
 
 
 class LocalRedis:
-    def __init__(self, directory: Path | None = None, binary: str | None = None):
+    def __init__(self, directory: Path | None = None, binary: str | None = None, persistent: bool = False):
         self.binary = binary or redis_server_binary()
         if self.binary is None:
             raise FileNotFoundError("redis-server is not installed (Debian/Ubuntu: apt-get install redis-server)")
@@ -37,6 +40,7 @@ class LocalRedis:
         self.directory = Path(directory or tempfile.mkdtemp(prefix="tapestry-redis-"))
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port: int | None = None
+        self.persistent = persistent
         self._proc: subprocess.Popen | None = None
 
     @property
@@ -44,14 +48,17 @@ class LocalRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 20.0) -> "LocalRedis":
+        """Start on a free port, or, after a `stop()`, on the port it had (a restart: clients reconnect)."""
         import redis
 
-        for _ in range(3):    # the free port can be taken between choosing it and redis binding it: try another
-            self.port = _free_port()
+        restart = self.port is not None
+        durability = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        for _ in range(1 if restart else 3):   # a free port can be taken before redis binds it: try another
+            self.port = self.port if restart else _free_port()
             log = open(self.directory / "redis.log", "ab")
             with log:
                 self._proc = subprocess.Popen(
-                    [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                    [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *durability,
                      "--dir", str(self.directory), "--daemonize", "no"],
                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
             client = redis.Redis(port=self.port, socket_connect_timeout=0.5)

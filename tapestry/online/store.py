@@ -23,7 +23,8 @@ Two implementations, one contract (tests/online/test_store.py runs the same test
   A load replaces the tenant's values whole: events ingested since the previous export stay only if the new
   export's ETL run read them (give the ingested files to the next `tapestry etl`); offsets are per source file and
   survive loads.
-Reads are never cached: an ingested event is in the next request's history.
+Reads are never cached: an ingested event is in the next request's history. Redis faults (bounded timeouts,
+StoreUnavailable) are tapestry.online.redis_store's.
 """
 from __future__ import annotations
 
@@ -53,6 +54,11 @@ class StoreMismatch(ValueError):
 
 class StoreNotLoaded(ValueError):
     """Nothing has been loaded into the store for this tenant yet."""
+
+
+class StoreUnavailable(RuntimeError):
+    """The store cannot be reached now (Redis down, restarting or not answering within its timeout): a fault of the
+    moment, unlike the errors above; the same call may succeed later (tapestry.online.redis_store)."""
 
 
 class OffsetConflict(RuntimeError):
@@ -217,189 +223,6 @@ class EmbeddedStore(OnlineStore):
             return self._users.pop(user_id, None) is not None
 
 
-# One round trip, atomic on the server: resolve the generation pointer, then read the user in that generation. A
-# generation is deleted only after the pointer has moved off it, so a reader never sees a half-written or
-# half-deleted one. (The keys are derived inside the script: fine on a single Redis, not on Redis Cluster.)
-_READ_USER = """
-local gen = redis.call('GET', KEYS[1])
-if not gen then return {} end
-local prefix = ARGV[1] .. gen .. ':'
-local attrs = redis.call('HGET', prefix .. 'attrs', ARGV[2])
-if not attrs then return {gen} end
-return {gen, attrs, redis.call('LRANGE', prefix .. 'user:' .. ARGV[2], 0, -1)}
-"""
-
-
-class _Keys:
-    """Every key of one tenant; the tenant is validated first, so it cannot carry `:` or `*` into a key."""
-
-    def __init__(self, tenant: str):
-        self.ns = f"tapestry:{validate_tenant(tenant)}:"
-        self.pointer = self.ns + "current"
-        self.generations = self.ns + "generations"     # zset gen -> creation time (to drop abandoned loads)
-
-    def gen(self, gen: str) -> str:
-        return f"{self.ns}{gen}:"
-
-    def user(self, gen: str, uid: str) -> str:
-        return f"{self.ns}{gen}:user:{uid}"
-
-    def offset(self, source: str) -> str:
-        return f"{self.ns}ingest:offset:{source}"
-
-
-def _ints(raw) -> np.ndarray:
-    text = raw.decode() if isinstance(raw, bytes) else str(raw)
-    return np.array([int(x) for x in text.split(",") if x], dtype=np.int64)
-
-
-def _connect(url: str):
-    import redis
-
-    return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
-
-
-class RedisStore(OnlineStore):
-    """See the module docstring. `etl_version`: the ETL version this process's indices belong to; None pins the
-    version of the generation current at construction (a later generation from another ETL version is refused)."""
-
-    kind = "redis"
-
-    def __init__(self, url: str, tenant: str, etl_version: str | None = None):
-        self.tenant = validate_tenant(tenant)
-        self._k = _Keys(tenant)
-        self._redis = _connect(url)
-        self._read = self._redis.register_script(_READ_USER)
-        self._etl, self._gen, self._meta = None, None, None
-        gen = self._redis.get(self._k.pointer)
-        if gen is None and etl_version is not None:
-            raise StoreNotLoaded(self._not_loaded())
-        if gen is not None and not self._adopt(gen.decode()):
-            raise StoreNotLoaded(self._not_loaded())
-        if etl_version is not None:
-            check_etl_version(self._meta, {"tenant": self.tenant, "etl_version": etl_version})
-            self._etl = etl_version
-
-    def _not_loaded(self) -> str:
-        return (f"the Redis online store holds nothing for tenant {self.tenant!r}: load an export first "
-                f"(`tapestry load-store --tenant {self.tenant} --redis URL`)")
-
-    def _adopt(self, gen: str) -> bool:
-        """Switch to generation `gen` after checking its ETL version; False if it vanished meanwhile."""
-        raw = self._redis.hgetall(self._k.gen(gen) + "meta")
-        if not raw:
-            return False
-        meta = StoreMetadata(**{k.decode(): v.decode() for k, v in raw.items()})
-        if self._etl is None:
-            self._etl = meta.etl_version
-        elif etl_identity(meta.etl_version) != etl_identity(self._etl):
-            raise StoreMismatch(f"the Redis online store of tenant {self.tenant!r} now holds values from ETL version "
-                                f"{etl_identity(meta.etl_version)!r} (export {meta.export_version}), but this "
-                                f"process serves ETL version {etl_identity(self._etl)!r}: restart it on an export "
-                                "of that ETL version")
-        self._gen, self._meta = gen, meta
-        return True
-
-    def metadata(self) -> StoreMetadata:
-        gen = self._redis.get(self._k.pointer)
-        if gen is None:
-            raise StoreNotLoaded(self._not_loaded())
-        if gen.decode() != self._gen and not self._adopt(gen.decode()):
-            return self.metadata()
-        return self._meta
-
-    def get(self, user_id: str) -> UserRecord | None:
-        for _ in range(5):
-            res = self._read(keys=[self._k.pointer], args=[self._k.ns, user_id])
-            if not res:
-                raise StoreNotLoaded(self._not_loaded())
-            gen = res[0].decode()
-            if gen != self._gen and not self._adopt(gen):
-                continue                      # flipped and dropped between the two calls: read again
-            if len(res) == 1:
-                return None
-            return self._record(res)
-        raise RuntimeError(f"the Redis online store of tenant {self.tenant!r} kept switching generations")
-
-    @staticmethod
-    def _record(res) -> UserRecord | None:
-        if len(res) == 1:
-            return None
-        return UserRecord(np.array(res[2]).astype(np.int64) if res[2] else _EMPTY, _ints(res[1]))
-
-    def get_many(self, user_ids: list[str]) -> list[UserRecord | None]:
-        """One round trip for every id (a pipeline of the same atomic read); an answer from another generation
-        than the one adopted is read again on its own, as `get` does."""
-        if len(user_ids) <= 1:
-            return [self.get(uid) for uid in user_ids]
-        with self._redis.pipeline(transaction=False) as p:
-            for uid in user_ids:
-                self._read(keys=[self._k.pointer], args=[self._k.ns, uid], client=p)
-            answers = p.execute()
-        out = []
-        for uid, res in zip(user_ids, answers):
-            if not res:
-                raise StoreNotLoaded(self._not_loaded())
-            same = res[0].decode() == self._gen or self._adopt(res[0].decode())
-            out.append(self._record(res) if same else self.get(uid))
-        return out
-
-    def append(self, events, source=None, offset=None, expected_offset=None) -> None:
-        from redis.exceptions import WatchError
-
-        grouped = group_by_user(events)
-        watched = [self._k.pointer] + ([self._k.offset(source)] if source is not None else [])
-        with self._redis.pipeline() as p:
-            while True:
-                try:
-                    p.watch(*watched)
-                    gen = p.get(self._k.pointer)
-                    if gen is None:
-                        raise StoreNotLoaded(self._not_loaded())
-                    gen = gen.decode()
-                    if gen != self._gen and not self._adopt(gen):
-                        continue
-                    if source is not None and expected_offset is not None:
-                        current = int(p.get(self._k.offset(source)) or 0)
-                        if current != expected_offset:
-                            raise OffsetConflict(f"{source}: committed offset is {current}, expected "
-                                                 f"{expected_offset}: another ingest of this source is running")
-                    p.multi()
-                    for uid, items in grouped.items():
-                        p.rpush(self._k.user(gen, uid), *items)
-                        p.hsetnx(self._k.gen(gen) + "attrs", uid, "")   # a new user: known, no attributes
-                    if source is not None:
-                        p.set(self._k.offset(source), int(offset))
-                    p.execute()
-                    return
-                except WatchError:
-                    continue                  # the pointer or the offset moved: redo the batch on what is current
-
-    def committed_offset(self, source: str) -> int:
-        return int(self._redis.get(self._k.offset(source)) or 0)
-
-    def erase(self, user_id: str) -> bool:
-        from redis.exceptions import WatchError
-
-        with self._redis.pipeline() as p:
-            while True:
-                try:
-                    p.watch(self._k.pointer)
-                    gen = p.get(self._k.pointer)
-                    if gen is None:
-                        return False
-                    gen = gen.decode()
-                    p.multi()
-                    p.delete(self._k.user(gen, user_id))
-                    p.hdel(self._k.gen(gen) + "attrs", user_id)
-                    return bool(p.execute()[1])
-                except WatchError:
-                    continue
-
-    def close(self) -> None:
-        self._redis.close()
-
-
 def open_store(artifact_dir: Path, manifest: dict | None = None) -> OnlineStore:
     """The store an export's feature_lookup reads: Redis when $TAPESTRY_REDIS_URL is set or the manifest says
     `"online_store": {"kind": "redis", "url": ...}`, else the embedded users.parquet. Checked against the
@@ -408,7 +231,19 @@ def open_store(artifact_dir: Path, manifest: dict | None = None) -> OnlineStore:
     m = manifest or json.loads((artifact_dir / "manifest.json").read_text())
     configured = m.get("online_store") or {}
     url = os.environ.get(REDIS_URL_ENV) or (configured.get("url") if configured.get("kind") == "redis" else None)
+    from tapestry.online.redis_store import RedisStore
+
     store = (RedisStore(url, m["tenant"], etl_version=str(m["etl_version"])) if url
              else EmbeddedStore.from_export(artifact_dir, m))
     check_etl_version(store.metadata(), m)
     return store
+
+
+
+def __getattr__(name: str):
+    """`RedisStore` lives in tapestry.online.redis_store, which builds on this module: imported when first asked."""
+    if name == "RedisStore":
+        from tapestry.online.redis_store import RedisStore
+
+        return RedisStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

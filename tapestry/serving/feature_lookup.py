@@ -15,21 +15,33 @@ USER_KIND says what was found: a stored user (KNOWN: the served sequential encod
 id with recent events (SESSION: an anonymous visitor; the session encoder reads those events), or nothing usable
 (COLD: popularity). Malformed ids (empty user id, not UTF-8, control/invisible characters, too long, too many) are
 request errors: tapestry.serving.validate.
+
+The store unreachable (Redis down, restarting, or slower than its 0.5 s timeout: StoreUnavailable, raised at once
+while it stays down; tapestry.online.redis_store): by default ($TAPESTRY_STORE_FALLBACK=popularity) every row of
+the batch is answered without the store, from its RECENT_ITEM_IDS alone through the served encoder
+(STRATEGY `fallback_recent`) or, with none, from popularity (`fallback_popularity`); the stored history is unknown,
+so items the user has seen may come back. With $TAPESTRY_STORE_FALLBACK=error those requests fail instead with
+Triton's UNAVAILABLE (HTTP 503) naming the store. Either way within the store's timeout, and the next request after
+Redis is back reads it again (no restart). The stage logs the outage's start and end (Triton's log).
 """
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from tapestry.inference.padding import left_pad_one
-from tapestry.online.store import EmbeddedStore, OnlineStore, open_store
+from tapestry.online.store import EmbeddedStore, OnlineStore, StoreUnavailable, open_store
 from tapestry.serving import validate as v
-from tapestry.serving.stage import (USER_COLD, USER_KNOWN, USER_SESSION, Stage, checked_rows, export_manifest,
-                                    one_row)
+from tapestry.serving.stage import (USER_COLD, USER_FALLBACK_COLD, USER_FALLBACK_RECENT, USER_KNOWN, USER_SESSION,
+                                    Stage, Unavailable, checked_rows, export_manifest, one_row)
 
 _NOTHING = np.zeros(0, np.int64)
+FALLBACK_ENV = "TAPESTRY_STORE_FALLBACK"
+FALLBACKS = ("popularity", "error")    # what a request gets while the store is unreachable (the docstring)
 
 
 class FeatureLookup(Stage):
@@ -39,8 +51,13 @@ class FeatureLookup(Stage):
     outputs = ("HISTORY", "SEEN", "EXCLUDE", "USER_ATTRS", "USER_KIND", "IGNORED_ITEMS")
 
     def __init__(self, tenant: str, max_len: int, users: pl.DataFrame | None = None, item_ids: list[str] = (),
-                 num_attrs: int = 0, store: OnlineStore | None = None):
-        """`store`, or `users` (a users.parquet frame) for an embedded one."""
+                 num_attrs: int = 0, store: OnlineStore | None = None, fallback: str | None = None):
+        """`store`, or `users` (a users.parquet frame) for an embedded one; `fallback`: one of FALLBACKS (default
+        $TAPESTRY_STORE_FALLBACK, else "popularity")."""
+        self.fallback = fallback or os.environ.get(FALLBACK_ENV) or FALLBACKS[0]
+        if self.fallback not in FALLBACKS:
+            raise ValueError(f"{FALLBACK_ENV} must be one of {FALLBACKS}, not {self.fallback!r}")
+        self._outage = False
         self.tenant = tenant
         self.max_len = max_len
         self.num_attrs = num_attrs
@@ -75,18 +92,39 @@ class FeatureLookup(Stage):
         """The rows' users are read from the store in one call (one round trip to Redis)."""
         out, passed = checked_rows(rows, self._request)
         if passed:
-            records = self.store.get_many([user_id for _, (user_id, _, _) in passed])
+            records, fallback = self._records([user_id for _, (user_id, _, _) in passed])
             for (i, (_, exclude_ids, recent_ids)), record in zip(passed, records):
-                out[i] = self._features(record, exclude_ids, recent_ids)
+                out[i] = self._features(record, exclude_ids, recent_ids, fallback)
         return out
 
-    def _features(self, record, exclude_ids: list[str], recent_ids: list[str]) -> dict[str, np.ndarray]:
+    def _records(self, user_ids: list[str]) -> tuple[list, bool]:
+        """The users' records and False; while the store is unreachable, no records and True (or Unavailable)."""
+        try:
+            records = self.store.get_many(user_ids)
+        except StoreUnavailable as e:
+            if not self._outage:
+                self._outage = True
+                print(f"[feature_lookup] tenant={self.tenant}: online store unavailable, answering "
+                      f"{'UNAVAILABLE' if self.fallback == 'error' else 'without it (fallback_*)'}: {e}",
+                      file=sys.stderr, flush=True)
+            if self.fallback == "error":
+                raise Unavailable(f"online store unavailable: {e}") from None
+            return [None] * len(user_ids), True
+        if self._outage:
+            self._outage = False
+            print(f"[feature_lookup] tenant={self.tenant}: online store reachable again", file=sys.stderr, flush=True)
+        return records, False
+
+    def _features(self, record, exclude_ids: list[str], recent_ids: list[str],
+                  fallback: bool = False) -> dict[str, np.ndarray]:
         known = record is not None
         stored, attrs = (record.history, record.attrs) if known else (_NOTHING, _NOTHING)
         recent = [self._items.get(x, 0) for x in recent_ids]
         ignored = sum(1 for i in recent if i == 0)
         history = np.concatenate([stored, np.asarray([i for i in recent if i], dtype=np.int64)])
         kind = USER_COLD if history.size == 0 else (USER_KNOWN if known else USER_SESSION)
+        if fallback:
+            kind = USER_FALLBACK_COLD if history.size == 0 else USER_FALLBACK_RECENT
         exclude = [self._items.get(x, 0) for x in exclude_ids]
         user_attrs = np.zeros(self.num_attrs, dtype=np.float32)
         user_attrs[attrs] = 1.0

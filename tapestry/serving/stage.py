@@ -17,10 +17,17 @@ class RequestError(ValueError):
     """The request is wrong (unknown tenant, bad K, ...): Triton answers INVALID_ARGUMENT / HTTP 400."""
 
 
+class Unavailable(RuntimeError):
+    """Something the stage needs is unreachable for now (the online store): Triton answers UNAVAILABLE (HTTP 503)."""
+
+
 # USER_KIND, what feature_lookup found out about the requester (user_encoder picks the encoder by it, rerank
 # reports it as STRATEGY): no usable events at all / a stored user (+ recent events) / an unknown id with events.
-USER_COLD, USER_KNOWN, USER_SESSION = 0, 1, 2
-STRATEGIES = {USER_COLD: "popularity", USER_KNOWN: "personalized", USER_SESSION: "session"}
+# The two fallback kinds: the online store could not be read (tapestry.serving.feature_lookup), so the answer comes
+# from the request's recent events alone (encoded by the served encoder) or, without any, from popularity.
+USER_COLD, USER_KNOWN, USER_SESSION, USER_FALLBACK_COLD, USER_FALLBACK_RECENT = 0, 1, 2, 3, 4
+STRATEGIES = {USER_COLD: "popularity", USER_KNOWN: "personalized", USER_SESSION: "session",
+              USER_FALLBACK_COLD: "fallback_popularity", USER_FALLBACK_RECENT: "fallback_recent"}
 
 
 class Stage:
