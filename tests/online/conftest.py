@@ -75,7 +75,11 @@ def redis_url(tmp_path):
     """A redis-server of this test's own (free port, no persistence), stopped at the end."""
     if redis_server_binary() is None:
         pytest.skip("redis-server is not installed (Debian/Ubuntu: apt-get install redis-server)")
-    pytest.importorskip("redis", reason="the redis Python client is not installed (pip install 'redis>=5,<6')")
+    try:        # the client is a dependency of the package (pyproject): missing means a broken install, not a skip
+        import redis  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"the redis Python client does not import ({e}); it is a tapestry dependency: "
+                          "run `make install` (or pip install 'redis>=5,<6')") from e
     with LocalRedis(tmp_path / "redis") as server:
         yield server.url
 
