@@ -98,7 +98,7 @@ def test_http_and_grpc_identical(server):
 
 
 def test_invalid_tenant_is_recommend_error(client):
-    with pytest.raises(RecommendError) as info:
+    with pytest.raises(RecommendError, match="unknown tenant 'nope'") as info:
         client.recommend("nope", "u1", k=3)
     err = info.value
     assert "unknown tenant 'nope'" in err.message
@@ -108,7 +108,7 @@ def test_invalid_tenant_is_recommend_error(client):
 
 def test_wrong_model_name_is_recommend_error(server):
     with RecommendClient(server.http_url, model_name="missing") as c:
-        with pytest.raises(RecommendError) as info:
+        with pytest.raises(RecommendError, match="missing") as info:
             c.recommend("t1", "u1")
     assert "missing" in info.value.message and info.value.status is not None
 
@@ -116,16 +116,16 @@ def test_wrong_model_name_is_recommend_error(server):
 def test_wait_until_ready(client):
     client.wait_until_ready(timeout=10)
     closed = RecommendClient(client.url, protocol=client.protocol, model_name="missing")
-    with pytest.raises(TimeoutError):
+    with pytest.raises(TimeoutError, match=r"model 'missing' at .* not ready after 0.3s"):
         closed.wait_until_ready(timeout=0.3, interval=0.05)
     closed.close()
     closed.close()  # idempotent
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="protocol must be 'http' or 'grpc', not 'soap'"):
         RecommendClient("127.0.0.1:1", protocol="soap")
-    with RecommendClient("127.0.0.1:1") as c, pytest.raises(ValueError):
+    with RecommendClient("127.0.0.1:1") as c, pytest.raises(ValueError, match="k must be >= 1, not 0"):
         c.recommend("t1", "u1", k=0)
 
 

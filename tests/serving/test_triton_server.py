@@ -227,7 +227,7 @@ def test_restart_after_stop(tmp_path):
 
 def test_broken_model_fails_start_with_log_tail(tmp_path):
     s = TritonServer(write_repo(tmp_path, BROKEN_MODEL_PY))
-    with pytest.raises(TritonServerError) as info:
+    with pytest.raises(TritonServerError, match="exited during startup") as info:
         s.start(timeout=60)
     msg = str(info.value)
     assert "exited during startup" in msg
