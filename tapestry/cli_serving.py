@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from tapestry.artifacts import latest_version, tenant_dir
+from tapestry.cli_keys import add_keys_command
 from tapestry.config import validate_tenant
 
 
@@ -34,10 +35,10 @@ def serve_child_command(args) -> list[str]:
     cmd = [sys.executable, "-m", "tapestry.cli", "serve", "--tenant", args.tenant, "--host", args.host,
            "--timeout", str(args.timeout)]
     for flag, value in (("--root", args.root), ("--http-port", args.http_port), ("--grpc-port", args.grpc_port),
-                        ("--metrics-port", args.metrics_port)):
+                        ("--metrics-port", args.metrics_port), ("--metrics-host", args.metrics_host)):
         if value is not None:
             cmd += [flag, str(value)]
-    return cmd
+    return cmd + (["--insecure"] if args.insecure else [])
 
 
 def cmd_serve(args) -> None:
@@ -59,6 +60,12 @@ def cmd_serve(args) -> None:
     if len(set(ports)) != len(ports):
         raise SystemExit(f"--http-port, --grpc-port and --metrics-port must differ, got {ports}")
     if args.detach:
+        from tapestry.serving.auth import ServerAuth
+
+        try:   # refused here, not only in the child's log
+            ServerAuth.for_serve(args.host, [args.tenant], args.root, args.insecure)
+        except ValueError as e:
+            raise SystemExit(f"tapestry serve: error: {e}")
         log = tenant_dir(args.tenant, args.root) / "serve.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         state.unlink(missing_ok=True)  # stale (checked above): the child's own file is the "ready" signal
@@ -76,7 +83,8 @@ def cmd_serve(args) -> None:
         return
     try:
         run_foreground(args.tenant, args.root, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
-                       metrics_port=args.metrics_port, timeout=args.timeout)
+                       metrics_port=args.metrics_port, timeout=args.timeout, insecure=args.insecure,
+                       metrics_host=args.metrics_host)
     except TritonServerError as e:  # port in use, bad host, a model that fails to load: the message says which
         raise SystemExit(f"tapestry serve: error: {e}")
 
@@ -147,7 +155,7 @@ def cmd_recommend(args) -> None:
     exclude = [x for x in (args.exclude or "").split(",") if x]
     recent = [x for x in args.recent.split(",") if x] if args.recent is not None else None
     try:
-        with RecommendClient(url, protocol=args.protocol, model_name=model) as client:
+        with RecommendClient(url, protocol=args.protocol, model_name=model, api_key=args.api_key) as client:
             result = client.recommend(args.tenant, args.user, k=args.k, exclude_item_ids=exclude,
                                       recent_item_ids=recent)
     except RecommendError as e:
@@ -215,6 +223,10 @@ def add_serving_commands(sub, add) -> None:
     s.add_argument("--grpc-port", type=port_number, help="default: a free port")
     s.add_argument("--metrics-port", type=port_number, help="default: a free port")
     s.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the server to be ready")
+    s.add_argument("--insecure", action="store_true", help="with a non-loopback --host: serve tenants that have no "
+                                                           "API key to anyone (default: refuse to start)")
+    s.add_argument("--metrics-host", help="address of the metrics port (default: --host when loopback, else "
+                                          "127.0.0.1: its counters name every tenant's models)")
     add("stop", cmd_stop, "stop a detached server (a tenant of a multi-tenant server: unload it from it)")
     sw = add("swap", cmd_swap, "hot swap: the multi-tenant server serves this tenant's latest (or --version) "
                                "export, with no failed request")
@@ -235,6 +247,8 @@ def add_serving_commands(sub, add) -> None:
     r.add_argument("--url", help="host:port (default: from the running `tapestry serve`)")
     r.add_argument("--multi-tenant", action="store_true", help="with --url: call <tenant>__recommend (a server "
                                                                "started with --tenants)")
+    r.add_argument("--api-key", help="the tenant's API key (default $TAPESTRY_API_KEY; the variable keeps it out of "
+                                     "the process list and shell history)")
     redis_help = "Redis online store URL, e.g. redis://host:6379/0 (default $TAPESTRY_REDIS_URL; none: embedded)"
     ing = add("ingest", cmd_ingest, "stream new events (CSV lines) into the online store, resumably")
     ing.add_argument("--source", required=True, help="CSV file with a header line (the generic event columns), or - "
@@ -248,3 +262,4 @@ def add_serving_commands(sub, add) -> None:
     er.add_argument("--redis", help=redis_help)
     ldr = add("load-store", cmd_load_store, "load the latest export into the Redis online store (atomic switch)")
     ldr.add_argument("--redis", help=redis_help)
+    add_keys_command(add)

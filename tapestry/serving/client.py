@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
 import numpy as np
 from tritonclient.utils import InferenceServerException
+
+from tapestry.serving.auth import API_KEY_ENV, KEY_HEADER
 
 OUTPUTS = ("ITEM_IDS", "SCORES", "TITLES", "STRATEGY", "IGNORED_ITEMS")
 ENSEMBLE = "recommend"
@@ -59,9 +62,13 @@ def _to_str(x) -> str:
 
 
 class RecommendClient:
-    """``RecommendClient("127.0.0.1:8000")`` (HTTP) or ``RecommendClient("127.0.0.1:8001", protocol="grpc")``."""
+    """``RecommendClient("127.0.0.1:8000")`` (HTTP) or ``RecommendClient("127.0.0.1:8001", protocol="grpc")``.
 
-    def __init__(self, url: str, protocol: str = "http", timeout: float = 10.0, model_name: str = "recommend"):
+    ``api_key``: the tenant's key (`tapestry keys create`), sent with every inference request as the
+    ``tapestry-api-key`` header (HTTP) / metadata (gRPC); default ``$TAPESTRY_API_KEY``; none: no key is sent."""
+
+    def __init__(self, url: str, protocol: str = "http", timeout: float = 10.0, model_name: str = "recommend",
+                 api_key: str | None = None):
         if protocol not in ("http", "grpc"):
             raise ValueError(f"protocol must be 'http' or 'grpc', not {protocol!r}")
         for scheme in ("http://", "grpc://"):
@@ -78,6 +85,8 @@ class RecommendClient:
 
             self._client = tc.InferenceServerClient(url)
         self._tc = tc
+        api_key = os.environ.get(API_KEY_ENV) if api_key is None else api_key
+        self._headers = {KEY_HEADER: api_key} if api_key else None
 
     def _input(self, name: str, array: np.ndarray, datatype: str):
         if self._batched:
@@ -115,7 +124,7 @@ class RecommendClient:
             outputs = [self._tc.InferRequestedOutput(n) for n in names]
             kwargs = {"client_timeout": self.timeout}
         try:
-            res = self._client.infer(self.model_name, inputs, outputs=outputs, **kwargs)
+            res = self._client.infer(self.model_name, inputs, outputs=outputs, headers=self._headers, **kwargs)
         except InferenceServerException as e:
             raise RecommendError.from_triton(e, self.protocol) from e
         except OSError as e:  # the HTTP client raises connection errors / timeouts as they are

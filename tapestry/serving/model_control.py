@@ -36,6 +36,7 @@ from pathlib import Path
 
 from tapestry.artifacts import latest_version
 from tapestry.serving import status as st
+from tapestry.serving.auth import admin_headers
 from tapestry.serving.tenant_repository import (ENSEMBLE, SwapError, export_path, model_name, remove_models,
                                                 server_dir, write_ensemble, write_stages)
 
@@ -43,10 +44,16 @@ LOAD_TIMEOUT_S = 600.0    # one model-control call: python stubs import torch an
 
 
 class ModelControl:
-    """Triton's model-repository API over HTTP (tritonclient load_model / unload_model)."""
+    """Triton's model-repository API over HTTP (tritonclient load_model / unload_model), with the server's admin
+    key (a restricted API: tapestry.serving.auth); ``ModelControl.of(server_state)`` reads both from the state."""
 
-    def __init__(self, http_url: str):
+    def __init__(self, http_url: str, admin_key: str | None = None):
         self.http_url = http_url
+        self.headers = admin_headers(admin_key) or None
+
+    @classmethod
+    def of(cls, server: dict) -> "ModelControl":
+        return cls(server["http_url"], server.get("admin_key"))
 
     def _client(self):
         import tritonclient.http as tc
@@ -59,7 +66,7 @@ class ModelControl:
         def one(name):
             client = self._client()
             try:
-                getattr(client, call)(name)
+                getattr(client, call)(name, headers=self.headers)
             finally:
                 client.close()
         with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
@@ -74,7 +81,8 @@ class ModelControl:
     def ready_models(self) -> set[str]:
         client = self._client()
         try:
-            return {m["name"] for m in client.get_model_repository_index() if m.get("state") == "READY"}
+            return {m["name"] for m in client.get_model_repository_index(headers=self.headers)
+                    if m.get("state") == "READY"}
         finally:
             client.close()
 
@@ -155,7 +163,7 @@ def _require(root: Path | None, tenant: str) -> tuple[dict, dict]:
 def _switch(server: dict, tenant: str, old: dict | None, new: Path, log=print) -> list[str]:
     """Serve ``new`` for ``tenant`` instead of ``old`` (its tenant info; None: new to the server); returns the new
     stage model names. On failure the tenant serves what it served before, and SwapError says why."""
-    repo, control = Path(server["model_repository"]), ModelControl(server["http_url"])
+    repo, control = Path(server["model_repository"]), ModelControl.of(server)
     t0 = time.perf_counter()
     stages = write_stages(repo, tenant, new)
     try:
@@ -191,7 +199,16 @@ def swap(tenant: str, root: Path | None = None, version: str | None = None, log=
         server, info = _require(root, tenant)
         new = export_path(tenant, root, version)
         if new.name == info["export_version"]:
-            log(f"[swap] tenant={tenant} already serves {new.name}")
+            # Served, but is it loaded and answering? (a model unloaded or a stage process killed behind our back)
+            from tapestry.serving.supervisor import repair   # it builds on this module
+
+            try:
+                repaired = repair(server, tenant, log)
+            except Exception as e:
+                raise SwapError(f"tenant {tenant}: {new.name} is served but broken, and reloading it failed: "
+                                f"{error_text(e)}") from e
+            log(f"[swap] tenant={tenant} " + (f"repaired {new.name}: {repaired}" if repaired else
+                                              f"already serves {new.name}"))
             return info
         stages = _switch(server, tenant, info, new, log)
         server["tenants"][tenant] = tenant_info(tenant, new, info["history"] + [info["export_version"]], stages)
@@ -237,8 +254,8 @@ def remove_tenant(tenant: str, root: Path | None = None, log=print) -> list[str]
         forget_tenant(root, tenant, server)
         if server["tenants"]:
             names = [model_name(tenant, ENSEMBLE)] + info["stage_models"]
-            ModelControl(server["http_url"]).unload(names[:1])   # the ensemble first: no new request reaches
-            ModelControl(server["http_url"]).unload(names[1:])   # the stages, in-flight ones finish
+            ModelControl.of(server).unload(names[:1])   # the ensemble first: no new request reaches
+            ModelControl.of(server).unload(names[1:])   # the stages, in-flight ones finish
             remove_models(Path(server["model_repository"]), names)
             save_state(root, server)
             log(f"[stop] tenant {tenant} unloaded; still served: {', '.join(sorted(server['tenants']))}")

@@ -28,11 +28,13 @@ from pathlib import Path
 from tapestry.artifacts import latest_version
 from tapestry.config import artifacts_root, validate_tenant
 from tapestry.serving import status as st
+from tapestry.serving.auth import ServerAuth, active_keys, metrics_host as metrics_bind
 from tapestry.serving.model_control import (add_tenant, forget_tenant, live_server, locked, remove_tenant, rollback,
                                             save_state, server_state_path, swap, tenant_info)
 from tapestry.serving.tenant_repository import (ENSEMBLE, SEPARATOR, SwapError, export_path, model_name, server_dir,
                                                 write_ensemble, write_stages)
 from tapestry.serving.triton_server import LOOPBACK, TritonServer, TritonServerError
+from tapestry.serving.supervisor import SUPERVISE_ENV, Supervisor
 
 
 # --- the server process -----------------------------------------------------------------------------------------
@@ -49,13 +51,18 @@ def all_tenants(root: Path | None = None) -> list[str]:
 
 def start(tenants: list[str], root: Path | None = None, *, host: str = LOOPBACK, http_port: int | None = None,
           grpc_port: int | None = None, metrics_port: int | None = None, timeout: float = 300.0,
-          versions: dict[str, str] | None = None) -> TritonServer:
+          versions: dict[str, str] | None = None, insecure: bool = False,
+          metrics_host: str | None = None) -> TritonServer:
     """Start one Triton serving every tenant's latest export (or ``versions[tenant]``) and write the state files;
     ``stop`` undoes it."""
     if os.environ.get("TAPESTRY_ARTIFACT_DIR"):
         raise TritonServerError("TAPESTRY_ARTIFACT_DIR would point every tenant's models at one directory: unset it")
     if not tenants:
         raise TritonServerError("no tenant to serve")
+    try:   # a fresh admin key; keys required off loopback (tapestry.serving.auth)
+        auth = ServerAuth.for_serve(host, tenants, root, insecure)
+    except ValueError as e:
+        raise TritonServerError(str(e)) from None
     with locked(root):
         if live_server(root):
             raise TritonServerError(f"a multi-tenant server already runs under {server_dir(root)}")
@@ -76,7 +83,8 @@ def start(tenants: list[str], root: Path | None = None, *, host: str = LOOPBACK,
         # is checked per tenant instead: here, and by `tapestry status` (its ensemble + a real request).
         server = TritonServer(repo, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                               model_control_mode="explicit", load_models=["*"],
-                              extra_args=["--strict-readiness=false"])
+                              extra_args=["--strict-readiness=false", *auth.triton_args()], env=auth.triton_env(),
+                              metrics_host=metrics_bind(host, metrics_host))
         server.start(timeout=timeout)
         try:
             failed = [t for t in tenants if not server.model_ready(model_name(t, ENSEMBLE))]
@@ -87,7 +95,7 @@ def start(tenants: list[str], root: Path | None = None, *, host: str = LOOPBACK,
                               **{f"{kind}_port": port for kind, port in server.ports.items()},
                               "http_url": server.http_url, "grpc_url": server.grpc_url,
                               "metrics_url": server.metrics_url, "model_repository": str(repo),
-                              "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                              "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **auth.state(),
                               "tenants": {t: tenant_info(t, e, [], stages[t]) for t, e in exports.items()}})
         except BaseException:
             server.stop()
@@ -108,12 +116,18 @@ def stop(server: TritonServer, root: Path | None = None) -> None:
 
 
 @contextlib.contextmanager
-def serving(tenants: list[str], root: Path | None = None, **kwargs):
-    """``with serving(["a", "b"], root) as server:`` one Triton for both tenants (tests, benchmarks)."""
+def serving(tenants: list[str], root: Path | None = None, supervise: bool = False, supervisor_log=print, **kwargs):
+    """``with serving(["a", "b"], root) as server:`` one Triton for both tenants (tests, benchmarks); with
+    ``supervise``, the self-healing thread runs too, as `server.supervisor` (tapestry.serving.supervisor)."""
     server = start(tenants, root, **kwargs)
+    server.supervisor = Supervisor(root, log=supervisor_log) if supervise else None
     try:
+        if server.supervisor:
+            server.supervisor.start()
         yield server
     finally:
+        if server.supervisor:
+            server.supervisor.stop()
         stop(server, root)
 
 
@@ -122,15 +136,23 @@ def run_server(tenants: list[str], root: Path | None = None, log=print, **kwargs
     stopping: list[int] = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     server = start(tenants, root, **kwargs)
+    # Self-healing (tapestry.serving.supervisor) unless TAPESTRY_SUPERVISE=0; it logs here, in the serve log.
+    supervisor = (Supervisor(root, log=lambda text: (log(text), sys.stdout.flush()))
+                  if os.environ.get(SUPERVISE_ENV, "1") != "0" else None)
     try:
         log(f"[serve] tenants {', '.join(tenants)} in one Triton on {server.host}: HTTP {server.http_url}, gRPC "
-            f"{server.grpc_url}, metrics {server.metrics_url}; ensembles <tenant>{SEPARATOR}{ENSEMBLE}")
+            f"{server.grpc_url}, metrics {server.metrics_url}; ensembles <tenant>{SEPARATOR}{ENSEMBLE}; supervisor "
+            f"{'on' if supervisor else 'off'}")
         sys.stdout.flush()
+        if supervisor:
+            supervisor.start()
         while not stopping and server.running:
             time.sleep(0.5)   # waiting for a signal, not timing anything
     except KeyboardInterrupt:
         pass
     finally:
+        if supervisor:
+            supervisor.stop()
         stop(server, root)
         log("[serve] stopped")
         sys.stdout.flush()
@@ -162,22 +184,32 @@ def cli_serve(args) -> None:
             for tenant in tenants:
                 if tenant in served:
                     print(f"[serve] tenant {tenant} is already served ({served[tenant]['export_version']})")
+                elif live_server(args.root).get("keys_required") and not active_keys(tenant, args.root):
+                    print(f"[serve] tenant {tenant} NOT added: this server requires API keys and it has none "
+                          f"(`tapestry keys create --tenant {tenant}` first)")
                 else:
                     info = add_tenant(tenant, args.root)
                     print(f"[serve] tenant {tenant} added: {info['export_version']} as {info['model_name']}")
             return
         if not args.detach:
             run_server(tenants, args.root, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
-                       metrics_port=args.metrics_port, timeout=args.timeout)
+                       metrics_port=args.metrics_port, timeout=args.timeout, insecure=args.insecure,
+                       metrics_host=args.metrics_host)
             return
     except (TritonServerError, SwapError) as e:
         raise SystemExit(f"tapestry serve: error: {e}")
     cmd = [sys.executable, "-m", "tapestry.cli", "serve", "--tenants", ",".join(tenants), "--host", args.host,
            "--timeout", str(args.timeout)]
     for flag, value in (("--root", args.root), ("--http-port", args.http_port), ("--grpc-port", args.grpc_port),
-                        ("--metrics-port", args.metrics_port)):
+                        ("--metrics-port", args.metrics_port), ("--metrics-host", args.metrics_host)):
         if value is not None:
             cmd += [flag, str(value)]
+    if args.insecure:
+        cmd.append("--insecure")
+    try:   # refused here, not only in the child's log
+        ServerAuth.for_serve(args.host, tenants, args.root, args.insecure)
+    except ValueError as e:
+        raise SystemExit(f"tapestry serve: error: {e}")
     log = server_dir(args.root) / "serve.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as log_file:

@@ -13,15 +13,22 @@ from pathlib import Path
 
 from tapestry.artifacts import latest_version
 from tapestry.serving import status as st
-from tapestry.serving.triton_server import LOOPBACK, TritonServer
+from tapestry.serving.auth import ServerAuth, metrics_host as metrics_bind
+from tapestry.serving.triton_server import LOOPBACK, TritonServer, TritonServerError
 
 
 def run_foreground(tenant: str, root: Path | None = None, *, host: str = LOOPBACK, http_port: int | None = None,
-                   grpc_port: int | None = None, metrics_port: int | None = None, timeout: float = 120.0) -> None:
+                   grpc_port: int | None = None, metrics_port: int | None = None, timeout: float = 120.0,
+                   insecure: bool = False, metrics_host: str | None = None) -> None:
     export = latest_version(tenant, "export", root)
     manifest = json.loads((export / "artifacts" / "manifest.json").read_text())
+    try:   # a fresh admin key; keys required off loopback (tapestry.serving.auth)
+        auth = ServerAuth.for_serve(host, [tenant], root, insecure)
+    except ValueError as e:
+        raise TritonServerError(str(e)) from None
     server = TritonServer(export / "model_repository", host=host, http_port=http_port, grpc_port=grpc_port,
-                          metrics_port=metrics_port)
+                          metrics_port=metrics_port, extra_args=auth.triton_args(), env=auth.triton_env(),
+                          metrics_host=metrics_bind(host, metrics_host))
     state = st.state_path(tenant, root)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
@@ -33,7 +40,7 @@ def run_foreground(tenant: str, root: Path | None = None, *, host: str = LOOPBAC
             "http_url": server.http_url, "grpc_url": server.grpc_url, "metrics_url": server.metrics_url,
             "export": str(export), "export_version": export.name, "served_model": manifest.get("served_model"),
             "models_version": Path(manifest.get("models_version", "")).name,
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **auth.state(),
         })
         print(f"[serve] tenant={tenant} Triton ready on {host}: HTTP {server.http_url}, gRPC {server.grpc_url}, "
               f"metrics {server.metrics_url} ({export})", flush=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tapestry.artifacts import atomic_write_json, tenant_dir
 from tapestry.config import artifacts_root
+from tapestry.serving.auth import admin_headers, key_summary
 from tapestry.serving.triton_server import http_status
 
 STATE_FILE = "serve.json"
@@ -85,10 +86,12 @@ def listening_addresses(port: int) -> list[str]:
     return sorted(found)
 
 
-def probe_inference(http_url: str, tenant: str, timeout: float = 10.0, model: str = "recommend") -> str:
+def probe_inference(http_url: str, tenant: str, timeout: float = 10.0, model: str = "recommend",
+                    headers: dict | None = None) -> str:
     """"ok" when a real request passes through every stage; else why not. Readiness alone is not enough: a crashed
     python-backend stub is not restarted and its model keeps reporting READY. The model's metadata says whether it
-    is batched (then every tensor has a leading batch dimension: one user is [1, 1])."""
+    is batched (then every tensor has a leading batch dimension: one user is [1, 1]). ``headers``: the admin key's
+    (tapestry.serving.auth.admin_headers), which every stage accepts for any tenant when keys are on."""
     try:
         with urllib.request.urlopen(f"http://{http_url}/v2/models/{model}", timeout=timeout) as resp:
             inputs = {i["name"]: i["shape"] for i in json.load(resp).get("inputs", [])}
@@ -104,7 +107,8 @@ def probe_inference(http_url: str, tenant: str, timeout: float = 10.0, model: st
         {"name": "EXCLUDE_ITEM_IDS", "datatype": "BYTES", "shape": shape, "data": [""]},
     ]}
     request = urllib.request.Request(f"http://{http_url}/v2/models/{model}/infer", method="POST",
-                                     data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+                                     data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             json.load(resp)
@@ -124,6 +128,7 @@ def server_status(tenant: str, root: Path | None = None, timeout: float = 2.0) -
     if state is None:
         return None
     status = {"tenant": tenant, **state}
+    admin_key = status.pop("admin_key", None)   # never printed (`tapestry status --json`)
     if not is_serve_process(state):
         return {**status, "running": False}
     http = state["http_url"]
@@ -135,8 +140,9 @@ def server_status(tenant: str, root: Path | None = None, timeout: float = 2.0) -
         model_ready=http_status(f"http://{http}/v2/models/{model}/ready", timeout) == 200,
         listening={kind: listening_addresses(int(state[f"{kind}_port"])) for kind in ("http", "grpc", "metrics")},
     )
-    status["inference"] = (probe_inference(http, tenant, timeout=max(timeout, 10.0), model=model)
-                           if status["ready"] else "-")
+    status["inference"] = (probe_inference(http, tenant, timeout=max(timeout, 10.0), model=model,
+                                           headers=admin_headers(admin_key)) if status["ready"] else "-")
+    status["api_keys"] = key_summary(tenant, root, state)
     return status
 
 
@@ -168,6 +174,7 @@ def describe(status: dict) -> str:
         *([f"  shared    one multi-tenant Triton for {', '.join(status.get('tenants', []))}; ensemble "
            f"{status['model_name']}, exports served before: {', '.join(status.get('history', [])) or 'none'}"]
           if status.get("multi_tenant") else []),
+        *([f"  api keys  {status['api_keys']}"] if status.get("api_keys") else []),
         f"  health    live {yes(status['live'])}, ready {yes(status['ready'])}, recommend model ready "
         f"{yes(status['model_ready'])}, inference {status['inference']}",
     ])

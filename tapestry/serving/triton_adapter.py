@@ -10,8 +10,9 @@ import json
 import os
 from pathlib import Path
 
+from tapestry.serving.auth import KeyGuard, KeyRefused
 from tapestry.serving.batching import request_error, split_rows, stack_rows
-from tapestry.serving.stage import RequestError, Stage
+from tapestry.serving.stage import RequestError, Stage, Unavailable, export_manifest
 
 STAGE_ERROR = "{stage} failed: {kind}: {msg}"
 
@@ -51,8 +52,10 @@ def triton_model(stage_cls: type[Stage]):
             faiss.omp_set_num_threads(1)
             cfg = json.loads(args["model_config"])
             check_config(stage_cls, cfg)
-            self.stage = stage_cls.from_artifacts(
-                resolve_artifact_dir(args["model_repository"], cfg.get("parameters", {})))
+            artifact_dir = resolve_artifact_dir(args["model_repository"], cfg.get("parameters", {}))
+            self.stage = stage_cls.from_artifacts(artifact_dir)
+            # Every stage checks the request's API key (tapestry.serving.auth): Triton cannot hide a stage.
+            self.guard = KeyGuard.for_stage(export_manifest(artifact_dir)["tenant"], artifact_dir)
             self.batched = int(cfg.get("max_batch_size", 0)) > 0   # tensors carry a leading batch dimension
             self.out_dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in cfg["output"]}
 
@@ -63,6 +66,10 @@ def triton_model(stage_cls: type[Stage]):
             rows, spans, errors = [], [], {}
             for r, request in enumerate(requests):
                 try:
+                    try:   # before any tensor is read: a refused request learns nothing of the tenant
+                        self.guard.check(request.parameters())
+                    except KeyRefused as e:
+                        raise RequestError(str(e)) from None
                     tensors = {}
                     for name in self.stage.inputs:
                         tensor = pb.get_input_tensor_by_name(request, name)
@@ -90,6 +97,8 @@ def triton_model(stage_cls: type[Stage]):
                         pb.Tensor(name, out[name].astype(self.out_dtypes[name])) for name in self.stage.outputs]))
                 elif isinstance(err, RequestError):
                     responses.append(pb.InferenceResponse(error=pb.TritonError(str(err), pb.TritonError.INVALID_ARG)))
+                elif isinstance(err, Unavailable):   # the online store is down: HTTP 503 / gRPC UNAVAILABLE
+                    responses.append(pb.InferenceResponse(error=pb.TritonError(str(err), pb.TritonError.UNAVAILABLE)))
                 else:  # report, never crash the stub
                     msg = STAGE_ERROR.format(stage=self.stage.name, kind=type(err).__name__, msg=err)
                     responses.append(pb.InferenceResponse(error=pb.TritonError(msg, pb.TritonError.INTERNAL)))

@@ -127,7 +127,9 @@ class TritonServer:
     """A local ``tritonserver`` process on ``model_repository``; ``with TritonServer(repo) as s: ... s.http_url``.
 
     HTTP, gRPC and metrics listen on ``host`` (an IPv4 address of this machine; loopback by default, so nothing
-    outside this machine can reach the server unless asked: ``"0.0.0.0"`` listens on every interface). Ports are
+    outside this machine can reach the server unless asked: ``"0.0.0.0"`` listens on every interface); metrics on
+    ``metrics_host`` when given (its per-model counters name every model: `tapestry serve` keeps it on loopback
+    off-loopback). Ports are
     picked free at each ``start()`` unless given. ``model_control_mode="explicit"`` loads
     ``load_models`` (default ``["*"]``) at startup. The log goes to ``log_path`` (default: inside the server's
     temp dir, which ``stop()`` removes).
@@ -139,12 +141,13 @@ class TritonServer:
         metrics_port: int | None = None, log_path: str | os.PathLike | None = None, exit_timeout_secs: int = 10,
         disable_auto_complete_config: bool = True, model_control_mode: str = "none",
         load_models: Sequence[str] | None = None, log_verbose: int = 0, extra_args: Sequence[str] = (),
-        env: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None, metrics_host: str | None = None,
     ) -> None:
         if model_control_mode not in ("none", "explicit", "poll"):
             raise ValueError(f"model_control_mode must be none, explicit or poll, not {model_control_mode!r}")
         self.model_repository = Path(model_repository).resolve()
         self.host = host
+        self.metrics_host = metrics_host or host
         self._port_args = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
         self._ports = dict(self._port_args)
         self._log_arg = Path(log_path) if log_path is not None else None
@@ -162,7 +165,7 @@ class TritonServer:
     def _url(self, kind: str) -> str:
         if self._ports[kind] is None:
             raise TritonServerError("server not started: no port chosen yet")
-        return f"{connect_host(self.host)}:{self._ports[kind]}"
+        return f"{connect_host(self.metrics_host if kind == 'metrics' else self.host)}:{self._ports[kind]}"
 
     http_url = property(lambda self: self._url("http"), doc='"<host>:<port>" (127.0.0.1 for host 0.0.0.0)')
     grpc_url = property(lambda self: self._url("grpc"), doc='"<host>:<port>"')
@@ -178,7 +181,7 @@ class TritonServer:
         cmd = [
             str(bundle.binary), f"--model-repository={self.model_repository}", f"--backend-directory={backend_dir}",
             f"--http-address={host}", f"--http-port={p['http']}", f"--grpc-address={host}",
-            f"--grpc-port={p['grpc']}", f"--metrics-address={host}", f"--metrics-port={p['metrics']}",
+            f"--grpc-port={p['grpc']}", f"--metrics-address={self.metrics_host}", f"--metrics-port={p['metrics']}",
             "--pinned-memory-pool-byte-size=0", "--allow-gpu-metrics=false",
             f"--exit-timeout-secs={self.exit_timeout_secs}", f"--model-control-mode={self.model_control_mode}",
             # A prefix of our own makes the python backend's /dev/shm regions unambiguously ours to clean up.
@@ -216,7 +219,7 @@ class TritonServer:
                     (backend_dir / "python" / src.name).symlink_to(src)
                 for kind, port in self._port_args.items():
                     if port is not None:
-                        check_port_free(self.host, port, kind)
+                        check_port_free(self.metrics_host if kind == "metrics" else self.host, port, kind)
                 try:
                     free = iter(free_ports(3, self.host))
                 except OSError as e:  # not an address of this machine, or not an IPv4 address
