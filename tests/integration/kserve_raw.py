@@ -87,8 +87,14 @@ def post(http_url: str, path: str, body: bytes, headers: dict | None = None, tim
     """POST `body`; (status, JSON answer). Every answer of Triton's KServe endpoints is a JSON object."""
     host, port = http_url.rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    pairs = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
+    if not any(k.lower() == "content-type" for k, _ in pairs):
+        pairs.insert(0, ("Content-Type", "application/json"))
     try:
-        conn.request("POST", path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
+        conn.putrequest("POST", path)
+        for name, value in [*pairs, ("Content-Length", str(len(body)))]:
+            conn.putheader(name, value)
+        conn.endheaders(body)
         resp = conn.getresponse()
         raw = resp.read()
     finally:
@@ -96,8 +102,9 @@ def post(http_url: str, path: str, body: bytes, headers: dict | None = None, tim
     return resp.status, json.loads(raw.decode("utf-8", "replace"))
 
 
-def infer_json(http_url: str, model: str, inputs: list[dict], **extra) -> tuple[int, dict]:
-    return post(http_url, f"/v2/models/{model}/infer", json.dumps({"inputs": inputs, **extra}).encode())
+def infer_json(http_url: str, model: str, inputs: list[dict], headers=None, **extra) -> tuple[int, dict]:
+    """`headers`: a dict, or a list of (name, value) pairs (a header may then be sent twice)."""
+    return post(http_url, f"/v2/models/{model}/infer", json.dumps({"inputs": inputs, **extra}).encode(), headers)
 
 
 def bytes_elements(*items: bytes) -> bytes:
@@ -173,10 +180,14 @@ class RawGrpc:
         self.channel = grpc.insecure_channel(grpc_url, options=[("grpc.max_send_message_length", 64 << 20)])
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
 
-    def call(self, model: str, inputs: list, raw: list[bytes] = (), timeout: float = 60):
+    def call(self, model: str, inputs: list, raw: list[bytes] = (), timeout: float = 60, metadata=(),
+             parameters: dict | None = None):
+        """`metadata`: (name, value) pairs (a name may repeat); `parameters`: string request parameters."""
         request = service_pb2.ModelInferRequest(model_name=model, inputs=inputs, raw_input_contents=list(raw))
+        for name, value in (parameters or {}).items():
+            request.parameters[name].string_param = value
         try:
-            return grpc.StatusCode.OK, self.stub.ModelInfer(request, timeout=timeout)
+            return grpc.StatusCode.OK, self.stub.ModelInfer(request, timeout=timeout, metadata=list(metadata))
         except grpc.RpcError as e:
             return e.code(), e.details()
 

@@ -125,7 +125,7 @@ def test_swap_then_rollback_under_load_fails_no_request(root, server, second_exp
     assert min(len(by_phase[p]) for p in ("before", "swapped", "rolled back")) >= 20
     assert len(by_phase["swapping"]) > 0 and len(by_phase["rolling back"]) > 0   # served DURING each swap
     # Only the served export's stage models are left in the server and its repository.
-    names = mc.ModelControl(server.http_url).ready_models()
+    names = mc.ModelControl.of(mc.live_server(root)).ready_models()   # with the admin key of its state
     assert names == {f"{TENANT}__recommend"} | {f"{TENANT}__{s}__v0001" for s in
                                                  ("feature_lookup", "user_encoder", "retrieval", "filter", "rerank")}
     assert sorted(p.name for p in server.model_repository.iterdir()) == sorted(names)

@@ -3,6 +3,7 @@ would: each tenant answers from its own export, and no request reaches a tenant'
 models (tapestry.serving.multi_tenant, tenant_repository)."""
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import urllib.error
@@ -144,7 +145,8 @@ def test_a_tenants_ensemble_refuses_any_other_tenant(server, root, protocol):
     user = _users(root, "acme")[0]   # u0000 exists in both tenants
     with RecommendClient(url, protocol=protocol, model_name="globex__recommend") as client:
         for tenant in CRAFTED:
-            with pytest.raises(RecommendError) as e:
+            with pytest.raises(RecommendError, match="is not served by this model repository"
+                                                     "|is not a valid tenant id") as e:
                 client.recommend(tenant, user, k=5)
             assert e.value.invalid_argument, (tenant[:20], e.value)
             assert "i00" not in e.value.message   # no item of either tenant in the refusal
@@ -155,10 +157,10 @@ def test_a_tenants_ensemble_refuses_any_other_tenant(server, root, protocol):
         assert e.value.invalid_argument
 
 
-def _direct_call(server, model: str, inputs: list[dict]) -> tuple[int, dict]:
+def _direct_call(server, model: str, inputs: list[dict], headers=None) -> tuple[int, dict]:
     request = urllib.request.Request(f"http://{server['http_url']}/v2/models/{model}/infer",
                                      data=json.dumps({"inputs": inputs}).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.load(response)
@@ -185,11 +187,63 @@ def test_a_stage_called_directly_refuses_another_tenant(server):
     assert status == 200 and {o["name"]: o["shape"][0] for o in answer["outputs"]}["HISTORY"] == 2, answer
 
 
+def test_tenant_keys_and_the_admin_key_through_the_cli(server, root):
+    """`tapestry keys` turns keys on for a tenant of the running server (no restart); a key of one tenant opens
+    nothing of the other; revoked is refused at once; swap / status / stop use the admin key of the 0600 state,
+    and an anonymous client can neither list nor unload models."""
+    assert oct(os.stat(mc.server_state_path(root)).st_mode & 0o777) == "0o600"
+    assert server["admin_key"] and not server["keys_required"]
+    keys = {t: tapestry("keys", "create", "--tenant", t, root=root).stdout.strip() for t in TENANTS}
+    try:
+        assert all(k.startswith("tpk_") for k in keys.values())
+        listed = tapestry("keys", "list", "--tenant", "globex", root=root).stdout
+        assert "1 active key(s)" in listed and keys["globex"] not in listed and keys["globex"][4:12] in listed
+
+        def recommend(*extra, env=None):
+            return subprocess.run([sys.executable, "-m", "tapestry.cli", "recommend", "--tenant", "globex", "--user",
+                                   "u0001", "-k", "3", "--root", str(root), *extra], capture_output=True, text=True,
+                                  timeout=120, env={**os.environ, "TAPESTRY_API_KEY": "", **(env or {})})
+        out = recommend()
+        assert out.returncode != 0 and "API key required" in out.stderr, out
+        out = recommend("--api-key", keys["acme"], "--protocol", "grpc")
+        assert out.returncode != 0 and "not an active key" in out.stderr, out
+        assert recommend(env={"TAPESTRY_API_KEY": keys["globex"]}).stdout.count(" g-i0") == 3
+        assert recommend("--api-key", keys["globex"], "--protocol", "grpc").stdout.count(" g-i0") == 3
+        # A stage called directly, with the other tenant's key or none: refused before its tenant check.
+        inputs = [tensor("TENANT", "BYTES", ["globex"]), tensor("USER_ID", "BYTES", ["u0000"]),
+                  tensor("EXCLUDE_ITEM_IDS", "BYTES", [""])]
+        for headers in ({}, {"tapestry-api-key": keys["acme"]}, {"tapestry-api-key": server["admin_key"]}):
+            status, answer = _direct_call(server, "globex__feature_lookup__v0001", inputs, headers)
+            assert status == 400 and "API key" in answer["error"] and "g-i" not in json.dumps(answer), answer
+        status, answer = _direct_call(server, "globex__feature_lookup__v0001", inputs,
+                                      {"tapestry-api-key": keys["globex"]})
+        assert status == 200, answer
+        # status probes every tenant with the admin key, and never prints it.
+        statuses = {s["tenant"]: s for s in st.all_statuses(root)}
+        assert all(s["inference"] == "ok" and "admin_key" not in s for s in statuses.values())
+        text = tapestry("status", root=root).stdout + tapestry("status", "--json", root=root).stdout
+        assert "1 active, 0 revoked" in text and server["admin_key"] not in text
+        # The admin API: closed to anonymous clients, open to the state's key (what swap and stop use).
+        for path in ("/v2/repository/index", "/v2/repository/models/globex__recommend/unload"):
+            request = urllib.request.Request(f"http://{server['http_url']}{path}", data=b"{}", method="POST")
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(request, timeout=10)
+            assert e.value.code == 403
+        assert "globex__recommend" in mc.ModelControl.of(server).ready_models()
+        key_id = keys["globex"].split("_")[1]
+        assert "revoked" in tapestry("keys", "revoke", "--tenant", "globex", "--id", key_id, root=root).stdout
+        out = recommend("--api-key", keys["globex"])
+        assert out.returncode != 0 and "not an active key" in out.stderr, out
+    finally:   # keys off again for the tests after this one
+        for tenant in TENANTS:
+            (root / tenant / "api_keys.json").unlink(missing_ok=True)
+
+
 def test_stop_unloads_one_tenant_and_the_last_one_stops_the_server(server, root):
     out = tapestry("stop", "--tenant", "acme", root=root).stdout
     assert "tenant acme unloaded; still served: globex" in out
     assert st.live_state("acme", root) is None and not (root / "acme" / "serve.json").exists()
-    assert mc.ModelControl(server["http_url"]).ready_models() == {
+    assert mc.ModelControl.of(server).ready_models() == {
         "globex__recommend", *(f"globex__{s}__v0001" for s in ("feature_lookup", "user_encoder", "retrieval",
                                                                 "filter", "rerank"))}
     [status] = st.all_statuses(root)
