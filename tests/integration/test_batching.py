@@ -83,4 +83,6 @@ def test_an_unbatched_export_answers_like_the_batched_one(unbatched_server, loca
         for served, expected in served_and_local(unbatched_server, local, protocol, TENANT,
                                                  [users[0], users[-1], "visitor-1"], recent=recent):
             assert served.item_ids == expected.item_ids and served.strategy == expected.strategy
+            assert len(served.item_ids) == len(set(served.item_ids)) == 10         # k distinct items, not fewer
+            assert len(served.scores) == len(served.titles) == 10
             np.testing.assert_allclose(served.scores, expected.scores, rtol=1e-5, atol=1e-6)

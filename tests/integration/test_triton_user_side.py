@@ -119,11 +119,14 @@ def test_anonymous_session_is_encoded_by_the_session_encoder(server, local, expo
     session = [item_ids[i] for i in users.row(11, named=True)["history"][-5:]]
     for served, expected in served_and_local(server, local, protocol, TENANT, ["visitor-123"], recent=session):
         _assert_same(served, expected, "session")
+        assert len(served.item_ids) == len(set(served.item_ids)) == 10          # k distinct items, not fewer
+        assert len(served.scores) == len(served.titles) == 10
         assert not set(session) & set(served.item_ids)
     # The same visitor with no events gets popularity; unknown ids alone are counted, not an error.
     for served, expected in served_and_local(server, local, protocol, TENANT, ["visitor-123"],
                                              recent=["nope-1", "nope-2"]):
         _assert_same(served, expected, "popularity")
+        assert len(served.item_ids) == len(set(served.item_ids)) == 10
         assert served.ignored_items == 2
 
 
