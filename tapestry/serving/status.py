@@ -177,4 +177,14 @@ def describe(status: dict) -> str:
         *([f"  api keys  {status['api_keys']}"] if status.get("api_keys") else []),
         f"  health    live {yes(status['live'])}, ready {yes(status['ready'])}, recommend model ready "
         f"{yes(status['model_ready'])}, inference {status['inference']}",
+        *([supervised(status["health"])] if status.get("health") else []),
     ])
+
+
+def supervised(health: dict) -> str:
+    """The supervisor's view of a tenant (tapestry.serving.supervisor): its state and its last repair."""
+    last = health.get("last_repair")
+    repaired = (f"; last repair {last['at']}: {last['kind']} ({last['detail']}), reloaded in {last['seconds']}s"
+                if last else "")
+    detail = f": {health['detail']}" if health.get("detail") else ""
+    return f"  supervisor {health['state']} since {health.get('since', '?')}{detail}{repaired}"
