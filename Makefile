@@ -10,7 +10,7 @@ PYG_SPARSE    := torch-scatter==2.1.2 torch-sparse==0.6.18
 FBGEMM        := fbgemm-gpu-cpu==1.8.0
 TORCHREC      := torchrec==1.8.0
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean locust
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,5 +40,13 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
+# A bounded headless locust run (8 users, 20 s) against the running `tapestry serve` of $(TENANT); locust lives in
+# its own venv (the `load` extra), never in the core install. TAPESTRY_API_KEY is sent when set.
+LOCUST_VENV ?= .venv-load
+locust: install
+	test -x $(LOCUST_VENV)/bin/locust || { $(PYTHON) -m venv $(LOCUST_VENV) && \
+		$(LOCUST_VENV)/bin/pip install --quiet 'locust>=2.20,<3'; }
+	$(PY) benchmarks/locust_run.py --tenant $(TENANT) --locust $(LOCUST_VENV)/bin/locust
+
 clean:
-	rm -rf $(VENV) artifacts
+	rm -rf $(VENV) $(LOCUST_VENV) artifacts
