@@ -192,7 +192,7 @@ def test_the_admin_apis_answer_only_to_the_admin_key_over_grpc(rpc):
     }
     for name, call in calls.items():
         for metadata in ([], [("triton-grpc-protocol-tapestry-admin-key", "guess")], [("tapestry-admin-key", ADMIN)]):
-            with pytest.raises(grpc.RpcError) as e:
+            with pytest.raises(grpc.RpcError, match="restricted") as e:
                 call(metadata=metadata, timeout=10)
             assert e.value.code() == grpc.StatusCode.UNAVAILABLE and "restricted" in e.value.details(), name
     models = calls["index"](metadata=[("triton-grpc-protocol-tapestry-admin-key", ADMIN)], timeout=10).models

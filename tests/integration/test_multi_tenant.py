@@ -226,7 +226,7 @@ def test_tenant_keys_and_the_admin_key_through_the_cli(server, root):
         # The admin API: closed to anonymous clients, open to the state's key (what swap and stop use).
         for path in ("/v2/repository/index", "/v2/repository/models/globex__recommend/unload"):
             request = urllib.request.Request(f"http://{server['http_url']}{path}", data=b"{}", method="POST")
-            with pytest.raises(urllib.error.HTTPError) as e:
+            with pytest.raises(urllib.error.HTTPError, match="HTTP Error 403") as e:
                 urllib.request.urlopen(request, timeout=10)
             assert e.value.code == 403
         assert "globex__recommend" in mc.ModelControl.of(server).ready_models()

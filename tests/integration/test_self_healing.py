@@ -129,9 +129,9 @@ def test_swap_repairs_a_tenant_whose_models_were_unloaded_or_killed(root, server
     control = mc.ModelControl.of(mc.live_server(root))
     with RecommendClient(server.http_url, model_name=ensemble_name(TENANT, True), timeout=REQUEST_TIMEOUT_S) as c:
         control.unload([ensemble_name(TENANT, True)])
-        with pytest.raises(RecommendError) as refused:
+        with pytest.raises(RecommendError, match=r"^\[404\] ") as refused:
             c.recommend(TENANT, user, k=10)
-        assert refused.value.status == "404"
+        assert refused.value.status == "404" and "being repaired" in refused.value.message
         logs = []
         mc.swap(TENANT, root, log=logs.append)            # the export it already serves: repaired, not "already"
         assert any("repaired v0001" in line and "not loaded" in line for line in logs), logs

@@ -60,7 +60,7 @@ def test_a_failed_write_leaves_the_old_file_whole(root, monkeypatch):
 def test_keys_of_an_unknown_tenant_or_key_id_are_refused(root):
     with pytest.raises(auth.KeyStoreError, match="no tenant nobody"):
         auth.create_key("nobody", root)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="invalid tenant id '../acme'"):
         auth.create_key("../acme", root)
     auth.create_key(TENANT, root)
     with pytest.raises(auth.KeyStoreError, match="has no key 'ffffffff'"):
