@@ -54,7 +54,11 @@ class RecommendError(Exception):
         status = exc.status()
         if status is not None:
             status = str(status).removeprefix("StatusCode.")  # grpc.StatusCode.INVALID_ARGUMENT -> INVALID_ARGUMENT
-        return cls(exc.message() or str(exc), status=status, protocol=protocol)
+        message = exc.message() or str(exc)
+        if "has no available versions" in message:   # unloaded: the supervisor repairs a broken tenant so
+            message += (" (not loaded now: a tenant being repaired answers again within seconds, "
+                        "`tapestry status` says which)")
+        return cls(message, status=status, protocol=protocol)
 
 
 def _to_str(x) -> str:

@@ -131,7 +131,7 @@ def test_swap_repairs_a_tenant_whose_models_were_unloaded_or_killed(root, server
         control.unload([ensemble_name(TENANT, True)])
         with pytest.raises(RecommendError, match=r"^\[404\] ") as refused:
             c.recommend(TENANT, user, k=10)
-        assert refused.value.status == "404"
+        assert refused.value.status == "404" and "being repaired" in refused.value.message
         logs = []
         mc.swap(TENANT, root, log=logs.append)            # the export it already serves: repaired, not "already"
         assert any("repaired v0001" in line and "not loaded" in line for line in logs), logs
