@@ -1,8 +1,10 @@
 """The notebooks a new user opens first run top to bottom on ML-100K, executed by a real Jupyter kernel (nbclient)."""
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tapestry.config import PROJECT_ROOT, datasets_dir
@@ -45,10 +47,29 @@ def test_etl_notebook(isolated_home, tmp_path):
     assert any("image/png" in o.get("data", {}) for o in _outputs(nb, "display_data"))
 
 
+def _cell_with(nb, code: str):
+    [cell] = [c for c in nb.cells if c.cell_type == "code" and code in c.source]
+    return cell
+
+
+def _recommendation(text: str) -> dict:
+    """The fields of a shown RecommendationResult(...) (its dataclass repr), read as literals, never evaluated."""
+    call = ast.parse(text.strip(), mode="eval").body
+    assert isinstance(call, ast.Call) and call.func.id == "RecommendationResult", text
+    return {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+
+
 @pytest.mark.integration
 def test_quickstart_notebook(isolated_home, tmp_path):
     nb = _run("quickstart.ipynb", tmp_path)
     assert not _outputs(nb, "error")
     assert (isolated_home / "nb-ml100k" / "export").is_dir()
-    served = [o.get("text", "") for o in _outputs(nb, "stream")]
-    assert any("item_ids" in s or "items" in s for s in served), served
+    # The in-process pipeline's answer (the cell's value) and the real Triton server's (printed over gRPC).
+    [local] = [o for o in _cell_with(nb, "local.recommend(").outputs if o.output_type == "execute_result"]
+    local = _recommendation(local["data"]["text/plain"])
+    served = _recommendation("".join(o.get("text", "") for o in _cell_with(nb, "client.recommend(").outputs
+                                     if o.output_type == "stream" and o.name == "stdout"))
+    assert local["strategy"] == "personalized" and len(local["item_ids"]) == 5
+    assert served["item_ids"] == local["item_ids"] and served["titles"] == local["titles"]
+    assert served["strategy"] == local["strategy"] and served["ignored_items"] == local["ignored_items"]
+    np.testing.assert_allclose(served["scores"], local["scores"], rtol=1e-5, atol=1e-6)
