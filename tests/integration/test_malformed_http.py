@@ -298,7 +298,7 @@ def _stage_cases(sizes):
         ("retrieval", "USER_EMB", {"data": [1.0, 2.0], "shape": [1, 2]}, f"USER_EMB must have shape [1..64, {dim}]"),
         ("retrieval", "USER_EMB", {"data": [], "shape": [0, dim]}, f"got [0, {dim}]"),
         ("retrieval", "USER_EMB", {"data": [0.5] * (65 * dim), "shape": [65, dim]}, f"got [65, {dim}]"),
-        ("rerank", "USER_KIND", {"data": [9], "shape": [1]}, "USER_KIND must be one of [0, 1, 2], got 9"),
+        ("rerank", "USER_KIND", {"data": [9], "shape": [1]}, "USER_KIND must be one of [0, 1, 2, 3, 4], got 9"),
         ("retrieval", "SEEN", {"data": [n + 5], "shape": [1]}, f"SEEN holds 1 item index(es) outside 0..{n - 1}"),
         ("retrieval", "SEEN", {"data": [0] * (n + 1), "shape": [n + 1]}, f"at most {n} are allowed"),
         ("user_encoder", "HISTORY", {"data": [999_999], "shape": [1]}, "HISTORY holds 1 item index(es) outside"),

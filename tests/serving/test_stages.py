@@ -269,7 +269,7 @@ def test_every_stage_refuses_another_tenant(stage, tenant, message):
     ("retrieval", "USER_EMB", np.ones((65, 2), np.float32), r"got \[65, 2\]"),
     ("retrieval", "USER_EMB", np.array([[np.nan, 1]], np.float32), "USER_EMB holds 1 non-finite"),
     ("retrieval", "USER_EMB", np.array([[1, 2]], np.int64), "USER_EMB must be a float type"),
-    ("rerank", "USER_KIND", np.array([7], np.int32), r"USER_KIND must be one of \[0, 1, 2\], got 7"),
+    ("rerank", "USER_KIND", np.array([7], np.int32), r"USER_KIND must be one of \[0, 1, 2, 3, 4\], got 7"),
     ("user_encoder", "USER_KIND", np.array([], np.int32), "USER_KIND must have at least 1 element"),
     ("retrieval", "SEEN", np.zeros(7, np.int64), "SEEN has 7 elements, at most 6"),
     ("retrieval", "EXCLUDE", np.array([-1]), "EXCLUDE holds 1 item index"),
