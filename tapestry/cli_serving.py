@@ -193,8 +193,12 @@ def cmd_ingest(args) -> None:
 
 def cmd_erase(args) -> None:
     from tapestry.online.erase import erase_user
+    from tapestry.online.store import StoreUnavailable
 
-    e = erase_user(args.tenant, args.user, args.root, _redis_url(args))
+    try:
+        e = erase_user(args.tenant, args.user, args.root, _redis_url(args))
+    except StoreUnavailable as err:
+        raise SystemExit(f"tapestry erase: error: {err}")
     where = {True: "removed from the Redis store", False: "not in the Redis store",
              None: "an embedded store drops them on its next lookup"}[e["removed_from_store"]]
     print(f"[erase] tenant={args.tenant} user {e['user_id']}: tombstoned at {e['erased_at']}; {where}")

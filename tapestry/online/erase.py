@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tapestry.online.ingest import quarantine_path
 from tapestry.online.jsonl import rewrite_jsonl
-from tapestry.online.store import RedisStore
+from tapestry.online.store import RedisStore, StoreUnavailable
 from tapestry.online.tombstones import append_tombstone
 
 
@@ -20,12 +20,17 @@ def erase_user(tenant: str, user_id: str, root: Path | None = None, redis_url: s
     quarantine. Returns the tombstone plus `removed_from_store` (None without Redis) and `quarantine_rows_removed`."""
     entry = append_tombstone(tenant, user_id, root)
     uid, removed = entry["user_id"], None
-    if redis_url:
-        store = RedisStore(redis_url, tenant)
-        try:
-            removed = store.erase(uid)
-        finally:
-            store.close()
     purged = rewrite_jsonl(quarantine_path(tenant, root), lambda r: str(
         (r.get("row") or {}).get("user_id", "")).strip() == uid)
+    if redis_url:
+        try:
+            store = RedisStore(redis_url, tenant)
+            try:
+                removed = store.erase(uid)
+            finally:
+                store.close()
+        except StoreUnavailable as e:
+            raise StoreUnavailable(f"user {uid} is tombstoned and out of the ingest quarantine, but NOT yet removed "
+                                   f"from the Redis store: {e}; run the same `tapestry erase` again once Redis "
+                                   "answers") from None
     return {**entry, "removed_from_store": removed, "quarantine_rows_removed": purged}

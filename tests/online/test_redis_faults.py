@@ -182,3 +182,20 @@ def test_ingest_waits_for_a_stopped_redis_and_resumes_from_its_offset(export, re
     clean_offsets = [json.loads(line)["offset"] for line in
                      quarantine_path(TENANT, clean_root).read_text().splitlines()]
     assert offsets == clean_offsets and len(offsets) == 3000 // 40   # each bad row quarantined once
+
+
+def test_erase_while_redis_is_down_tombstones_and_says_to_run_it_again(export, redis):
+    from tapestry.online.erase import erase_user
+    from tapestry.online.tombstones import Tombstones
+
+    root, art = export
+    load_export_into_redis(art, redis.url, **QUIET)
+    redis.stop()
+    with pytest.raises(StoreUnavailable, match=r"user u0003 is tombstoned .* NOT yet removed .* run the same "):
+        erase_user(TENANT, "u0003", root, redis.url)
+    tombstones = Tombstones(root / TENANT / "tombstones.jsonl")
+    tombstones.refresh()
+    assert "u0003" in tombstones.ids
+    redis.start()
+    assert erase_user(TENANT, "u0003", root, redis.url)["removed_from_store"] is True
+    assert RedisStore(redis.url, TENANT).get("u0003") is None
