@@ -134,7 +134,7 @@ def cmd_export(args) -> None:
     from tapestry.ensembles import run_export
 
     run_export(args.tenant, args.root, max_k=args.max_k, serve=args.serve, index=args.index,
-               max_batch_size=args.max_batch_size)
+               max_batch_size=args.max_batch_size, use_ranker=args.reranker)
 
 
 def cmd_models(args) -> None:
@@ -206,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "IVF4096,Flat, HNSW32, ... (benchmarks/ann.py compares them)")
     x.add_argument("--max-batch-size", type=int, default=64, help="Triton dynamic batching: the most users one "
                    "request, and one batched stage call, may hold (0: off, one user per request)")
+    x.add_argument("--reranker", default="auto", help="auto (a trained DLRM replaces the feature reranker; a fusion "
+                   "reranker is served when it beats both on validation NDCG), feature, or a trained ranker's name")
     add_serving_commands(sub, add)
     rp = add("report", cmd_report, "one self-contained HTML page: data, metrics per model and slice, loss curves, "
                                    "ablation, serving latency")

@@ -5,7 +5,9 @@ model_repository/ is a copy of the templates in triton_models/ (their ARTIFACT_D
 and attribute indices), items.parquet, user_encoder.pt (the served sequential encoder: one or K interest vectors
 per user), session_encoder.pt (SR-GNN for anonymous sessions, when the run trained one), items.faiss, popularity.npy, rerank.npz, manifest.json, and
 dlrm_ranker.pt when the run trained a DLRM ranker on the served model's candidates: then the rerank stage uses it
-instead of the feature reranker (manifest "reranker": "dlrm" or "feature").
+instead of the feature reranker (manifest "reranker": "dlrm" or "feature"), and fusion_ranker.pt when the run trained
+a fusion reranker on them AND it beats the feature reranker and the DLRM (if any) on validation NDCG (metrics.json;
+`choose_ranker`; the manifest's "reranker_choice" records the numbers and the rule).
 """
 from __future__ import annotations
 
@@ -118,14 +120,56 @@ def _served_encoders(models_dir: Path, train_cfg: dict, served: str, session: st
     return encoder, session_encoder
 
 
+def choose_ranker(served: str, train_cfg: dict, metrics: dict, requested: str | None = None,
+                  log=print) -> tuple[str | None, dict]:
+    """(registry name of the ranker to serve, or None for the feature reranker; the manifest's record of why).
+
+    A ranker class with `served_if_better` (the fusion reranker) is served only when its validation NDCG beats
+    every other candidate's: the feature reranker on the served model and the other rankers over its candidates.
+    Rankers without it (the DLRM) replace the feature reranker whenever the run trained them, as before. The
+    numbers come from the run's metrics.json (the feature reranker's and the DLRM's "valid" rows are in-sample:
+    both were fitted on those lists, so a fusion win is conservative). `requested` ("feature" or a ranker's
+    registry name) overrides the rule."""
+    from tapestry.training import registry
+
+    rankers = registry.rankers_of(served, train_cfg["models"], train_cfg.get("resolved", {}))
+
+    def valid(name: str):
+        row = metrics.get(name, {}).get("valid", {})
+        key = next((k for k in row if k.startswith("ndcg@")), None)
+        return (key, float(row[key])) if key else (None, None)
+
+    scores = {"feature": valid(f"{served}+rerank")[1], **{r: valid(r)[1] for r in rankers}}
+    metric = next((valid(n)[0] for n in (f"{served}+rerank", *rankers) if valid(n)[0]), "ndcg@10")
+    competing = [r for r in rankers if getattr(registry.get(r).recommender_class(), "served_if_better", False)]
+    fixed = [r for r in rankers if r not in competing]
+    if requested not in (None, "", "auto"):
+        if requested != "feature" and requested not in rankers:
+            raise ValueError(f"reranker {requested!r}: this run trained no such ranker over {served!r}'s candidates "
+                             f"(trained: {rankers or 'none'}; 'feature' is always available)")
+        chosen, rule = (None if requested == "feature" else requested), "requested"
+    else:
+        chosen, rule = (fixed[-1] if fixed else None), "default"
+        for r in competing:
+            others = [v for n, v in scores.items() if n != r]
+            if scores[r] is not None and all(v is None or scores[r] > v for v in others):
+                chosen, rule = r, f"best validation {metric}"
+    record = {"metric": f"valid {metric}", "scores": scores, "chosen": chosen or "feature", "rule": rule}
+    if rankers or rule == "requested":
+        shown = ", ".join(f"{n} {v:.4f}" if v is not None else f"{n} n/a" for n, v in scores.items())
+        log(f"[export] reranker: {chosen or 'feature'} ({rule}; valid {metric}: {shown})")
+    return chosen, record
+
+
 def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K, num_candidates: int | None = None,
                serve: str | None = None, index="auto", max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-               log=print) -> ExportResult:
+               log=print, use_ranker: str | None = None) -> ExportResult:
     """Export the latest trained run. `serve` overrides the run's served model (any trained sequential encoder);
     the feature reranker stays the one fitted on the run's own served model. `index`: a FAISS factory string or
     tapestry.serving.ann.IndexConfig ("auto": exact below 50k items, else IVF + SQ8 with an exact re-score).
     `max_batch_size`: Triton's dynamic batching (users per request and per batch; 0: off, one user per request,
-    tensors without a batch dimension)."""
+    tensors without a batch dimension). `use_ranker`: "feature" or a trained ranker's registry name; default: the
+    rule of `choose_ranker`."""
     from tapestry.inference.encoders import save_encoder, interest_vectors
 
     validate_tenant(tenant)
@@ -159,15 +203,18 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
     popularity[vc["item_idx"].to_numpy()] = vc["len"].to_numpy()
 
     # A ranker trained on the served model's candidates (the registry's role and upstream say which) replaces the
-    # feature reranker; its file is the unsharded inference state, however it was trained.
+    # feature reranker by `choose_ranker`'s rule; its file is the inference state, however it was trained.
     from tapestry.training import registry
     from tapestry.training.base import Recommender
 
-    rankers = registry.rankers_of(served, train_cfg["models"], train_cfg.get("resolved", {}))
-    dlrm = None
-    if rankers:
-        dlrm = Recommender.load(models_dir / registry.get(rankers[-1]).filename, device="cpu").ranker
-        num_candidates = num_candidates or dlrm.cfg.num_candidates   # the list length it was trained on
+    metrics_file = models_dir / "metrics.json"
+    run_metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    ranker_name, choice = choose_ranker(served, train_cfg, run_metrics, use_ranker, log)
+    ranker, ranker_kind = None, "feature"
+    if ranker_name:
+        trained = Recommender.load(models_dir / registry.get(ranker_name).filename, device="cpu")
+        ranker, ranker_kind = trained.ranker, getattr(type(trained), "reranker_kind", "dlrm")
+        num_candidates = num_candidates or trained.cfg.num_candidates   # the list length it was trained on
 
     num_candidates = num_candidates or train_cfg.get("rerank", {}).get("num_candidates", 100)
 
@@ -185,8 +232,10 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
         save_index(faiss_index, art / "items.faiss")
         np.save(art / "popularity.npy", popularity)
         shutil.copy2(models_dir / "rerank.npz", art / "rerank.npz")
-        if dlrm is not None:
-            dlrm.save(art / "dlrm_ranker.pt")
+        if ranker is not None:
+            from tapestry.inference.rerankers import reranker_kind
+
+            ranker.save(art / reranker_kind(ranker_kind).filename)
         atomic_write_json(art / "manifest.json", {
             "tenant": tenant,
             "models_version": str(models_dir),
@@ -206,8 +255,9 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
             "index": index_entry,
             "max_k": int(max_k),
             "max_batch_size": int(max_batch_size),
-            "reranker": "dlrm" if dlrm is not None else "feature",
-            "ranker_model": rankers[-1] if rankers else None,
+            "reranker": ranker_kind,
+            "ranker_model": ranker_name,
+            "reranker_choice": choice,
         })
         shutil.copytree(TEMPLATES, v.tmp / "model_repository",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))

@@ -46,6 +46,7 @@ class RerankerKind:
 RERANKERS: dict[str, RerankerKind] = {k.name: k for k in (
     RerankerKind("feature", "tapestry.inference.feature_reranker:FeatureReranker", "rerank.npz"),
     RerankerKind("dlrm", "tapestry.inference.dlrm_ranker:DLRMRanker", "dlrm_ranker.pt"),
+    RerankerKind("fusion", "tapestry.inference.fusion_ranker:FusionReranker", "fusion_ranker.pt"),
 )}
 
 

@@ -139,6 +139,12 @@ register(ModelSpec("dlrm", "tapestry.training.dlrm:DLRMRecommender",
                    "multi-task heads, optional TransE loss",
                    quick=dict(embedding_dim=8, bottom_mlp=(16,), top_mlp=(16,), epochs=2, num_candidates=30),
                    role="ranker", upstream=("retriever", "graph_from")))
+register(ModelSpec("fusion", "tapestry.training.fusion:FusionRecommender",
+                   "fusion-transformer reranker (Head B) over sasrec_lightgcn's candidates: each candidate attends "
+                   "to the recent history; listwise on many lists per user, cross-fitted retriever",
+                   quick=dict(dim=16, num_heads=2, history_len=10, mlp=(16,), epochs=2, positions=2,
+                              num_candidates=30),
+                   role="ranker", upstream=("retriever", "graph_from")))
 
 # ---- issue 8: the user side (two-tower baseline, multi-interest, BERT4Rec, session graphs, distillation) ----------
 register(ModelSpec("two_tower", "tapestry.training.two_tower:TwoTowerRecommender",

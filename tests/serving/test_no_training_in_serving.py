@@ -1,6 +1,7 @@
 """The server loads no training code: every module of tapestry.serving and tapestry.inference, imported in a fresh
 interpreter, leaves no `tapestry.training` module in sys.modules — and neither does building every stage from real
-exports (the default one and one serving the DLRM: rerankers load lazily, so importing alone would not see them).
+exports (the default one and ones serving the DLRM and the fusion reranker: rerankers load lazily, so importing
+alone would not see them).
 """
 from __future__ import annotations
 
@@ -47,22 +48,23 @@ def test_the_check_sees_a_training_import():
 
 
 @pytest.fixture(scope="module")
-def dlrm_export(tmp_path_factory):
-    """The export of a tiny run whose line-up has every servable kind: a retriever, a session encoder over its
-    item table and a DLRM ranker over its candidates."""
+def trained_root(tmp_path_factory):
+    """A tiny run whose line-up has every servable kind: a retriever, a session encoder over its item table and
+    two rankers over its candidates (the DLRM and the fusion reranker)."""
     root = tmp_path_factory.mktemp("artifacts-no-training")
     run_etl(synthetic_tables(num_users=120, num_items=60, seed=1), "notrain", root, **QUIET)
-    cfg = TrainConfig.smoke(models=("popularity", "lightgcn", "sasrec_lightgcn", "srgnn_shared", "dlrm"))
+    cfg = TrainConfig.smoke(models=("popularity", "lightgcn", "sasrec_lightgcn", "srgnn_shared", "dlrm", "fusion"))
     run_train("notrain", root, cfg, **QUIET)
-    return run_export("notrain", root, max_k=10, **QUIET)
+    return root
 
 
-def test_building_and_running_every_stage_loads_no_training_code(dlrm_export):
+@pytest.mark.parametrize("ranker", ["dlrm", "fusion"])
+def test_building_and_running_every_stage_loads_no_training_code(trained_root, ranker):
     import polars as pl
 
-    art = dlrm_export.artifact_dir
+    art = run_export("notrain", trained_root, max_k=10, use_ranker=ranker, **QUIET).artifact_dir
     manifest = json.loads((art / "manifest.json").read_text())
-    assert manifest["reranker"] == "dlrm" and manifest["session_encoder"]   # every lazily loaded part is exercised
+    assert manifest["reranker"] == ranker and manifest["session_encoder"]   # every lazily loaded part is exercised
     user = pl.read_parquet(art / "users.parquet")["user_id"][0]
     loaded = training_modules_loaded(
         "from tapestry.serving.pipeline import RecommendPipeline",

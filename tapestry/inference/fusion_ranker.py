@@ -1,0 +1,155 @@
+"""The fusion-transformer reranker at request time (Head B; the module: tapestry.models.ranking.fusion).
+
+`features` turns one request (candidates, retrieval scores, time-ordered history, user-attribute multi-hot) into
+what the module reads; `score_many` pads every request of a dynamic batch into one [B, N] batch and runs ONE
+forward. Training (tapestry.training.fusion) builds its lists through the same `features`, so offline evaluation,
+training and the Triton rerank stage compute the same numbers.
+
+Dense features per candidate (DENSE), all roughly unit scale:
+  retrieval_z      the retriever's score z-normalised within the list (scale-free across users and retrievers)
+  log_rank         log(1 + rank in retrieval order) / 5
+  reciprocal_rank  1 / (1 + rank): sharp at the top, where the retriever is most trustworthy
+  log_popularity   log(1 + training count), standardised over the catalogue
+Ranks come from the scores (a stable sort), not from the order the candidates arrive in.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tapestry.artifacts import atomic_write_bytes
+from tapestry.models.ranking.fusion import FusionRanker
+
+DENSE = ("retrieval_z", "log_rank", "reciprocal_rank", "log_popularity")
+
+
+@dataclass
+class FusionFeatures:
+    """One list: what `FusionRanker.forward` reads for one request, unpadded."""
+    cands: np.ndarray        # [N] int64
+    dense: np.ndarray        # [N, len(DENSE)] float32
+    history: np.ndarray      # [<= max_history] int64, time order, no padding
+    user_attrs: np.ndarray   # [U] int64 attribute ids (1-based; 0 is the module's padding)
+
+
+@dataclass
+class FusionBatch:
+    """Lists padded into tensors: candidates right-padded with 0, histories left-padded with 0."""
+    cands: torch.Tensor       # [B, N]
+    dense: torch.Tensor       # [B, N, F]
+    history: torch.Tensor     # [B, L]
+    user_attrs: torch.Tensor  # [B, U]
+
+    def __len__(self) -> int:
+        return self.cands.shape[0]
+
+    def take(self, idx) -> "FusionBatch":
+        return FusionBatch(self.cands[idx], self.dense[idx], self.history[idx], self.user_attrs[idx])
+
+
+def collate(lists: list[FusionFeatures]) -> FusionBatch:
+    b = len(lists)
+    n = max((len(f.cands) for f in lists), default=1)
+    length = max(max((len(f.history) for f in lists), default=0), 1)
+    u = max(max((len(f.user_attrs) for f in lists), default=0), 1)
+    cands = np.zeros((b, n), np.int64)
+    dense = np.zeros((b, n, len(DENSE)), np.float32)
+    history = np.zeros((b, length), np.int64)
+    attrs = np.zeros((b, u), np.int64)
+    for i, f in enumerate(lists):
+        cands[i, :len(f.cands)] = f.cands
+        dense[i, :len(f.cands)] = f.dense
+        if len(f.history):
+            history[i, length - len(f.history):] = f.history
+        attrs[i, :len(f.user_attrs)] = f.user_attrs
+    return FusionBatch(*(torch.from_numpy(a) for a in (cands, dense, history, attrs)))
+
+
+def list_features(scores: np.ndarray, log_pop: np.ndarray, cands: np.ndarray) -> np.ndarray:
+    """[N, len(DENSE)] dense features of one list."""
+    s = np.asarray(scores, np.float32)
+    n = len(s)
+    z = (s - s.mean()) / (s.std() + 1e-6) if n > 1 else np.zeros(n, np.float32)
+    rank = np.empty(n, np.float32)
+    rank[np.argsort(-s, kind="stable")] = np.arange(n, dtype=np.float32)
+    return np.stack([z, np.log1p(rank) / 5.0, 1.0 / (1.0 + rank), log_pop[cands]], axis=1).astype(np.float32)
+
+
+class FusionReranker:
+    """The reranker protocol (tapestry.inference.rerankers.Reranker); reads the time-ordered HISTORY window."""
+
+    ordered_history = True
+
+    def __init__(self, init_args: dict, state: dict, log_pop: np.ndarray, num_user_attrs: int):
+        self.init_args = dict(init_args)
+        self.model = FusionRanker(**self.init_args)
+        self.model.load_state_dict(state)
+        self.model.eval()
+        self.log_pop = np.asarray(log_pop, np.float32)
+        self._num_user_attrs = int(num_user_attrs)
+
+    @property
+    def num_user_attrs(self) -> int:
+        return self._num_user_attrs
+
+    @property
+    def max_history(self) -> int:
+        return int(self.init_args["max_history"])
+
+    def features(self, candidates: np.ndarray, retrieval_scores: np.ndarray, history: np.ndarray,
+                 user_attrs: np.ndarray) -> FusionFeatures:
+        cands = np.asarray(candidates, np.int64)
+        hist = np.asarray(history, np.int64)
+        hist = hist[hist > 0][-self.max_history:]
+        attrs = np.flatnonzero(np.asarray(user_attrs) > 0).astype(np.int64) + 1
+        return FusionFeatures(cands, list_features(retrieval_scores, self.log_pop, cands), hist, attrs)
+
+    @torch.no_grad()
+    def logits(self, batch: FusionBatch, chunk: int = 256) -> torch.Tensor:
+        """[B, N] raw logits, -inf at padding candidates (chunked: evaluation passes thousands of lists)."""
+        out = []
+        for s in range(0, len(batch), chunk):
+            part = batch.take(slice(s, s + chunk))
+            out.append(self.model(part.cands, part.dense, part.history, part.user_attrs)
+                       .masked_fill(part.cands <= 0, float("-inf")))
+        return torch.cat(out) if out else torch.zeros(0, batch.cands.shape[1])
+
+    def score_many(self, features: list[FusionFeatures]) -> list[np.ndarray]:
+        """Log P(next item = candidate | this list) per request, ONE forward for the whole dynamic batch. Each
+        candidate's logit is its own (the module scores candidates independently) and the softmax runs over each
+        request's own candidates, so a request's answer does not depend on what it was batched with."""
+        if not features:
+            return []
+        rows = self.logits(collate(features))
+        return [torch.log_softmax(row[:len(f.cands)], 0).numpy().astype(np.float32)
+                for row, f in zip(rows, features)]
+
+    def score(self, features: FusionFeatures) -> np.ndarray:
+        return self.score_many([features])[0]
+
+    # ---- persistence (plain tensors and Python values: torch.load(weights_only=True) reads it) ---------------
+    def payload(self) -> dict:
+        args = {k: list(v) if isinstance(v, tuple) else v for k, v in self.init_args.items()}
+        return {"init_args": args, "state": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "log_pop": torch.from_numpy(self.log_pop), "num_user_attrs": self._num_user_attrs,
+                "dense": list(DENSE)}
+
+    @classmethod
+    def from_payload(cls, p: dict) -> "FusionReranker":
+        if list(p.get("dense", DENSE)) != list(DENSE):
+            raise ValueError(f"fusion ranker file has dense features {p['dense']}, this code computes {DENSE}")
+        args = {k: tuple(v) if isinstance(v, list) else v for k, v in p["init_args"].items()}
+        return cls(args, p["state"], p["log_pop"].numpy(), int(p["num_user_attrs"]))
+
+    def save(self, path: Path) -> None:
+        buf = io.BytesIO()
+        torch.save(self.payload(), buf)
+        atomic_write_bytes(Path(path), buf.getvalue())
+
+    @classmethod
+    def load(cls, path: Path) -> "FusionReranker":
+        return cls.from_payload(torch.load(Path(path), map_location="cpu", weights_only=True))
