@@ -1,6 +1,6 @@
-"""Self-healing for the multi-tenant server: a thread in `tapestry serve --tenants` that finds a tenant whose models
-broke behind the server's back and loads the same export again (the measurements behind each choice are in
-docs/architecture.md, "Faults and self-healing").
+"""Self-healing: a thread in `tapestry serve` (`--tenants`: the multi-tenant server; `--tenant T`: a one-tenant
+server, ensemble `recommend`) that finds a tenant whose models broke behind the server's back and loads the same
+export again (the measurements behind each choice are in docs/architecture.md, "Faults and self-healing").
 
 What breaks, and how each is seen (every ~1 s, bounded):
 - a stage's python-backend process died (kill -9, the OOM killer, a segfault in a native library): Triton does not
@@ -10,8 +10,7 @@ What breaks, and how each is seen (every ~1 s, bounded):
 - a model unloaded behind the server's back (the admin API's unload; Triton also unloads an ensemble when one of
   its stages is): seen in the repository index (one call for every tenant).
 - an ensemble that stopped answering (a stage hung): a probe inference per tenant (a cold-user request through all
-  five stages, status.probe_inference, with the admin key) that gets no answer within PROBE_TIMEOUT_S, twice in a
-  row. Its stage processes are then killed (a hung process would make the unload wait) and all reloaded.
+  five stages, with the admin key) that gets no answer within PROBE_TIMEOUT_S, twice in a row. Its stage processes are then killed (a hung process would make the unload wait) and all reloaded.
 An online store that is down is not a broken tenant (reloading cannot fix it, and feature_lookup answers without it
 or with 503: tapestry.serving.feature_lookup): the tenant is marked `degraded` and nothing is reloaded.
 
@@ -27,7 +26,8 @@ Why per-tenant readiness and not Triton's /v2/health/ready: the server runs with
 strict readiness is false while ANY model loads (measured: for the whole of every hot swap, 19 s in one run) and,
 after a failed load, until that model loads successfully (a bad export offered to `swap` would make the server
 unready for good); a load balancer would drain a healthy server during every swap. So the per-tenant ensemble's
-readiness is the signal: false from detection until healed (tests/integration/test_self_healing.py).
+readiness is the signal: false from detection until healed (tests/integration/test_self_healing.py). A one-tenant
+server has no swaps and keeps strict readiness: there /v2/health/ready is false while the stage reloads.
 """
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def probe(server: dict, tenant: str, timeout: float = PROBE_TIMEOUT_S) -> str:
     """One cold-user request through the tenant's five stages with the admin key, each HTTP call bounded by
     ``timeout``: "ok", "fallback: ..." when it was answered without the online store (STRATEGY fallback_*), or why
     it failed, as status.probe_inference words it ("HTTP 500: ...", "no answer: timed out", ...)."""
-    url, model = server["http_url"], model_name(tenant, ENSEMBLE)
+    url, model = server["http_url"], _expected(tenant, server["tenants"][tenant])[0]
     headers = admin_headers(server.get("admin_key"))
     try:
         with urllib.request.urlopen(urllib.request.Request(f"http://{url}/v2/models/{model}", headers=headers),
@@ -123,7 +123,8 @@ def probe(server: dict, tenant: str, timeout: float = PROBE_TIMEOUT_S) -> str:
 
 
 def _expected(tenant: str, info: dict) -> tuple[str, list[str]]:
-    return model_name(tenant, ENSEMBLE), list(info.get("stage_models", []))
+    """(the tenant's ensemble, its stage models): `<t>__recommend` on a multi-tenant server, `recommend` alone."""
+    return info.get("model_name") or model_name(tenant, ENSEMBLE), list(info.get("stage_models", []))
 
 
 def structural_fault(tenant: str, info: dict, ready: set[str], stubs: dict[str, list[int]]) -> Fault | None:
@@ -156,11 +157,12 @@ def probe_fault(tenant: str, info: dict, answer: str) -> Fault | None:
 
 
 @contextlib.contextmanager
-def try_locked(root: Path | None):
-    """The server's lock (model_control.locked) if free now, else None: a swap or a stop is under way."""
-    path = server_dir(root)
-    path.mkdir(parents=True, exist_ok=True)
-    with open(path / "lock", "a") as f:
+def try_locked(root: Path | None, path: Path | None = None):
+    """The server's lock (model_control.locked; or the file ``path``) if free now, else None: a swap or a stop is
+    under way."""
+    path = path or server_dir(root) / "lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -192,7 +194,8 @@ def heal(server: dict, tenant: str, fault: Fault, log=print) -> float:
     missing = [m for m in stages if m not in control.ready_models()]
     if missing:                                   # unloaded behind our back (or by Triton with a dependency)
         control.load(missing)
-    control.load([ensemble])
+    if ensemble not in control.ready_models():    # Triton loads it again with its stages, most often
+        control.load([ensemble])
     return time.perf_counter() - t0
 
 
@@ -217,9 +220,13 @@ class Supervisor(threading.Thread):
     every round, so tenants added, swapped or removed by other `tapestry` commands are followed."""
 
     def __init__(self, root: Path | None = None, interval: float = PROBE_INTERVAL_S,
-                 probe_timeout: float = PROBE_TIMEOUT_S, log=print):
+                 probe_timeout: float = PROBE_TIMEOUT_S, log=print, tenant: str | None = None):
+        """``tenant``: a one-tenant server (`tapestry serve --tenant T`, its serve.json: ensemble `recommend`);
+        without it the multi-tenant server of ``root`` (_server/server.json)."""
         super().__init__(name="tapestry-supervisor", daemon=True)
         self.root, self.interval, self.probe_timeout, self._log = root, interval, probe_timeout, log
+        self.tenant = tenant
+        self._lock_path = st.state_path(tenant, root).with_name("serve.lock") if tenant else None
         self._stop = threading.Event()
         self._watch: dict[str, _TenantWatch] = {}
         self.events: list[dict] = []              # what happened, for tests and benchmarks
@@ -237,9 +244,22 @@ class Supervisor(threading.Thread):
             except Exception as e:  # noqa: BLE001 - the supervisor never dies of one bad round
                 self.log(f"round failed: {type(e).__name__}: {e}")
 
+    def _state(self) -> dict:
+        """The server's state as the multi-tenant server.json has it (a one-tenant serve.json: its only tenant)."""
+        if self.tenant is None:
+            return st.read_state(server_state_path(self.root)) or {}
+        state = st.read_state(st.state_path(self.tenant, self.root)) or {}
+        return {**state, "tenants": {self.tenant: state}} if state else {}
+
+    def _save(self, state: dict) -> None:
+        if self.tenant is None:
+            save_state(self.root, state)
+        else:
+            st.write_state(st.state_path(self.tenant, self.root), state["tenants"][self.tenant])
+
     def check(self) -> None:
         """One round: every tenant the state file lists."""
-        server = st.read_state(server_state_path(self.root))
+        server = self._state()
         if not server or server.get("pid") != os.getpid():
             return                                # not (or no longer) this process's server
         control = ModelControl.of(server)
@@ -265,10 +285,10 @@ class Supervisor(threading.Thread):
                 self._heal(tenant, watch, fault)
 
     def _heal(self, tenant: str, watch: _TenantWatch, fault: Fault) -> None:
-        with try_locked(self.root) as got:
+        with try_locked(self.root, self._lock_path) as got:
             if not got:
                 return                            # a swap or stop holds the lock: look again next round
-            server = st.read_state(server_state_path(self.root)) or {}
+            server = self._state()
             info = server.get("tenants", {}).get(tenant)
             if info is None or server.get("pid") != os.getpid():
                 return
@@ -322,11 +342,11 @@ class Supervisor(threading.Thread):
         def write(current: dict) -> None:
             if tenant in current.get("tenants", {}) and current.get("pid") == os.getpid():
                 current["tenants"][tenant]["health"] = health
-                save_state(self.root, current)
+                self._save(current)
                 watch.health = health
         if server is not None:
             write(server)
             return
-        with try_locked(self.root) as got:
+        with try_locked(self.root, self._lock_path) as got:
             if got:
-                write(st.read_state(server_state_path(self.root)) or {})
+                write(self._state())

@@ -4,6 +4,8 @@ tenant unloaded or killed behind the server's back is repaired by `swap`, and a 
 the store and resumed from once Redis is back (tapestry.serving.supervisor, tapestry.online.redis_store)."""
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -29,6 +31,7 @@ from tapestry.training.pipeline import run_train
 pytestmark = pytest.mark.integration
 
 TENANT = "acme"
+SOLO = "solo"             # served alone by `tapestry serve --tenant solo` (a one-tenant server)
 QUIET = {"log": lambda *a, **k: None}
 REQUEST_TIMEOUT_S = 5.0
 HEALED_WITHIN_S = 20.0    # the target is 10 s (benchmarks/chaos.py measures it); CI shares 2 busy cores
@@ -48,6 +51,9 @@ def root(tmp_path_factory):
     run_etl(synthetic_tables(num_users=120, num_items=60, seed=0), TENANT, root, **QUIET)
     run_train(TENANT, root, TrainConfig.smoke(), **QUIET)
     run_export(TENANT, root, max_k=20, **QUIET)
+    run_etl(synthetic_tables(num_users=60, num_items=40, seed=1), SOLO, root, **QUIET)
+    run_train(SOLO, root, TrainConfig.smoke(), **QUIET)
+    run_export(SOLO, root, max_k=20, **QUIET)
     return root
 
 
@@ -199,3 +205,34 @@ def test_a_redis_outage_is_answered_without_the_store_and_resumed_from(root, ser
     assert _correct_since(load.records, expected, stopped_at) - back_at < 5.0   # correct within 5 s of its return
     assert any("degraded" in line and "online store" in line for line in events), events
     assert any("answers normally again" in line for line in events), events
+
+
+def test_a_one_tenant_server_heals_too_and_is_not_ready_meanwhile(root):
+    """`tapestry serve --tenant T` (explicit model control, strict readiness): Triton's /v2/health/ready is false
+    while the supervisor reloads a killed stage, then the tenant answers again."""
+    env = {k: v for k, v in os.environ.items() if k != REDIS_URL_ENV}   # its embedded store
+    cli = [sys.executable, "-m", "tapestry.cli"]
+    subprocess.run(cli + ["serve", "--tenant", SOLO, "--root", str(root), "--detach"], env=env, check=True,
+                   capture_output=True, timeout=300)
+    try:
+        state = st.live_state(SOLO, root)
+        assert state["stage_models"] == ["feature_lookup", "user_encoder", "retrieval", "filter", "rerank"]
+        url, seen = state["http_url"], []
+        killed_at = time.monotonic()
+        os.kill(stub_processes(state["triton_pid"])["retrieval"][0], signal.SIGKILL)
+        deadline = killed_at + 60
+        while "healed" not in (log := (root / SOLO / "serve.log").read_text()):
+            assert time.monotonic() < deadline, log[-2000:]
+            seen.append(http_status(f"http://{url}/v2/health/ready", timeout=1.0))
+            time.sleep(0.05)
+        assert "tenant solo broken (process_died): the process of retrieval is gone" in log
+        assert 400 in seen, seen                                   # the server, not only the model, was unready
+        assert http_status(f"http://{url}/v2/health/ready") == 200
+        with RecommendClient(state["grpc_url"], protocol="grpc", timeout=REQUEST_TIMEOUT_S) as client:
+            user = pl.read_parquet(root / SOLO / "export" / "v0001" / "artifacts" / "users.parquet")["user_id"][0]
+            assert client.recommend(SOLO, user, k=5).strategy == "personalized"
+        assert st.live_state(SOLO, root)["health"]["last_repair"]["kind"] == "process_died"
+    finally:
+        subprocess.run(cli + ["stop", "--tenant", SOLO, "--root", str(root)], env=env, capture_output=True,
+                       timeout=120)
+
