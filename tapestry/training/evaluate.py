@@ -91,6 +91,15 @@ def metrics_from_ranks(ranks: np.ndarray, k: int = 10) -> dict:
 def multi_target_metrics(model, data, split: str = "test", k: int = 20, batch_size: int = 256,
                          histories=None, users: np.ndarray | None = None) -> dict:
     """Recall@k / NDCG@k over users with several held-out items each (the LightGCN protocol)."""
+    _, recalls, ndcgs = _multi_target_per_user(model, data, split, k, batch_size, histories, users)
+    n = len(recalls)
+    return {f"recall@{k}": float(np.mean(recalls)) if n else 0.0, f"ndcg@{k}": float(np.mean(ndcgs)) if n else 0.0,
+            "num_users": n}
+
+
+def _multi_target_per_user(model, data, split: str, k: int, batch_size: int = 256, histories=None,
+                           users: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(users, Recall@k, NDCG@k) per evaluated user of a multi-target split."""
     _check_split(split)
     frame = getattr(data, split)
     grouped = frame.group_by("user_idx").agg("item_idx").sort("user_idx")
@@ -114,9 +123,22 @@ def multi_target_metrics(model, data, split: str = "test", k: int = 20, batch_si
             hits = np.isin(row, np.asarray(targets)).astype(np.float64)
             recalls.append(hits.sum() / len(targets))
             ndcgs.append((hits * discounts[:len(hits)]).sum() / discounts[:min(len(targets), k)].sum())
-    n = len(recalls)
-    return {f"recall@{k}": float(np.mean(recalls)) if n else 0.0, f"ndcg@{k}": float(np.mean(ndcgs)) if n else 0.0,
-            "num_users": n}
+    return all_users, np.asarray(recalls, np.float64), np.asarray(ndcgs, np.float64)
+
+
+def per_user_metrics(model, data, split: str = "test", k: int = 10, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """{"users", "recall@k", "ndcg@k"}: one value per evaluated user (users sorted), for paired tests between
+    models. Their means are `evaluate`'s numbers."""
+    if is_multi_target(data, split):
+        users, recalls, ndcgs = _multi_target_per_user(model, data, split, k, batch_size)
+    else:
+        frame = getattr(data, split)
+        ranks = evaluation_ranks(model, data, split, batch_size).astype(np.float64)
+        order = np.argsort(frame["user_idx"].to_numpy(), kind="stable")
+        users, ranks = frame["user_idx"].to_numpy()[order], ranks[order]
+        recalls = (ranks < k).astype(np.float64)
+        ndcgs = np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+    return {"users": np.asarray(users), f"recall@{k}": recalls, f"ndcg@{k}": ndcgs}
 
 
 def is_multi_target(data, split: str = "test") -> bool:

@@ -46,6 +46,34 @@ def fit_reranker(model, data, num_candidates: int = 100, epochs: int = 30, lr: f
     return fit_weights(reranker, examples, epochs=epochs, lr=lr, seed=seed, log=log)
 
 
+class RerankedPath:
+    """retrieve (the retriever's top-N unseen items) -> rerank, as a full-catalogue scorer: candidates in reranked
+    order, -inf for every other item. The shared evaluation then measures exactly the served path (a target outside
+    the candidates is a miss at every cut-off up to `num_candidates`; past it, MRR and Recall@100 tie such a target
+    pessimistically among the other non-candidates, where evaluate_reranked puts it after the whole catalogue)."""
+
+    def __init__(self, retriever, reranker: FeatureReranker, num_candidates: int = 100):
+        self.retriever, self.reranker, self.num_candidates = retriever, reranker, num_candidates
+
+    @torch.no_grad()
+    def score(self, user_idx: np.ndarray, histories: list[np.ndarray]) -> torch.Tensor:
+        attrs = self.reranker.tables.user_attrs
+        table = {int(u): h for u, h in zip(user_idx, histories)}
+        row = {int(u): i for i, u in enumerate(user_idx)}
+        out = None
+        for u, hist, cands, scores in _candidates(self.retriever, np.asarray(user_idx), table, self.num_candidates):
+            ua = attrs[u] if 0 < u < len(attrs) else np.zeros(attrs.shape[1], np.float32)
+            final = self.reranker.score(self.reranker.features(cands, scores, hist, ua))
+            if out is None:
+                out = torch.full((len(user_idx), self.reranker.tables.log_pop.shape[0]), float("-inf"))
+            # Strictly decreasing by reranked position: ties in `final` keep the reranker's stable order.
+            order = np.argsort(-final, kind="stable")
+            out[row[int(u)], torch.from_numpy(cands[order])] = -torch.arange(len(cands), dtype=torch.float32)
+        if out is None:
+            out = torch.full((len(user_idx), self.reranker.tables.log_pop.shape[0]), float("-inf"))
+        return out
+
+
 def evaluate_reranked(model, reranker: FeatureReranker, data, k: int = 10, num_candidates: int = 100,
                       split: str = "test") -> dict:
     """Full-ranking metrics of retrieve(top-N unseen) -> rerank; a target outside the candidates is a miss."""

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tapestry.models.retrieval.two_tower import TwoTower
-from tapestry.models.sequential.sasrec import left_pad
+from tapestry.inference.padding import left_pad
 
 NUM_ITEMS, DIM, MAX_LEN, ATTR_VOCAB, ATTRS, USER_ATTRS = 40, 16, 12, 7, 3, 5
 

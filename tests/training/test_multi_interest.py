@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tapestry.models.sequential.sasrec import left_pad
+from tapestry.inference.padding import left_pad
 from tapestry.training.bert4rec import BERT4RecRecommender
 from tapestry.training.comirec import ComiRecRecommender, prefix_examples
 from tapestry.training.lightgcn import LightGCNRecommender

@@ -49,3 +49,26 @@ def test_save_load_round_trip(tables, tmp_path):
     np.testing.assert_array_equal(f1, f2)
     np.testing.assert_array_equal(rr.score(f1), back.score(f2))
     assert back.tables.attr_names == tables.attr_names
+
+
+def test_reranked_path_scores_rank_exactly_as_evaluate_reranked(tiny_etl):
+    """RerankedPath (the leaderboard's scorer of a served path) gives evaluate_reranked's numbers, and its per-user
+    metrics average to them."""
+    from tapestry.training.evaluate import evaluate, per_user_metrics
+    from tapestry.training.popularity import PopularityRecommender
+    from tapestry.training.rerank_fit import RerankedPath, evaluate_reranked
+
+    data = InteractionData.load(tiny_etl)
+    retriever = PopularityRecommender().fit(data)
+    reranker = FeatureReranker(build_rerank_tables(data), np.array([0.5, -0.2, 1.0, 0.3], np.float32))
+    expected = evaluate_reranked(retriever, reranker, data, k=10, num_candidates=20)
+    path = RerankedPath(retriever, reranker, num_candidates=20)
+    got = evaluate(path, data, "test", k=10)
+    # @10 inside the 20 candidates: identical. (MRR and Recall@100 differ for targets outside the candidates: the
+    # path ties them pessimistically among the other non-candidates, evaluate_reranked puts them past the catalogue.)
+    for m in ("recall@10", "ndcg@10"):
+        assert got[m] == pytest.approx(expected[m], abs=1e-9)
+    assert 0 < got["recall@10"] < 1
+    per_user = per_user_metrics(path, data, "test", k=10)
+    assert per_user["ndcg@10"].mean() == pytest.approx(expected["ndcg@10"], abs=1e-9)
+    assert np.all(np.diff(per_user["users"]) > 0)

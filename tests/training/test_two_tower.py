@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tapestry.models.retrieval.two_tower import TwoTower
-from tapestry.models.sequential.sasrec import left_pad
+from tapestry.inference.padding import left_pad
 from tapestry.training.base import Recommender
 from tapestry.training.data import InteractionData
 from tapestry.training.distill import DistilledTwoTowerRecommender, distillation_loss

@@ -1,0 +1,251 @@
+"""The multi-seed leaderboard: named line-ups on ML-1M, Amazon Beauty and Gowalla, N seeds, every path's full-ranking
+metrics, mean and 95 % interval across seeds, and a paired test of each path against the baseline path.
+
+    python benchmarks/leaderboard.py run --dataset ml-1m --seeds 0,1,2          # + the RecTools peer if installed
+    python benchmarks/leaderboard.py run --dataset gowalla --seeds 0,1,2
+    python benchmarks/leaderboard.py table benchmarks/results/leaderboard-*.json   # markdown + PNG
+
+A PATH is what could be served: a retriever alone ("sasrec_lightgcn"), a retriever followed by the feature
+reranker fitted on its own candidates ("sasrec_lightgcn+rerank"), or a trained ranker over its retriever's
+candidates ("fusion", "dlrm"). The SERVED path is chosen on VALIDATION (mean over seeds of the protocol's NDCG)
+among the servable paths; test numbers are read once, for every path, after that choice. The baseline is the
+two-tower's path ("two_tower+rerank"; Gowalla, which has no validation split and no order, uses LightGCN).
+
+Protocols: ML-1M and Beauty leave-one-out, full ranking over all items, NDCG@10 / Recall@10; Gowalla the LightGCN
+fixed split, Recall@20 / NDCG@20. The paired test (Wilcoxon signed-rank on per-user metrics averaged over seeds, and
+a paired-bootstrap interval of the mean difference) is tapestry.reporting.leaderboard.
+
+Writes benchmarks/results/leaderboard-<dataset>.json, .md and .png.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tapestry.reporting.leaderboard import (across_seeds, leaderboard_markdown, leaderboard_png,  # noqa: E402
+                                            paired_test)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# Line-ups: (models in training order, retrievers that get a feature-reranked path, baseline path).
+LINEUPS = {
+    "default": (("popularity", "lightgcn", "sasrec_lightgcn", "two_tower"), ("sasrec_lightgcn", "two_tower"),
+                "two_tower+rerank"),
+    "graph": (("popularity", "lightgcn"), (), "lightgcn"),
+}
+DATASET_LINEUP = {"ml-1m": "default", "beauty": "default", "gowalla": "graph"}
+GOWALLA_PARAMS = {"lightgcn": {"loss": "softmax", "num_layers": 3, "epochs": 30}}
+
+
+def _machine() -> dict:
+    import platform
+
+    import torch
+
+    return {"device": "cpu", "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+def _with_optional(models: tuple[str, ...], extra: list[str]) -> tuple[str, ...]:
+    from tapestry.training import registry
+
+    return models + tuple(m for m in extra if m in registry.MODELS and m not in models)
+
+
+def _seeded_params(models, base: dict, seed: int) -> dict:
+    from tapestry.training import registry
+
+    out = {}
+    for m in models:
+        cls = registry.get(m).recommender_class()
+        fields = {f.name for f in dataclasses.fields(cls.Config)} if cls.Config else set()
+        p = dict(base.get(m, {}))
+        if "seed" in fields:
+            p["seed"] = seed
+        if p:
+            out[m] = p
+    return out
+
+
+def _paths_of_run(model_dir: Path, data, models, reranked: tuple[str, ...], seed: int, served: str) -> dict:
+    """{path name: scorer} for one trained run (every model alone, reranked retrievers, rankers)."""
+    from tapestry.config import RerankConfig
+    from tapestry.training import registry
+    from tapestry.training.base import Recommender
+    from tapestry.training.rerank_fit import RerankedPath, fit_reranker
+
+    loaded = {m: Recommender.load(model_dir / registry.get(m).filename, device="cpu") for m in models}
+    for m in models:
+        if registry.get(m).role == "ranker":     # a loaded ranker scores its retriever's candidates: bind it
+            loaded[m].bind(loaded)
+    paths = dict(loaded)
+    rc = RerankConfig(seed=seed)
+    for m in reranked:
+        if m == served:     # the run fitted it already (same data, same seed): the file the export would serve
+            from tapestry.inference.feature_reranker import FeatureReranker
+
+            reranker = FeatureReranker.load(model_dir / "rerank.npz")
+        else:
+            reranker = fit_reranker(loaded[m], data, rc.num_candidates, rc.epochs, rc.lr, rc.seed,
+                                    log=lambda *a: None)
+        paths[f"{m}+rerank"] = RerankedPath(loaded[m], reranker, rc.num_candidates)
+    return paths
+
+
+def cmd_run(args) -> None:
+    from tapestry.cli import load_tables
+    from tapestry.config import TrainConfig
+    from tapestry.etl import run_etl
+    from tapestry.training import registry
+    from tapestry.training.data import InteractionData
+    from tapestry.training.evaluate import is_multi_target, per_user_metrics
+    from tapestry.training.pipeline import run_train
+
+    lineup = args.lineup or DATASET_LINEUP.get(args.dataset, "default")
+    models, reranked, baseline = LINEUPS[lineup]
+    models = _with_optional(models, [m for m in (args.extra or "").split(",") if m])
+    seeds = [int(s) for s in args.seeds.split(",")]
+    base_params = json.loads(args.params) if args.params else (GOWALLA_PARAMS if args.dataset == "gowalla" else {})
+    root = Path(args.root or tempfile.mkdtemp(prefix="tapestry-leaderboard-"))
+    tenant = args.dataset.replace(".", "-")
+    ns = argparse.Namespace(events=None, items=None, users=None, dataset=args.dataset, data_dir=None, ratings=None)
+    etl = run_etl(load_tables(ns), tenant, root)
+    data = InteractionData.load(etl.path)
+    k = 20 if is_multi_target(data, "test") else 10
+    has_valid = data.valid.height > 0
+    per_seed: dict[str, dict[str, list]] = {}        # path -> {"valid": [per-user dicts], "test": [...], "fit": []}
+    t_start = time.perf_counter()
+    for seed in seeds:
+        served_retriever = next((m for m in reversed(models) if registry.get(m).role == "retriever"), "")
+        cfg = TrainConfig(models=models, params=_seeded_params(models, base_params, seed), serve=served_retriever,
+                          session="", quick=args.quick)
+        print(f"[leaderboard] {args.dataset} seed {seed}: training {', '.join(models)}", flush=True)
+        run = run_train(tenant, root, cfg, log=lambda *a, **kw: print(*a, flush=True))
+        fit_s = {m: run.metrics[m].get("fit_seconds") for m in models}
+        for name, scorer in _paths_of_run(run.path, data, models, reranked if has_valid else (), seed,
+                                           served_retriever).items():
+            entry = per_seed.setdefault(name, {"valid": [], "test": [], "fit": []})
+            if has_valid:
+                entry["valid"].append(per_user_metrics(scorer, data, "valid", k))
+            entry["test"].append(per_user_metrics(scorer, data, "test", k))
+            entry["fit"].append(fit_s.get(name.split("+")[0]) or 0.0)
+        if args.peer and args.dataset != "gowalla":
+            from peers import rectools_sasrec as peer
+
+            if peer.available():
+                print(f"[leaderboard] seed {seed}: RecTools SASRec peer ({args.peer_epochs} epochs)", flush=True)
+                r = peer.run(data, seed, args.peer_epochs, k)
+                entry = per_seed.setdefault("rectools_sasrec", {"valid": [], "test": [], "fit": [], "peer": r["params"]})
+                entry["valid"].append(r["valid"])
+                entry["test"].append(r["test"])
+                entry["fit"].append(r["fit_seconds"])
+                entry.setdefault("epoch_seconds", []).append(r["epoch_seconds"])
+            else:
+                print("[leaderboard] RecTools not installed (pip install -e '.[peers]'): peer skipped", flush=True)
+        _write(args, data, k, seeds[:seeds.index(seed) + 1], per_seed, reranked, baseline, models,
+               time.perf_counter() - t_start, lineup, etl)
+
+
+def _write(args, data, k, seeds, per_seed, reranked, baseline, models, seconds, lineup, etl) -> None:
+    """Summaries after every seed (a run cut short still leaves its finished seeds)."""
+    from tapestry.training import registry
+
+    metrics = (f"ndcg@{k}", f"recall@{k}")
+    paths = {}
+    for name, e in per_seed.items():
+        paths[name] = {m: across_seeds([float(u[m].mean()) for u in e["test"]]) for m in metrics}
+        if e["valid"]:
+            paths[name]["valid"] = {m: across_seeds([float(u[m].mean()) for u in e["valid"]]) for m in metrics}
+        paths[name]["fit_seconds"] = across_seeds(e["fit"])
+        if "epoch_seconds" in e:
+            paths[name]["epoch_seconds"] = across_seeds(e["epoch_seconds"])
+        if "peer" in e:
+            paths[name]["peer_params"] = e["peer"]
+
+    def servable(name: str) -> bool:
+        base = name.split("+")[0]
+        return base in registry.MODELS and registry.get(base).role in ("retriever", "ranker", "candidate_source") \
+            and base != "popularity"
+
+    candidates = [n for n in paths if servable(n)]
+    if any("valid" in paths[n] for n in candidates):
+        served = max(candidates, key=lambda n: paths[n]["valid"][metrics[0]]["mean"] if "valid" in paths[n] else -1)
+        chosen_on = "validation"
+    else:   # no validation split (Gowalla): the graph filter when trained, else the best LightGCN-family path
+        served = next((n for n in ("graph_filter",) if n in paths), baseline)
+        chosen_on = "fixed choice (no validation split)"
+    if baseline not in paths:
+        baseline = next(iter(paths))
+    paired = {}
+    for name, e in per_seed.items():
+        if name == baseline:
+            continue
+        a = np.mean([u[metrics[0]] for u in e["test"]], axis=0)
+        b = np.mean([u[metrics[0]] for u in per_seed[baseline]["test"]], axis=0)
+        paired[name] = paired_test(a, b)
+    report = {"dataset": args.dataset, "lineup": lineup, "models": list(models), "seeds": seeds, "k": k,
+              "served": served, "served_chosen_on": chosen_on, "baseline": baseline,
+              "protocol": "leave-one-out, full ranking" if k == 10 else "fixed split (LightGCN's), full ranking",
+              "num_users": int(etl.manifest["num_users"] - 1), "num_items": int(etl.manifest["num_items"] - 1),
+              "paths": paths, "paired": paired, "p_values": {n: t["p_value"] for n, t in paired.items()},
+              "seconds": round(seconds, 1), "machine": _machine(), "command": " ".join(sys.argv),
+              "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out = Path(args.output or RESULTS / f"leaderboard-{args.dataset}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, out)
+    out.with_suffix(".md").write_text(leaderboard_markdown(report) + "\n")
+    out.with_suffix(".png").write_bytes(leaderboard_png([report]))
+    print(leaderboard_markdown(report), flush=True)
+    print(f"[leaderboard] {out}", flush=True)
+
+
+def cmd_table(args) -> None:
+    reports = [json.loads(Path(p).read_text()) for p in args.files]
+    text = "\n\n".join(leaderboard_markdown(r) for r in reports)
+    print(text)
+    out = Path(args.output)
+    out.write_text(text + "\n")
+    out.with_suffix(".png").write_bytes(leaderboard_png(reports))
+    print(f"[leaderboard] {out} + {out.with_suffix('.png')}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--dataset", required=True, help="ml-1m, beauty, gowalla (any `tapestry etl --dataset` name)")
+    r.add_argument("--seeds", default="0,1,2")
+    r.add_argument("--lineup", choices=sorted(LINEUPS), help="default: by data set")
+    r.add_argument("--extra", default="fusion,graph_filter",
+                   help="models appended to the line-up when the registry has them (comma-separated)")
+    r.add_argument("--params", help='JSON {"model": {...}} over the line-up defaults')
+    r.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the RecTools SASRec peer when rectools is installed")
+    r.add_argument("--peer-epochs", type=int, default=30)
+    r.add_argument("--quick", action="store_true", help="smoke-sized models (checks the benchmark, not quality)")
+    r.add_argument("--root", help="artifact root (default: a temp dir)")
+    r.add_argument("--output")
+    r.set_defaults(fn=cmd_run)
+    t = sub.add_parser("table")
+    t.add_argument("files", nargs="+")
+    t.add_argument("--output", default=str(RESULTS / "leaderboard.md"))
+    t.set_defaults(fn=cmd_table)
+    args = p.parse_args()
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()
