@@ -101,6 +101,12 @@ def _served_encoders(models_dir: Path, train_cfg: dict, served: str, session: st
                              f"retriever's user encoder; this run trained {choices or 'none'}; choose one with "
                              "`--serve`")
         model = Recommender.load(models_dir / registry.get(name).filename, device="cpu")
+        if getattr(model.cfg, "use_user_attrs", False):
+            # The user encoder stage receives only the history: serving it would silently drop the attributes and
+            # answer with vectors the model never produced offline.
+            raise ValueError(f"{name} was trained with use_user_attrs=True; the served user encoder reads histories "
+                             "only, so its answers would differ from the evaluated model. Train it with "
+                             f"use_user_attrs=False to serve it, or serve another retriever (`--serve`)")
         m = model.serving_module()
         check_servable(m, name)
         return m

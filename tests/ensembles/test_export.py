@@ -190,3 +190,19 @@ def test_exported_multi_interest_encoder_gives_comirec_max_sim_top_k(exported):
     users = pl.read_parquet(art / "users.parquet").filter(pl.col("history").list.len() > 0)
     for row in users.head(12).iter_rows(named=True):
         _assert_same_top_k(encoder, index, model, row["user_idx"], row["history"])
+
+
+def test_a_two_tower_with_user_attributes_is_refused_not_served_without_them(tiny_etl, tmp_path):
+    # The user-encoder stage reads histories only: serving this model would answer with vectors it never produced.
+    shutil.copytree(tiny_etl, tmp_path / "tiny" / "etl" / tiny_etl.name)
+    cfg = TrainConfig.smoke(models=("popularity", "two_tower"), serve="two_tower", session="",
+                            params={"two_tower": {"use_user_attrs": True}})
+    run_train("tiny", tmp_path, cfg, **QUIET)
+    with pytest.raises(ValueError, match="use_user_attrs=True; the served user encoder reads histories only"):
+        run_export("tiny", tmp_path, max_k=20, **QUIET)
+
+
+def test_a_model_that_is_not_a_retriever_cannot_be_served(exported):
+    _, trained = exported
+    with pytest.raises(ValueError, match=r"lightgcn \(role item_encoder\) cannot be served"):
+        run_export("tiny", trained.path.parents[2], max_k=20, serve="lightgcn", **QUIET)
