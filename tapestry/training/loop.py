@@ -50,11 +50,13 @@ def run_epochs(rec, module: torch.nn.Module, epochs: int, desc: str, run_epoch: 
     bar = rec._epoch_bar(epochs, desc)
     beat = Heartbeat(enabled=rec.progress is not False and not sys.stdout.isatty())
     rec.best_epoch_, rec.valid_history_ = epochs, []
+    start = len(rec.loss_history_)
     best, best_state, waited, metric_name = float("-inf"), None, 0, ""
-    status = lambda: (f"[{desc}] epoch {len(rec.loss_history_)}/{epochs} loss "   # noqa: E731
-                      f"{rec.loss_history_[-1] if rec.loss_history_ else float('nan'):.4f}"
-                      + (f" valid {metric_name} {rec.valid_history_[-1]:.4f} (best {best:.4f} at epoch "
-                         f"{rec.best_epoch_})" if rec.valid_history_ else ""))
+    done = lambda: len(rec.loss_history_) - start   # noqa: E731  (epochs finished in this fit)
+    status = lambda: (f"[{desc}] epoch {done()}/{epochs} done, loss {rec.loss_history_[-1]:.4f}"  # noqa: E731
+                      if done() else f"[{desc}] epoch 1/{epochs} running") + (
+        f", valid {metric_name} {rec.valid_history_[-1]:.4f} (best {best:.4f} at epoch {rec.best_epoch_})"
+        if rec.valid_history_ else "")
     for epoch in bar:
         rec.loss_history_.append(run_epoch(lambda: beat(status)))
         bar.set_postfix(loss=f"{rec.loss_history_[-1]:.4f}")
@@ -77,7 +79,7 @@ def run_epochs(rec, module: torch.nn.Module, epochs: int, desc: str, run_epoch: 
     if best_state is not None:
         module.load_state_dict(best_state)
     else:
-        rec.best_epoch_ = len(rec.loss_history_)
+        rec.best_epoch_ = done()
     module.eval()
     if refresh is not None:
         refresh()
