@@ -148,7 +148,7 @@ def cmd_report(args) -> None:
     from tapestry.reporting import write_report
 
     out = write_report(args.tenant, args.root, output=args.output, ablation=args.ablation,
-                       latency=Path(args.latency) if args.latency else None)
+                       latency=Path(args.latency) if args.latency else None, leaderboard=args.leaderboard)
     print(f"[report] {out}")
 
 
@@ -214,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--output", type=Path, help="HTML path (default: <root>/<tenant>/reports/report-vNNNN.html)")
     rp.add_argument("--ablation", nargs="*", type=Path, default=[],
                     help="benchmark ablation run files to include (benchmarks/results/ablation-*.json)")
+    rp.add_argument("--leaderboard", nargs="*", type=Path, default=None,
+                    help="leaderboard files to show (default: every benchmarks/results/leaderboard-*.json)")
     rp.add_argument("--latency", help="serving latency benchmark JSON (default: "
                                       "benchmarks/results/serving_latency-<tenant>.json when present)")
     ls = sub.add_parser("models", help="list the registered models")

@@ -1,7 +1,8 @@
 """`tapestry report --tenant T`: one self-contained HTML page (PNGs inlined as data URIs, no external files).
 
 Sections: data (ETL counts, quarantine reasons), metrics per model and slice (the tenant's ablation table and its
-plot), training loss curves, optional benchmark ablation tables (`benchmarks/results/ablation*.json`) and serving
+plot), training loss curves, the committed multi-seed leaderboards (benchmarks/results/leaderboard-*.json), optional
+benchmark ablation tables (`benchmarks/results/ablation*.json`) and serving
 latency histograms when a latency benchmark ran for the tenant. Everything comes from versioned artifacts, so a
 report can be rebuilt later and says which ETL / models versions it describes.
 """
@@ -104,6 +105,31 @@ def _benchmark_ablation_section(paths: list[Path]) -> str:
     return f"<h2>Ablation benchmark</h2><p class=meta>{names}</p>" + table + _img(png, "ablation NDCG")
 
 
+def _leaderboard_section(paths: list[Path]) -> str:
+    """The committed multi-seed leaderboards (benchmarks/results/leaderboard-*.json by default)."""
+    from tapestry.reporting.leaderboard import leaderboard_png, metric_names
+
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    if not reports:
+        return ""
+    out = "<h2>Leaderboard (multi-seed)</h2>"
+    for r in reports:
+        metrics = metric_names(r)
+        rows = []
+        for name in sorted(r["paths"], key=lambda n: -r["paths"][n][metrics[0]]["mean"]):
+            p, test = r["paths"][name], r.get("paired", {}).get(name)
+            rows.append([("* " if name == r["served"] else "") + name,
+                         *(f"{p[m]['mean']:.4f} ± {p[m]['ci95']:.4f}" for m in metrics),
+                         f"{test['relative']:+.1%}" if test and test.get("relative") is not None else "",
+                         f"{test['p_value']:.2g}" if test else ""])
+        out += (f"<p class=meta>{html.escape(r['dataset'])}: {len(r['seeds'])} seeds, served path "
+                f"<b>{html.escape(r['served'])}</b> (chosen on {html.escape(r.get('served_chosen_on', ''))}), "
+                f"baseline {html.escape(r['baseline'])}; ± is the 95 % interval across seeds, p the paired "
+                f"Wilcoxon test against the baseline</p>"
+                + _table(["path", *metrics, f"vs {r['baseline']}", "p"], rows))
+    return out + _img(leaderboard_png(reports), "leaderboard")
+
+
 def _latency_section(path: Path | None) -> str:
     if path is None or not path.exists():
         return ("<h2>Serving latency</h2><p class=empty>No latency benchmark for this tenant "
@@ -121,12 +147,14 @@ def _latency_section(path: Path | None) -> str:
 
 
 def build_report(tenant: str, root: Path | None = None, ablation: list[Path] | None = None,
-                 latency: Path | None = None) -> str:
+                 latency: Path | None = None, leaderboard: list[Path] | None = None) -> str:
     """The HTML text of the report for the tenant's latest models version."""
     validate_tenant(tenant)
     model_dir = latest_version(tenant, "models", root)
     metrics = json.loads((model_dir / "metrics.json").read_text())
     etl_dir = Path((model_dir / "etl_version.txt").read_text().strip())
+    if leaderboard is None:
+        leaderboard = sorted((PROJECT_ROOT / "benchmarks" / "results").glob("leaderboard-*.json"))
     if latency is None:
         default = PROJECT_ROOT / "benchmarks" / "results" / f"serving_latency-{tenant}.json"
         latency = default if default.exists() else None
@@ -137,7 +165,8 @@ def build_report(tenant: str, root: Path | None = None, ablation: list[Path] | N
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}</p>",
              _data_section(etl_dir) if etl_dir.is_dir() else f"<p class=empty>ETL {etl_dir} no longer exists.</p>",
              _metrics_section(metrics, tenant), _loss_section(metrics),
-             _benchmark_ablation_section(list(ablation or [])), _latency_section(latency),
+             _leaderboard_section(list(leaderboard)), _benchmark_ablation_section(list(ablation or [])),
+             _latency_section(latency),
              "</body></html>"]
     return "\n".join(parts)
 

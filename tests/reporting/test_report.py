@@ -42,7 +42,7 @@ def latency_json(tmp_path_factory) -> Path:
 
 
 def test_report_is_self_contained_and_has_every_section(trained_root, latency_json):
-    text = build_report("tiny", trained_root, latency=latency_json)
+    text = build_report("tiny", trained_root, latency=latency_json, leaderboard=[])
     for section in ("Data", "Metrics per model and slice", "Training loss", "Serving latency"):
         assert f"<h2>{section}" in text
     for model in CFG.models:
@@ -52,6 +52,21 @@ def test_report_is_self_contained_and_has_every_section(trained_root, latency_js
     assert len(images) == 3                        # metrics plot, loss curves, latency histograms
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
     assert not re.search(r'(src|href)="(?!data:)', text)
+
+
+def test_the_leaderboard_section_shows_each_path_against_the_baseline(trained_root, tmp_path):
+    stat = lambda m: {"mean": m, "ci95": 0.002, "per_seed": [m] * 3}  # noqa: E731
+    board = {"dataset": "ml-1m", "seeds": [0, 1, 2], "served": "sasrec+rerank", "baseline": "two_tower+rerank",
+             "served_chosen_on": "validation",
+             "paths": {"sasrec+rerank": {"ndcg@10": stat(0.2), "recall@10": stat(0.3)},
+                       "two_tower+rerank": {"ndcg@10": stat(0.16), "recall@10": stat(0.28)}},
+             "paired": {"sasrec+rerank": {"relative": 0.25, "p_value": 0.0004}}}
+    path = tmp_path / "leaderboard-ml-1m.json"
+    path.write_text(json.dumps(board))
+    text = build_report("tiny", trained_root, leaderboard=[path])
+    assert "<h2>Leaderboard (multi-seed)" in text and "served path <b>sasrec+rerank</b>" in text
+    row = re.search(r"<tr><td class=l>\* sasrec\+rerank</td>(.*?)</tr>", text).group(1)
+    assert "0.2000 ± 0.0020" in row and "+25.0%" in row and "0.0004" in row
 
 
 def test_missing_benchmarks_are_said_not_hidden(trained_root, tmp_path):
