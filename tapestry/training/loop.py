@@ -54,11 +54,12 @@ def run_epochs(rec, module: torch.nn.Module, epochs: int, desc: str, run_epoch: 
     best, best_state, waited, metric_name = float("-inf"), None, 0, ""
     done = lambda: len(rec.loss_history_) - start   # noqa: E731  (epochs finished in this fit)
     status = lambda: (f"[{desc}] epoch {done()}/{epochs} done, loss {rec.loss_history_[-1]:.4f}"  # noqa: E731
-                      if done() else f"[{desc}] epoch 1/{epochs} running") + (
+                      if done() else f"[{desc}] epoch 0/{epochs} done") + (
         f", valid {metric_name} {rec.valid_history_[-1]:.4f} (best {best:.4f} at epoch {rec.best_epoch_})"
         if rec.valid_history_ else "")
+    running = lambda: f"[{desc}] epoch {done() + 1}/{epochs} running; " + status().split("] ", 1)[1]  # noqa: E731
     for epoch in bar:
-        rec.loss_history_.append(run_epoch(lambda: beat(status)))
+        rec.loss_history_.append(run_epoch(lambda: beat(running)))
         bar.set_postfix(loss=f"{rec.loss_history_[-1]:.4f}")
         if patience > 0 and (epoch + 1) % eval_every == 0:
             if refresh is not None:
