@@ -19,6 +19,33 @@ def _timed(timings: dict, stage: str):
     print(f"=== {stage}: {timings[stage]:.1f}s ===", flush=True)
 
 
+def served_path_summary(metrics: dict, manifest: dict, leaderboard: Path | None = None) -> list[str]:
+    """Lines comparing the served path's test metrics with the two-tower baseline's: from this run when it trained
+    a two-tower, else from the committed multi-seed leaderboard (labelled as such), else said to be missing."""
+    served = manifest["served_model"]
+    path = manifest.get("ranker_model") if manifest.get("reranker") not in (None, "feature") else f"{served}+rerank"
+    if path not in metrics:
+        path = served
+    test = metrics.get(path, {}).get("test", {})
+    ks = [k for k in test if k.startswith(("ndcg@", "recall@")) and not k.endswith("@100")]
+    fmt = lambda m: ", ".join(f"{k} {m[k]:.4f}" for k in ks if k in m)  # noqa: E731
+    lines = [f"served path {path} (this run, test): {fmt(test)}"]
+    if "two_tower" in metrics:
+        lines.append(f"two-tower baseline (this run, test): {fmt(metrics['two_tower']['test'])}")
+    elif leaderboard is not None and leaderboard.exists():
+        board = json.loads(leaderboard.read_text())
+        base = board["paths"].get(board["baseline"], {})
+        got = ", ".join(f"{k} {base[k]['mean']:.4f} ± {base[k]['ci95']:.4f}" for k in ks if k in base)
+        mine = board["paths"].get(path, {})
+        mine_txt = ", ".join(f"{k} {mine[k]['mean']:.4f} ± {mine[k]['ci95']:.4f}" for k in ks if k in mine)
+        lines.append(f"two-tower baseline {board['baseline']} (committed leaderboard, {len(board['seeds'])} seeds): "
+                     f"{got}" + (f"; the same leaderboard gives {path}: {mine_txt}" if mine_txt else ""))
+    else:
+        lines.append("two-tower baseline: not trained in this run and no committed leaderboard "
+                     "(python benchmarks/leaderboard.py run --dataset ml-1m)")
+    return lines
+
+
 def run_demo(tenant: str, root: Path | None = None, dataset: str = "ml-1m", quick: bool = False) -> dict:
     from tapestry.cli import ml1m_ratings_default, print_metrics, print_recommendations
     from tapestry.ensembles import run_export
@@ -44,6 +71,11 @@ def run_demo(tenant: str, root: Path | None = None, dataset: str = "ml-1m", quic
         print_metrics(metrics)
     with _timed(timings, "export"):
         export = run_export(tenant, root)
+    from tapestry.config import PROJECT_ROOT
+
+    manifest = json.loads((export.artifact_dir / "manifest.json").read_text())
+    board = PROJECT_ROOT / "benchmarks" / "results" / f"leaderboard-{dataset}.json"
+    print("\n" + "\n".join(served_path_summary(metrics, manifest, board)))
 
     # The kinds of request serving answers: a known user; the same user with events newer than the export
     # (RECENT_ITEM_IDS); an anonymous visitor whose session is only recent events (SR-GNN when exported); a visitor
