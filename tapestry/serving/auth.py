@@ -92,7 +92,8 @@ def _write(path: Path, data: dict) -> None:
 def _locked(tenant: str, root: Path | None):
     path = key_file(tenant, root)
     if not path.parent.is_dir():
-        raise KeyStoreError(f"no tenant {tenant} under {path.parent.parent} (run `tapestry etl --tenant {tenant}` first)")
+        raise KeyStoreError(f"no tenant {tenant} under {path.parent.parent} (run `tapestry etl --tenant {tenant}` "
+                            "first)")
     with open(path.parent / f".{KEY_FILE}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:

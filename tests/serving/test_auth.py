@@ -156,3 +156,36 @@ def test_serve_defaults(root):
     assert auth.metrics_host("0.0.0.0", "0.0.0.0") == "0.0.0.0"
     assert auth.admin_headers(None) == {} and auth.admin_headers("k", "grpc") == {
         "triton-grpc-protocol-tapestry-admin-key": "k"}
+
+
+def _cli(*args, root):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "tapestry.cli", *args, "--root", str(root)], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "TAPESTRY_API_KEY": ""})
+
+
+def test_serve_off_loopback_without_keys_refuses_before_starting_anything(root):
+    for args in (["--tenant", TENANT, "--detach"], ["--tenants", f"{TENANT},globex"],
+                 ["--tenants", TENANT, "--detach"]):
+        out = _cli("serve", *args, "--host", "0.0.0.0", root=root)
+        assert out.returncode != 0 and "requires API keys" in out.stderr and "--insecure" in out.stderr, out
+        assert not (root / "_server" / "server.json").exists() and not (root / TENANT / "serve.json").exists()
+    # --insecure gets past the check, with a warning (then this root has no export to serve).
+    out = _cli("serve", "--tenant", TENANT, "--detach", "--host", "0.0.0.0", "--insecure", root=root)
+    assert "WARNING: --insecure" in out.stdout + out.stderr and "requires API keys" not in out.stderr
+
+
+def test_keys_cli_prints_the_key_once_and_lists_no_secret(root):
+    out = _cli("keys", "create", "--tenant", TENANT, "--name", "web", root=root)
+    key = out.stdout.strip()
+    assert out.returncode == 0 and key.startswith("tpk_") and "shown only this once" in out.stderr
+    listed = _cli("keys", "list", "--tenant", TENANT, root=root).stdout
+    assert key not in listed and key.split("_")[1] in listed and "web" in listed
+    assert key not in _cli("keys", "list", "--tenant", TENANT, "--json", root=root).stdout
+    out = _cli("keys", "revoke", "--tenant", TENANT, "--id", key.split("_")[1], root=root)
+    assert out.returncode == 0 and "revoked" in out.stdout and key not in out.stdout
+    assert "0 active key(s)" in _cli("keys", "list", "--tenant", TENANT, root=root).stdout
+    out = _cli("keys", "revoke", "--tenant", TENANT, root=root)
+    assert out.returncode != 0 and "--id KEY_ID is required" in out.stderr
