@@ -100,8 +100,8 @@ class GraphFilterRecommender(Recommender):
     def similar_items(self, recent_items: list[np.ndarray], k: int = 100,
                       exclude_given: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Item-to-item graph recall: top-k (items [B, k], scores [B, k]) for each list of recent item ids, best
-        first. Rows with fewer than k candidates (or an empty signal: all scores 0) are padded with index 0 and
-        score -inf, so a caller merging sources can drop them."""
+        first. Candidates the signal does not reach (score exactly 0: an empty or unknown signal, no path) and the
+        rows' padding come back as index 0 with score -inf, so a caller merging sources can drop them."""
         scores = self.score(np.zeros(len(recent_items), dtype=np.int64), recent_items)
         if exclude_given:
             for row, items in enumerate(recent_items):
@@ -109,7 +109,7 @@ class GraphFilterRecommender(Recommender):
                 items = items[(items > 0) & (items < self.num_items)]
                 scores[row, torch.as_tensor(items, device=scores.device)] = -torch.inf
         top = torch.topk(scores, min(k, self.num_items), dim=1)
-        dead = ~torch.isfinite(top.values) | (top.values <= 0)   # 0 = no graph path from the signal at all
+        dead = ~torch.isfinite(top.values) | (top.values == 0)   # exactly 0: no graph path from the signal at all
         return top.indices.masked_fill(dead, 0), top.values.masked_fill(dead, -torch.inf)
 
     def item_scores(self, recent_items: list[np.ndarray], candidates: np.ndarray) -> torch.Tensor:

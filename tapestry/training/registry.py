@@ -177,3 +177,9 @@ register(ModelSpec("srgnn_shared", "tapestry.training.srgnn:SRGNNRecommender",
                    params=dict(item_table_from="sasrec_lightgcn", max_prefixes_per_user=5, epochs=5),
                    quick=dict(hidden_dim=16, epochs=1),
                    role="session_encoder", upstream=("item_table_from",)))
+
+# ---- issue 17: closed-form graph filter (training-free; alone, item-to-item graph recall, a feature) --------------
+register(ModelSpec("graph_filter", "tapestry.training.graph_filter:GraphFilterRecommender",
+                   "closed-form graph filter (GF-CF / BSPM / ChebyCF family): normalised item-item filter + ideal "
+                   "low-pass from a truncated SVD, training-free", quick=dict(num_factors=32),
+                   role="candidate_source"))
