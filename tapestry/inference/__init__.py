@@ -8,6 +8,7 @@ fresh interpreter):
                        `item_embeddings`, saved as class path + constructor args + weights
   feature_reranker.py  the linear listwise reranker over retrieval, popularity, content and demographic features
   dlrm_ranker.py       the DLRM over TorchRec-layout tables, scored through a plain-torch bag module
+  fusion_ranker.py     the fusion-transformer reranker (each candidate attends to the recent history)
   rerankers.py         the reranker protocol and the registry keyed by the export manifest's "reranker" name
   padding.py           request-time helpers shared by training and serving (left padding, trimming)
 """

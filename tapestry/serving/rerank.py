@@ -2,7 +2,8 @@
 
 The reranker is whatever the export's manifest names ("reranker": "feature", "dlrm", ...; loaded through
 tapestry.inference.rerankers). Every kind takes (candidates, retrieval scores, history, user attributes); one that
-reads order (`ordered_history`, the DLRM) gets the time-ordered HISTORY window, the others the SEEN set.
+reads order (`ordered_history`: the DLRM, the fusion reranker) gets the time-ordered HISTORY window, the others the SEEN
+set.
 """
 from __future__ import annotations
 

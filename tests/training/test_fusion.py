@@ -98,11 +98,13 @@ def data(tiny_etl):
 def test_tail_split_holds_out_the_last_events_of_each_user(data):
     base = tail_split(data, 3)
     full, cut = data.sequences(("train",)), base.sequences(("train",))
-    for s, b in zip(full, cut):
+    for u, (s, b) in enumerate(zip(full, cut)):
         if len(s):
             keep = len(s) - min(3, len(s) - 1)
             assert b.tolist() == s[:keep].tolist()           # a prefix: the newest events are the ones removed
-    assert base.valid.equals(data.valid) and base.test.equals(data.test)
+            if keep < len(s):                                # its validation item: the first one removed
+                assert base.valid.filter(base.valid["user_idx"] == u)["item_idx"].to_list() == [s[keep]]
+    assert base.test.equals(data.test) and base.valid["user_idx"].is_unique().all()
 
 
 def test_training_lists_never_hold_the_target_in_its_history(data):
@@ -115,7 +117,7 @@ def test_training_lists_never_hold_the_target_in_its_history(data):
 
     tables = build_rerank_tables(data)
     probe = FusionReranker(_module_args(), _module_state(), tables.log_pop, tables.user_attrs.shape[1])
-    feats, pos, _ = model._lists(retriever(data), probe, users, prefixes, targets, tables.user_attrs)
+    feats, pos, _, kept = model._lists(retriever(data), probe, users, prefixes, targets, tables.user_attrs)
     assert feats and len(feats) == len(pos)
     for f, p in zip(feats, pos):
         t = f.cands[p]
