@@ -10,7 +10,7 @@ What breaks, and how each is seen (every ~1 s, bounded):
 - a model unloaded behind the server's back (the admin API's unload; Triton also unloads an ensemble when one of
   its stages is): seen in the repository index (one call for every tenant).
 - an ensemble that stopped answering (a stage hung): a probe inference per tenant (a cold-user request through all
-  five stages, with the admin key) that gets no answer within PROBE_TIMEOUT_S, twice in a row. Its stage processes are then killed (a hung process would make the unload wait) and all reloaded.
+  five stages, with the admin key) that gets no answer within PROBE_TIMEOUT_S, HUNG_AFTER times in a row. Its stage processes are then killed (a hung process would make the unload wait) and all reloaded.
 An online store that is down is not a broken tenant (reloading cannot fix it, and feature_lookup answers without it
 or with 503: tapestry.serving.feature_lookup): the tenant is marked `degraded` and nothing is reloaded.
 
@@ -51,8 +51,11 @@ from tapestry.serving.tenant_repository import ENSEMBLE, model_name, server_dir
 
 SUPERVISE_ENV = "TAPESTRY_SUPERVISE"   # "0": `tapestry serve --tenants` runs without the supervisor
 PROBE_INTERVAL_S = 1.0     # between two rounds of checks
-PROBE_TIMEOUT_S = 2.0      # one probe inference (a cold user through five stages: ~10 ms when healthy)
-HUNG_AFTER = 2             # probes in a row without an answer before a tenant counts as hung
+# A hang is declared only after HUNG_AFTER probes in a row got no answer within PROBE_TIMEOUT_S (>= 15 s of silence):
+# the cure kills every stage process of the tenant, so a busy machine (a swap loading models, a load test on two
+# cores) must never look hung. A dead stage is found at once by its missing stub process, not by probes.
+PROBE_TIMEOUT_S = 5.0      # one probe inference (a cold user through five stages: ~10 ms when healthy)
+HUNG_AFTER = 3             # probes in a row without an answer before a tenant counts as hung
 RETRY_AFTER_S = 5.0        # a failed repair is tried again after this
 HEALED_PROBE_S = 30.0      # how long a repaired tenant may take to answer its first probe
 
