@@ -213,9 +213,19 @@ def _fake_pb():
         Tensor=_FakeTensor, TritonError=TritonError, InferenceResponse=InferenceResponse)
 
 
+class _FakeRequest(dict):
+    """A queued request: its tensors by name, and the parameters Triton forwards (no API key: keys are off)."""
+
+    def parameters(self) -> str:
+        return "{}"
+
+
 def _filter_model(batched: bool):
+    from tapestry.serving.auth import KeyGuard
+
     model = triton_model(CandidateFilter)()
     model.pb, model.batched = _fake_pb(), batched
+    model.guard = KeyGuard("acme", None)       # no key file: the tenant has no keys, every request passes
     model.stage = CandidateFilter("acme", num_candidates=3, num_items=10)
     model.out_dtypes = {"FILTERED": np.int64, "FILTERED_SCORES": np.float32}
     return model
@@ -227,17 +237,18 @@ def _filter_request(cands, seen, tenants=(b"acme",)):
     c = np.zeros((b, width), np.int64)
     for i, row in enumerate(cands):
         c[i, :len(row)] = row
-    return {"TENANT": _FakeTensor("TENANT", np.array([[t] for t in tenants], dtype=np.object_)),
+    return _FakeRequest({"TENANT": _FakeTensor("TENANT", np.array([[t] for t in tenants], dtype=np.object_)),
             "CANDIDATES": _FakeTensor("CANDIDATES", c),
             "CANDIDATE_SCORES": _FakeTensor("CANDIDATE_SCORES", np.ones((b, width), np.float32)),
-            "SEEN": _FakeTensor("SEEN", np.array(seen)), "EXCLUDE": _FakeTensor("EXCLUDE", np.zeros((b, 1), np.int64))}
+            "SEEN": _FakeTensor("SEEN", np.array(seen)),
+            "EXCLUDE": _FakeTensor("EXCLUDE", np.zeros((b, 1), np.int64))})
 
 
 def test_adapter_answers_each_queued_request_with_its_own_rows_and_errors():
     model = _filter_model(batched=True)
     ok_two = _filter_request([[1, 2, 3, 4], [5, 6]], [[0, 2], [0, 0]], tenants=(b"acme", b"acme"))
     bad_row = _filter_request([[1], [2]], [[0], [0]], tenants=(b"acme", b"evil"))
-    missing = {k: v for k, v in _filter_request([[1]], [[0]]).items() if k != "SEEN"}
+    missing = _FakeRequest({k: v for k, v in _filter_request([[1]], [[0]]).items() if k != "SEEN"})
     ok_one = _filter_request([[7, 8]], [[0]])
     first, second, third, fourth = model.execute([ok_two, bad_row, missing, ok_one])
     assert first.error is None and first.outputs["FILTERED"].tolist() == [[1, 3, 4], [5, 6, 0]]   # padded with 0
@@ -248,7 +259,7 @@ def test_adapter_answers_each_queued_request_with_its_own_rows_and_errors():
 
 def test_adapter_without_batching_takes_each_request_as_one_row():
     model = _filter_model(batched=False)
-    req = {k: _FakeTensor(k, v.array[0]) for k, v in _filter_request([[1, 2]], [[0, 1]]).items()}
+    req = _FakeRequest({k: _FakeTensor(k, v.array[0]) for k, v in _filter_request([[1, 2]], [[0, 1]]).items()})
     (resp,) = model.execute([req])
     assert resp.error is None and resp.outputs["FILTERED"].tolist() == [2]
 
