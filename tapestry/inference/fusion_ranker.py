@@ -7,10 +7,16 @@ training and the Triton rerank stage compute the same numbers.
 
 Dense features per candidate (DENSE), all roughly unit scale:
   retrieval_z      the retriever's score z-normalised within the list (scale-free across users and retrievers)
+  retrieval_logp   log softmax of the retriever's scores over the list / 10: a full-softmax retriever's own
+                   distribution over these candidates, sharp or flat (the z-score forgets which); the module's wide
+                   term starts at 10 x this, so training starts from the retriever's ranking and learns corrections
   log_rank         log(1 + rank in retrieval order) / 5
   reciprocal_rank  1 / (1 + rank): sharp at the top, where the retriever is most trustworthy
   log_popularity   log(1 + training count), standardised over the catalogue
-Ranks come from the scores (a stable sort), not from the order the candidates arrive in.
+  cooc_last        item-item co-occurrence (cosine-normalised counts, x10) of the candidate with the newest history item
+  cooc_recent      its mean over the `recent` newest history items
+Ranks come from the scores (a stable sort), not from the order the candidates arrive in. Popularity and
+co-occurrence are counted on the split the ranker's training lists were cut from (tapestry.training.fusion).
 """
 from __future__ import annotations
 
@@ -19,12 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from tapestry.artifacts import atomic_write_bytes
+from tapestry.inference.dlrm_features import ragged_positions
 from tapestry.models.ranking.fusion import FusionRanker
 
-DENSE = ("retrieval_z", "log_rank", "reciprocal_rank", "log_popularity")
+DENSE = ("retrieval_z", "retrieval_logp", "log_rank", "reciprocal_rank", "log_popularity", "cooc_last", "cooc_recent")
+LOGP = DENSE.index("retrieval_logp")
+LOGP_SCALE = 10.0
 
 
 @dataclass
@@ -69,14 +79,36 @@ def collate(lists: list[FusionFeatures]) -> FusionBatch:
     return FusionBatch(*(torch.from_numpy(a) for a in (cands, dense, history, attrs)))
 
 
-def list_features(scores: np.ndarray, log_pop: np.ndarray, cands: np.ndarray) -> np.ndarray:
-    """[N, len(DENSE)] dense features of one list."""
-    s = np.asarray(scores, np.float32)
+def cooc_block(m: sp.csr_matrix, rows: np.ndarray, cands: np.ndarray) -> np.ndarray:
+    """m[rows][:, cands] as a dense [L, N] array: the rows' stored entries matched to the candidates by a sorted
+    search (scipy's double fancy indexing costs milliseconds per request; this a tenth of one)."""
+    pos, lens = ragged_positions(m.indptr, rows)
+    cols, vals = m.indices[pos], m.data[pos]
+    row_of = np.repeat(np.arange(len(rows)), lens)
+    order = np.argsort(cands, kind="stable")
+    sorted_c = cands[order]
+    at = np.minimum(np.searchsorted(sorted_c, cols), len(cands) - 1)
+    hit = sorted_c[at] == cols
+    block = np.zeros((len(rows), len(cands)), np.float32)
+    block[row_of[hit], order[at[hit]]] = vals[hit]
+    return block
+
+
+def list_features(scores: np.ndarray, log_pop: np.ndarray, cands: np.ndarray, cooc: sp.csr_matrix | None = None,
+                  recent: np.ndarray | None = None) -> np.ndarray:
+    """[N, len(DENSE)] dense features of one list; `recent`: the newest history items, oldest first."""
+    s = np.asarray(scores, np.float64)
     n = len(s)
-    z = (s - s.mean()) / (s.std() + 1e-6) if n > 1 else np.zeros(n, np.float32)
-    rank = np.empty(n, np.float32)
-    rank[np.argsort(-s, kind="stable")] = np.arange(n, dtype=np.float32)
-    return np.stack([z, np.log1p(rank) / 5.0, 1.0 / (1.0 + rank), log_pop[cands]], axis=1).astype(np.float32)
+    z = (s - s.mean()) / (s.std() + 1e-6) if n > 1 else np.zeros(n)
+    logp = s - s.max() - np.log(np.exp(s - s.max()).sum()) if n else s
+    rank = np.empty(n, np.float64)
+    rank[np.argsort(-s, kind="stable")] = np.arange(n, dtype=np.float64)
+    last, mean = np.zeros(n), np.zeros(n)
+    if cooc is not None and recent is not None and len(recent) and n:
+        block = cooc_block(cooc, recent, cands)
+        last, mean = block[-1], block.mean(axis=0)
+    return np.stack([z, logp / LOGP_SCALE, np.log1p(rank) / 5.0, 1.0 / (1.0 + rank), log_pop[cands], last * 10.0,
+                     mean * 10.0], axis=1).astype(np.float32)
 
 
 class FusionReranker:
@@ -84,8 +116,10 @@ class FusionReranker:
 
     ordered_history = True
 
-    def __init__(self, init_args: dict, state: dict, log_pop: np.ndarray, num_user_attrs: int):
+    def __init__(self, init_args: dict, state: dict, log_pop: np.ndarray, num_user_attrs: int,
+                 cooc: sp.csr_matrix | None = None, recent: int = 20):
         self.init_args = dict(init_args)
+        self.cooc, self.recent = cooc, int(recent)
         self.model = FusionRanker(**self.init_args)
         self.model.load_state_dict(state)
         self.model.eval()
@@ -104,9 +138,10 @@ class FusionReranker:
                  user_attrs: np.ndarray) -> FusionFeatures:
         cands = np.asarray(candidates, np.int64)
         hist = np.asarray(history, np.int64)
-        hist = hist[hist > 0][-self.max_history:]
+        hist = hist[hist > 0][-max(self.max_history, self.recent):]
         attrs = np.flatnonzero(np.asarray(user_attrs) > 0).astype(np.int64) + 1
-        return FusionFeatures(cands, list_features(retrieval_scores, self.log_pop, cands), hist, attrs)
+        dense = list_features(retrieval_scores, self.log_pop, cands, self.cooc, hist[-self.recent:])
+        return FusionFeatures(cands, dense, hist, attrs)
 
     @torch.no_grad()
     def logits(self, batch: FusionBatch, chunk: int = 256) -> torch.Tensor:
@@ -136,14 +171,22 @@ class FusionReranker:
         args = {k: list(v) if isinstance(v, tuple) else v for k, v in self.init_args.items()}
         return {"init_args": args, "state": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                 "log_pop": torch.from_numpy(self.log_pop), "num_user_attrs": self._num_user_attrs,
-                "dense": list(DENSE)}
+                "dense": list(DENSE), "recent": self.recent,
+                "cooc": None if self.cooc is None else (
+                    torch.from_numpy(self.cooc.indptr.astype(np.int64)),
+                    torch.from_numpy(self.cooc.indices.astype(np.int64)), torch.from_numpy(self.cooc.data),
+                    list(self.cooc.shape))}
 
     @classmethod
     def from_payload(cls, p: dict) -> "FusionReranker":
         if list(p.get("dense", DENSE)) != list(DENSE):
             raise ValueError(f"fusion ranker file has dense features {p['dense']}, this code computes {DENSE}")
         args = {k: tuple(v) if isinstance(v, list) else v for k, v in p["init_args"].items()}
-        return cls(args, p["state"], p["log_pop"].numpy(), int(p["num_user_attrs"]))
+        cooc = None
+        if p.get("cooc") is not None:
+            indptr, indices, data, shape = p["cooc"]
+            cooc = sp.csr_matrix((data.numpy(), indices.numpy(), indptr.numpy()), shape=tuple(shape))
+        return cls(args, p["state"], p["log_pop"].numpy(), int(p["num_user_attrs"]), cooc, int(p.get("recent", 20)))
 
     def save(self, path: Path) -> None:
         buf = io.BytesIO()

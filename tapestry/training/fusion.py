@@ -11,17 +11,19 @@ candidates given the training history, target = the validation item): NDCG@10 ov
 target outside the candidates counts 0, as in the full-ranking evaluation), `patience` epochs; the best epoch's
 weights are kept and its number recorded (`report["best_epoch"]`).
 
-Leak precautions. The served retriever was trained on the training split, INCLUDING the targets of these lists:
-its scores and ranks at training positions are optimistic (on ML-1M the target sits far higher than at
-validation time), so a ranker trained on them learns to over-trust retrieval. With `cross_fit` (default) the
-lists are built by a second retriever of the same class and config trained on the training split minus each
-user's last `positions` events (`base`), so every training target is as new to it as a validation or test target
-is to the served one; `report` gives both retrievers' NDCG@10 at the training positions, measuring the optimism
-avoided. The popularity table is computed from `base` too (a training target's own event would add to its count)
-and the id table starts from the cross-fitted retriever's items. Not cross-fitted: the frozen graph vectors
-(LightGCN over all training edges; item-level, a user's own edges are one of thousands) and, in the served
-model, the validation lists, which only select (epochs); with `valid_train_share` > 0 a share of them trains too
-and the remaining share selects (then the metrics' "valid" row is partly in-sample).
+Leak precautions (tapestry.training.fusion_lists). The served retriever and the graph model it reads were trained
+on the training split, INCLUDING these lists' targets: their scores there are optimistic (ML-1M: the target's
+NDCG@10 in retrieval order is 0.207 at training positions vs 0.171 on validation), so a ranker trained on them
+learns to over-trust retrieval. With `cross_fit` (default) the lists come from twins of that chain (same classes
+and configs, here LightGCN and SASRec) fitted on `base`: the training split minus each user's last `positions`
+events, so a training target is as new to them as a validation or test item is to the served models (ML-1M:
+0.167 at training positions, matching validation). Everything else the ranker reads is built from `base` too and
+served as trained: popularity and co-occurrence counts (a target's own event would add to them), the graph
+vectors (the twin LightGCN's: the served one has an edge to every training target) and the id table's start.
+`report` keeps both retrievers' NDCG@10 at the training positions: the optimism avoided. The user's LATER items
+among a training list's candidates are kept out of its softmax (`mask_future`). The validation lists only select
+the epoch; with `valid_train_share` > 0 a share of them trains too (then the metrics' "valid" row is partly
+in-sample).
 
 `score` = the served path: the served retriever's top `num_candidates` unseen items, reranked; -inf elsewhere,
 so the shared full-ranking evaluation measures exactly what the rerank stage serves.
@@ -33,12 +35,15 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import polars as pl
 import torch
 
-from tapestry.inference.fusion_ranker import DENSE, FusionFeatures, FusionReranker, collate
+from tapestry.inference.fusion_ranker import DENSE, LOGP, LOGP_SCALE, FusionReranker, collate
 from tapestry.models.ranking.fusion import FusionRanker, listwise_loss
 from tapestry.training.base import Recommender, seeded
+from tapestry.training.fusion_lists import (build_lists, cross_fit, ndcg_at_10, tail_split, topk_unseen,
+                                            training_positions)
+
+__all__ = ["FusionConfig", "FusionRecommender", "tail_split", "topk_unseen"]
 
 
 @dataclass
@@ -55,6 +60,16 @@ class FusionConfig:
     dim: int = 64                        # token width (= SASRec's, so the id table copies its items as they are)
     num_heads: int = 2
     history_len: int = 50                # newest history items the candidate attends to
+    cooc: bool = True                    # co-occurrence features (counted on the split the lists were cut from)
+    recent: int = 20                     # newest history items the co-occurrence features read
+    # Start from the retriever's own ranking: the wide weight on its list log-probabilities at 1 (unscaled) and
+    # the MLP's output at 0, so training learns corrections to a strong ranking instead of re-learning it.
+    start_from_retriever: bool = True
+    # The user's LATER training items among a training list's candidates are left out of its softmax: they are not
+    # negatives (the user takes them a few steps on), and as negatives, repeated over a user's overlapping lists,
+    # they taught the model to push down exactly what the user takes next (ML-1M: validation fell every epoch
+    # while held-out users' training-position lists improved; see the README).
+    mask_future: bool = True
     mlp: tuple[int, ...] = (128, 64)
     dropout: float = 0.1
     epochs: int = 12                     # upper bound; early stopping usually ends sooner
@@ -64,47 +79,9 @@ class FusionConfig:
     # The id table's own lr (None = lr; 0 = frozen at the retriever's item vectors): ~17k lists on ML-1M for 3.6k
     # item rows invite memorising which items were training targets.
     item_lr: float | None = None
+    item_init: bool = True               # the id table starts from the list retriever's item table (else random)
     weight_decay: float = 0.0
     seed: int = 0
-
-
-def tail_split(data, positions: int):
-    """The data the list retriever is cross-fitted on: each user's training events minus the last
-    p_u = min(positions, n_u - 1) (every user keeps one event to predict from) as `train`, and the first removed
-    event as `valid`: a retriever that selects its epoch on validation then predicts the next item after its
-    training data, as the served one does on the real validation split (the real one, `positions` events further
-    on, is a much harder target for a sequential model and stopped the twin too early on ML-1M)."""
-    tr = data.train.with_row_index("_order").sort("user_idx", "timestamp", "_order")
-    tr = tr.with_columns(pl.int_range(pl.len()).over("user_idx").alias("_pos"), pl.len().over("user_idx").alias("_n"))
-    tr = tr.with_columns((pl.col("_n") - pl.min_horizontal(pl.lit(positions), pl.col("_n") - 1)).alias("_cut"))
-    helpers = ["_order", "_pos", "_n", "_cut"]
-    base = tr.filter(pl.col("_pos") < pl.col("_cut")).sort("_order").drop(helpers)
-    valid = tr.filter(pl.col("_pos") == pl.col("_cut")).sort("user_idx", "_order").drop(helpers)
-    return dataclasses.replace(data, train=base, valid=valid)
-
-
-def topk_unseen(model, users: np.ndarray, histories: list[np.ndarray], n: int, batch_size: int = 512):
-    """Yield (candidates, scores), best first, of each (user, history) row: the model's top n items outside the
-    history (and never the padding item 0)."""
-    for s in range(0, len(users), batch_size):
-        hist = histories[s:s + batch_size]
-        with torch.no_grad():
-            scores = model.score(users[s:s + batch_size], hist).float().cpu().clone()
-        rows = np.repeat(np.arange(len(hist)), [len(h) for h in hist])
-        cols = np.concatenate(hist) if hist else np.zeros(0, np.int64)
-        scores[torch.from_numpy(rows), torch.from_numpy(cols.astype(np.int64))] = float("-inf")
-        scores[:, 0] = float("-inf")
-        top = torch.topk(scores, min(n, scores.shape[1] - 1), dim=1)
-        for r in range(len(hist)):
-            finite = torch.isfinite(top.values[r])
-            yield top.indices[r][finite].numpy(), top.values[r][finite].numpy()
-
-
-def ndcg_at_10(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
-    """Per list 1/log2(rank + 2) of the target when it ranks in the top 10 (ties pessimistic), else 0."""
-    target = logits[torch.arange(len(positive)), positive].unsqueeze(1)
-    rank = (logits >= target).sum(1) - 1
-    return torch.where(rank < 10, 1.0 / torch.log2(rank.double() + 2), torch.zeros_like(rank, dtype=torch.double))
 
 
 class FusionRecommender(Recommender):
@@ -132,38 +109,13 @@ class FusionRecommender(Recommender):
             print(msg, flush=True)
 
     # ---- training -----------------------------------------------------------------------------------------
-    def _list_retriever(self, base, graph) -> Recommender:
-        """The retriever that builds the training lists: a twin of the served one fitted on `base`."""
+    def _twins(self, base) -> dict[str, Recommender]:
+        """The models that build the training lists: twins of the retriever chain fitted on `base` (cross_fit),
+        else the served ones (whose scores there are optimistic: an ablation)."""
         if not self.cfg.cross_fit:
-            return self.retriever
-        from tapestry.training.sequential import SequentialRecommender
-
-        r = self.retriever
-        twin = type(r)(r.cfg, device=r.device_name, progress=self.progress)
-        twin.bind(self._upstream)
-        if graph is not None and not isinstance(twin, SequentialRecommender):
-            from tapestry.graph.hetero import build_hetero_graph
-            graph = build_hetero_graph(base)     # the graph of `base`: no edge to a training target
-        t0 = time.perf_counter()
-        twin.fit(base, None if isinstance(twin, SequentialRecommender) else graph)
-        self._log(f"[fusion] cross-fitted {type(r).__name__} on the training split minus each user's last "
-                  f"{self.cfg.positions} events ({time.perf_counter() - t0:.0f}s)")
-        return twin
-
-    def _lists(self, retriever, ranker: FusionReranker, users, histories, targets, user_attrs):
-        """(FusionFeatures with the target inside, its position, retrieval-order NDCG@10 summed over ALL rows, the
-        user of each list)."""
-        feats, positive, retrieval_ndcg, kept = [], [], 0.0, []
-        for (cands, scores), u, hist, t in zip(topk_unseen(retriever, users, histories, self.cfg.num_candidates),
-                                               users, histories, targets):
-            hit = np.flatnonzero(cands == t)
-            if not hit.size:
-                continue
-            retrieval_ndcg += 1.0 / np.log2(hit[0] + 2.0) if hit[0] < 10 else 0.0
-            feats.append(ranker.features(cands, scores, hist, user_attrs[u]))
-            positive.append(int(hit[0]))
-            kept.append(int(u))
-        return feats, np.asarray(positive, np.int64), retrieval_ndcg, np.asarray(kept, np.int64)
+            return dict(self._upstream)
+        names = [self.cfg.retriever, *([self.cfg.graph_from] if self.cfg.graph_from else [])]
+        return cross_fit(names, self._upstream, base, progress=self.progress, log=self._log)
 
     def fit(self, data, graph=None) -> "FusionRecommender":
         from tapestry.training.reranker import build_rerank_tables
@@ -178,64 +130,65 @@ class FusionRecommender(Recommender):
         t_all = time.perf_counter()
         self.num_items = data.num_items
         base = tail_split(data, c.positions) if c.cross_fit else data
-        tables = build_rerank_tables(base)
+        tables = build_rerank_tables(base)          # popularity and co-occurrence: no training target counted
         self._attrs = tables.user_attrs
-        lister = self._list_retriever(base, graph)
+        twins = self._twins(base)
+        lister = twins[c.retriever]
+        if c.graph_from is not None:                # the graph vectors the module reads, also when served
+            self.graph_vectors = twins[c.graph_from].item_embeddings().detach().cpu().float().numpy()
         with seeded(torch.device("cpu"), c.seed):
             module = self._new_module(tables, lister)
-        ranker = FusionReranker(module.init_args, module.state_dict(), tables.log_pop, tables.user_attrs.shape[1])
+        cooc = None
+        if c.cooc:
+            from tapestry.training.dlrm_features import cooccurrence
 
-        # Training lists: the last `positions` training events of each user, each from the prefix before it.
+            cooc = cooccurrence([q for q in base.sequences(("train",)) if len(q)], data.num_items, 3, 200)
+        ranker = FusionReranker(module.init_args, module.state_dict(), tables.log_pop, tables.user_attrs.shape[1],
+                                cooc, c.recent)
+
         seqs = data.sequences(("train",))
-        users, prefixes, targets = [], [], []
-        for u, s in enumerate(seqs):
-            for p in range(1, min(c.positions, len(s) - 1) + 1):
-                users.append(u)
-                prefixes.append(s[:len(s) - p])
-                targets.append(int(s[len(s) - p]))
-        users = np.asarray(users, np.int64)
-        train_feats, train_pos, lister_ndcg, list_users = self._lists(lister, ranker, users, prefixes, targets,
-                                                                      tables.user_attrs)
-        self.report = {"training_positions": len(users), "train_lists": len(train_feats),
-                       "train_positions_retrieval_ndcg@10": lister_ndcg / max(len(users), 1)}
+        users, prefixes, targets, futures = training_positions(seqs, c.positions, c.mask_future)
+        train = build_lists(lister, ranker, c.num_candidates, users, prefixes, targets, tables.user_attrs, futures)
+        r = self.report = {"training_positions": len(users), "train_lists": len(train.feats),
+                           "train_positions_retrieval_ndcg@10": train.retrieval_ndcg / max(len(users), 1)}
         if c.cross_fit:   # how optimistic the served retriever is where it was trained: the leak avoided
-            served = sum(1.0 / np.log2(np.flatnonzero(cands == t)[0] + 2.0) for (cands, _), t in zip(
-                topk_unseen(self.retriever, users, prefixes, 10), targets) if t in cands)
-            self.report["train_positions_served_retriever_ndcg@10"] = served / max(len(users), 1)
-
+            r["train_positions_served_retriever_ndcg@10"] = sum(
+                1.0 / np.log2(np.flatnonzero(cands == t)[0] + 2.0) for (cands, _), t in zip(
+                    topk_unseen(self.retriever, users, prefixes, 10), targets) if t in cands) / max(len(users), 1)
         # Validation lists: the served retriever given the training history, as the evaluation builds them.
         vu = data.valid["user_idx"].to_numpy().astype(np.int64)
-        val_feats, val_pos, val_retrieval, _ = self._lists(self.retriever, ranker, vu, [seqs[u] for u in vu],
-                                                           data.valid["item_idx"].to_list(), tables.user_attrs)
+        val = build_lists(self.retriever, ranker, c.num_candidates, vu, [seqs[u] for u in vu],
+                          data.valid["item_idx"].to_list(), tables.user_attrs)
+        r["valid_retrieval_ndcg@10"] = val.retrieval_ndcg / len(vu)
         n_valid = len(vu)
         if c.valid_train_share > 0:
-            rng = np.random.default_rng(c.seed)
-            moved = rng.random(len(val_feats)) < c.valid_train_share
-            train_feats += [f for f, m in zip(val_feats, moved) if m]
-            train_pos = np.concatenate([train_pos, val_pos[moved]])
-            val_feats, val_pos = [f for f, m in zip(val_feats, ~moved) if not m], val_pos[~moved]
-            # The held-out share's NDCG is scaled to all of its users: misses are spread evenly by the random split.
+            moved, val = val.split(np.random.default_rng(c.seed).random(len(val.feats)) < c.valid_train_share)
+            train = train + moved
+            # The held-out share's NDCG is scaled to its users: misses are spread evenly by the random split.
             n_valid = int(round(n_valid * (1 - c.valid_train_share)))
-        self.report.update({"valid_lists": len(val_feats), "valid_retrieval_ndcg@10": val_retrieval / len(vu)})
-        if len(train_feats) < 2 or not val_feats:
-            raise ValueError(f"fusion: {len(train_feats)} training lists and {len(val_feats)} validation lists "
+        r["valid_lists"] = len(val.feats)
+        if len(train.feats) < 2 or not val.feats:
+            raise ValueError(f"fusion: {len(train.feats)} training lists and {len(val.feats)} validation lists "
                              "with the target among the candidates; too few to train and select")
-        self._log(f"[fusion] {len(train_feats):,} training lists from {len(users):,} positions, {len(val_feats):,} "
+        self._log(f"[fusion] {len(train.feats):,} training lists from {len(users):,} positions, {len(val.feats):,} "
                   f"validation lists; retrieval-order ndcg@10 at training positions "
-                  f"{self.report['train_positions_retrieval_ndcg@10']:.4f}"
-                  + (f" (served retriever: {self.report['train_positions_served_retriever_ndcg@10']:.4f})"
-                     if c.cross_fit else "") + f", validation {self.report['valid_retrieval_ndcg@10']:.4f}")
+                  f"{r['train_positions_retrieval_ndcg@10']:.4f}"
+                  + (f" (served retriever: {r['train_positions_served_retriever_ndcg@10']:.4f})" if c.cross_fit
+                     else "") + f", validation {r['valid_retrieval_ndcg@10']:.4f}")
         probe = None
         if c.probe_users > 0:
-            held = (np.random.default_rng(c.seed + 1).random(data.num_users) < c.probe_users)[list_users]
-            probe = (collate([f for f, h in zip(train_feats, held) if h]), torch.from_numpy(train_pos[held]))
-            train_feats, train_pos = [f for f, h in zip(train_feats, held) if not h], train_pos[~held]
-        best = self._train(module, collate(train_feats), torch.from_numpy(train_pos), collate(val_feats),
-                           torch.from_numpy(val_pos), n_valid, probe)
+            probe_user = np.random.default_rng(c.seed + 1).random(data.num_users) < c.probe_users
+            held, train = train.split(probe_user[train.users])
+            probe = (collate(held.feats), torch.from_numpy(held.positive), torch.from_numpy(probe_user[val.users]))
+        batch = collate(train.feats)
+        ignore = train.ignore_mask(batch.cands.shape[1])
+        r["masked_future_candidates_per_list"] = round(float(ignore.sum(1).mean()), 3)
+        best = self._train(module, batch, torch.from_numpy(train.positive), collate(val.feats),
+                           torch.from_numpy(val.positive), n_valid, probe, torch.from_numpy(ignore))
         ranker.model.load_state_dict(best)
         ranker.model.eval()
         self.ranker = ranker
-        self.report["fit_seconds"] = round(time.perf_counter() - t_all, 1)
+        r["fit_seconds"] = round(time.perf_counter() - t_all, 1)
         return self
 
     def _new_module(self, tables, lister) -> FusionRanker:
@@ -250,18 +203,26 @@ class FusionRecommender(Recommender):
         module = FusionRanker(self.num_items, c.dim, c.num_heads, c.history_len, entity.shape[1], width,
                               0 if graph is None else graph.shape[1], tables.user_attrs.shape[1], len(DENSE),
                               tuple(c.mlp), c.dropout)
-        init = lister.item_embeddings().detach().cpu().float().numpy()
-        if init.shape[1] != c.dim:       # a fixed random projection keeps the geometry (Johnson-Lindenstrauss)
-            init = init @ (np.random.default_rng(c.seed).normal(size=(init.shape[1], c.dim)) / np.sqrt(c.dim))
-        init = init / max(float(init[1:].std()), 1e-12) * c.dim ** -0.5      # rows of about unit norm
+        init = None
+        if c.item_init:
+            init = lister.item_embeddings().detach().cpu().float().numpy()
+            if init.shape[1] != c.dim:   # a fixed random projection keeps the geometry (Johnson-Lindenstrauss)
+                init = init @ (np.random.default_rng(c.seed).normal(size=(init.shape[1], c.dim)) / np.sqrt(c.dim))
+            init = torch.from_numpy((init / max(float(init[1:].std()), 1e-12) * c.dim ** -0.5).astype(np.float32))
         g = None
         if graph is not None:
             g = torch.from_numpy((graph / np.maximum(np.linalg.norm(graph, axis=1, keepdims=True), 1e-12))
                                  .astype(np.float32))
-        module.set_item_tables(torch.from_numpy(init.astype(np.float32)), torch.from_numpy(attrs), g)
+        module.set_item_tables(init, torch.from_numpy(attrs), g)
+        if c.start_from_retriever:
+            with torch.no_grad():
+                module.wide.weight[0, LOGP] = LOGP_SCALE
+                module.mlp[-1].weight.zero_()
+                module.mlp[-1].bias.zero_()
         return module
 
-    def _train(self, module: FusionRanker, train, train_pos, val, val_pos, n_valid: int, probe=None) -> dict:
+    def _train(self, module: FusionRanker, train, train_pos, val, val_pos, n_valid: int, probe=None,
+               ignore=None) -> dict:
         c = self.cfg
         module = module.to(self.device)
         items = [module.item_emb.weight]
@@ -283,7 +244,7 @@ class FusionRecommender(Recommender):
                     idx = perm[s:s + c.batch_size]
                     b = dev(train.take(idx))
                     loss = listwise_loss(module(b.cands, b.dense, b.history, b.user_attrs), b.cands,
-                                         train_pos[idx].to(self.device))
+                                         train_pos[idx].to(self.device), ignore[idx].to(self.device))
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -294,7 +255,11 @@ class FusionRecommender(Recommender):
                 history.append({"epoch": epoch, "loss": round(loss, 5), "valid_ndcg@10": round(ndcg, 5),
                                 "seconds": round(time.perf_counter() - t0, 1)})
                 if probe is not None:     # mean over the probe lists (all hold their target), then retrieval order
-                    history[-1]["probe_ndcg@10"] = round(self._valid_ndcg(module, *probe) / len(probe[1]), 5)
+                    history[-1]["probe_ndcg@10"] = round(self._valid_ndcg(module, *probe[:2]) / len(probe[1]), 5)
+                    # Validation lists of the probe users (never trained on) and of the others, each list's mean.
+                    per = self._valid_ndcg(module, val, val_pos, per_list=True)
+                    history[-1]["valid_probe_users_ndcg@10"] = round(float(per[probe[2]].mean()), 5)
+                    history[-1]["valid_other_users_ndcg@10"] = round(float(per[~probe[2]].mean()), 5)
                     history[-1]["probe_retrieval_ndcg@10"] = round(float(ndcg_at_10(
                         -torch.arange(probe[0].cands.shape[1]).double().expand(len(probe[1]), -1),
                         probe[1]).mean()), 5)
@@ -306,7 +271,9 @@ class FusionRecommender(Recommender):
                 self._log(f"[fusion] epoch {epoch}/{c.epochs}: loss {loss:.4f}, valid ndcg@10 {ndcg:.4f} (best "
                           f"{best:.4f} at epoch {best_epoch}), {history[-1]['seconds']:.0f}s"
                           + (f"; probe {history[-1]['probe_ndcg@10']:.4f} vs retrieval order "
-                             f"{history[-1]['probe_retrieval_ndcg@10']:.4f}" if probe is not None else ""))
+                             f"{history[-1]['probe_retrieval_ndcg@10']:.4f}, validation lists of probe users "
+                             f"{history[-1]['valid_probe_users_ndcg@10']:.4f} / others "
+                             f"{history[-1]['valid_other_users_ndcg@10']:.4f}" if probe is not None else ""))
                 if stale >= c.patience:
                     break
         self.report.update({"best_epoch": best_epoch, "best_valid_ndcg@10": best, "history": history})
@@ -315,15 +282,17 @@ class FusionRecommender(Recommender):
         return best_state
 
     @torch.no_grad()
-    def _valid_ndcg(self, module, val, val_pos, chunk: int = 512) -> float:
+    def _valid_ndcg(self, module, val, val_pos, chunk: int = 512, per_list: bool = False):
+        """Summed NDCG@10 of the lists (or, `per_list`, each list's)."""
         module.eval()
-        total = 0.0
+        total, parts = 0.0, []
         for s in range(0, len(val), chunk):
             b = val.take(slice(s, s + chunk))
             logits = module(b.cands.to(self.device), b.dense.to(self.device), b.history.to(self.device),
                             b.user_attrs.to(self.device)).masked_fill(b.cands.to(self.device) <= 0, float("-inf"))
-            total += float(ndcg_at_10(logits.cpu(), val_pos[s:s + chunk]).sum())
-        return total
+            parts.append(ndcg_at_10(logits.cpu(), val_pos[s:s + chunk]))
+            total += float(parts[-1].sum())
+        return torch.cat(parts) if per_list else total
 
     # ---- the served path ----------------------------------------------------------------------------------
     @torch.no_grad()

@@ -120,6 +120,15 @@ def test_listwise_loss_is_cross_entropy_over_real_candidates():
     torch.testing.assert_close(loss, expected)
 
 
+def test_ignored_candidates_are_neither_target_nor_negative():
+    logits = torch.tensor([[2.0, 0.5, 9.0, 1.0]])
+    cands = torch.tensor([[4, 5, 6, 7]])
+    ignore = torch.tensor([[False, False, True, False]])
+    loss = listwise_loss(logits, cands, torch.tensor([1]), ignore)
+    expected = torch.nn.functional.cross_entropy(torch.tensor([[2.0, 0.5, 1.0]]), torch.tensor([1]))
+    torch.testing.assert_close(loss, expected)
+
+
 def test_gradients_reach_every_trainable_table():
     m = make().train()
     cands, dense, history, attrs = inputs()

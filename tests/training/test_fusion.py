@@ -11,6 +11,7 @@ from tapestry.training.base import Recommender
 from tapestry.training.data import InteractionData
 from tapestry.training.evaluate import evaluate
 from tapestry.training.fusion import FusionRecommender, tail_split
+from tapestry.training.fusion_lists import build_lists
 from tapestry.training.sasrec import SASRecRecommender
 
 from .recommender_mixin import RecommenderMixin
@@ -108,21 +109,22 @@ def test_tail_split_holds_out_the_last_events_of_each_user(data):
 
 
 def test_training_lists_never_hold_the_target_in_its_history(data):
-    model = ranker(data)
     seqs = data.sequences(("train",))
     users = np.arange(1, 40)
-    prefixes = [seqs[u][:-1] for u in users]
-    targets = [int(seqs[u][-1]) for u in users]
     from tapestry.training.reranker import build_rerank_tables
 
     tables = build_rerank_tables(data)
     probe = FusionReranker(_module_args(), _module_state(), tables.log_pop, tables.user_attrs.shape[1])
-    feats, pos, _, kept = model._lists(retriever(data), probe, users, prefixes, targets, tables.user_attrs)
-    assert feats and len(feats) == len(pos)
-    for f, p in zip(feats, pos):
+    later = [seqs[u][-1:] for u in users]                    # pretend the target's successor is the last item
+    prefixes, targets = [seqs[u][:-2] for u in users], [int(seqs[u][-2]) for u in users]
+    lists = build_lists(retriever(data), probe, N, users, prefixes, targets, tables.user_attrs, later)
+    assert lists.feats and len(lists.feats) == len(lists.positive) == len(lists.users) == len(lists.ignore)
+    for f, p, u, m in zip(lists.feats, lists.positive, lists.users, lists.ignore):
         t = f.cands[p]
-        assert t in targets and t not in f.history           # the target is its list's, never in its own history
+        assert t == targets[u - 1] and t not in f.history      # the target is its list's, never in its own history
         assert not set(f.cands.tolist()) & set(f.history.tolist())
+        # The user's later item, when retrieved, is masked out of the softmax; nothing else is.
+        assert f.cands[m].tolist() == [c for c in f.cands.tolist() if c == seqs[u][-1]] and not m[p]
 
 
 def _module_args():

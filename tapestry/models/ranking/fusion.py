@@ -138,7 +138,10 @@ def masked_mean(vectors: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return (vectors * weights).sum(-2) / weights.sum(-2).clamp_min(1.0)
 
 
-def listwise_loss(logits: torch.Tensor, cands: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
-    """Softmax cross-entropy of each list's target among its real candidates (cands > 0), mean over lists."""
-    logp = torch.log_softmax(logits.masked_fill(cands <= 0, float("-inf")), dim=1)
+def listwise_loss(logits: torch.Tensor, cands: torch.Tensor, positive: torch.Tensor,
+                  ignore: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax cross-entropy of each list's target among its real candidates (cands > 0), mean over lists;
+    `ignore` [B, N] (optional) leaves candidates out of the softmax (neither target nor negative)."""
+    out = cands <= 0 if ignore is None else (cands <= 0) | ignore
+    logp = torch.log_softmax(logits.masked_fill(out, float("-inf")), dim=1)
     return -logp[torch.arange(len(positive), device=logits.device), positive].mean()
