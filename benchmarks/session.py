@@ -40,7 +40,6 @@ import numpy as np
 import torch
 
 from tapestry.etl.diginetica import load_diginetica, session_prefixes
-from tapestry.inference.padding import left_pad
 from tapestry.training.metrics import ranks_from_scores
 from tapestry.training.sasrec import SASRecRecommender
 from tapestry.training.srgnn import SRGNNRecommender

@@ -7,14 +7,13 @@ key), so TorchRec's sharding machinery is never on the request path.
 from __future__ import annotations
 
 import dataclasses
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tapestry.artifacts import atomic_write_bytes
+from tapestry.artifacts import atomic_torch_save
 from tapestry.inference.dlrm_features import DENSE, Lists, RankerFeatures, features_from_state, features_state, flat
 from tapestry.models.ranking.dlrm import DLRM, DLRMInference
 
@@ -127,9 +126,7 @@ class DLRMRanker:
                    p["temperature"])
 
     def save(self, path: Path) -> None:
-        buf = io.BytesIO()
-        torch.save(self.payload(), buf)
-        atomic_write_bytes(Path(path), buf.getvalue())
+        atomic_torch_save(path, self.payload())
 
     @classmethod
     def load(cls, path: Path) -> "DLRMRanker":

@@ -20,7 +20,6 @@ co-occurrence are counted on the split the ranker's training lists were cut from
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +27,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from tapestry.artifacts import atomic_write_bytes
-from tapestry.inference.dlrm_features import ragged_positions
+from tapestry.artifacts import atomic_torch_save
+from tapestry.inference.dlrm_features import cooc_block
 from tapestry.models.ranking.fusion import FusionRanker
 
 DENSE = ("retrieval_z", "retrieval_logp", "log_rank", "reciprocal_rank", "log_popularity", "cooc_last", "cooc_recent")
@@ -77,21 +76,6 @@ def collate(lists: list[FusionFeatures]) -> FusionBatch:
             history[i, length - len(f.history):] = f.history
         attrs[i, :len(f.user_attrs)] = f.user_attrs
     return FusionBatch(*(torch.from_numpy(a) for a in (cands, dense, history, attrs)))
-
-
-def cooc_block(m: sp.csr_matrix, rows: np.ndarray, cands: np.ndarray) -> np.ndarray:
-    """m[rows][:, cands] as a dense [L, N] array: the rows' stored entries matched to the candidates by a sorted
-    search (scipy's double fancy indexing costs milliseconds per request; this a tenth of one)."""
-    pos, lens = ragged_positions(m.indptr, rows)
-    cols, vals = m.indices[pos], m.data[pos]
-    row_of = np.repeat(np.arange(len(rows)), lens)
-    order = np.argsort(cands, kind="stable")
-    sorted_c = cands[order]
-    at = np.minimum(np.searchsorted(sorted_c, cols), len(cands) - 1)
-    hit = sorted_c[at] == cols
-    block = np.zeros((len(rows), len(cands)), np.float32)
-    block[row_of[hit], order[at[hit]]] = vals[hit]
-    return block
 
 
 def list_features(scores: np.ndarray, log_pop: np.ndarray, cands: np.ndarray, cooc: sp.csr_matrix | None = None,
@@ -189,9 +173,7 @@ class FusionReranker:
         return cls(args, p["state"], p["log_pop"].numpy(), int(p["num_user_attrs"]), cooc, int(p.get("recent", 20)))
 
     def save(self, path: Path) -> None:
-        buf = io.BytesIO()
-        torch.save(self.payload(), buf)
-        atomic_write_bytes(Path(path), buf.getvalue())
+        atomic_torch_save(path, self.payload())
 
     @classmethod
     def load(cls, path: Path) -> "FusionReranker":

@@ -69,6 +69,17 @@ def shuffled_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, num_examp
     return total / max(weight, 1)
 
 
+def plain(x):
+    """JSON-like copy (floats, ints, strings, lists, dicts) of a report, for a weights_only-loadable file."""
+    if isinstance(x, dict):
+        return {str(k): plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [plain(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    return x
+
+
 class Recommender(ABC):
     """Subclasses set `Config` and implement `fit`, `score` and `_get_state` / `_set_state`."""
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from tapestry.inference.dlrm_ranker import DLRMRanker
-from tapestry.training.base import Recommender
+from tapestry.training.base import Recommender, plain
 from tapestry.training.dlrm_features import DENSE, Lists, RankerFeatures, build_ranker_features
 from tapestry.training.dlrm_loop import DLRMConfig, train_lists
 
@@ -161,20 +161,10 @@ class DLRMRecommender(Recommender):
         return out
 
     def _get_state(self):
-        return {"num_items": self.num_items, "ranker": self.ranker.payload(), "report": _plain(self.report)}
+        return {"num_items": self.num_items, "ranker": self.ranker.payload(), "report": plain(self.report)}
 
     def _set_state(self, state):
         self.num_items = int(state["num_items"])
         self.ranker = DLRMRanker.from_payload(state["ranker"])
         self.report = state.get("report", {})
 
-
-def _plain(x):
-    """JSON-like copy (floats, ints, strings, lists, dicts) for a weights_only-loadable file."""
-    if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    return x

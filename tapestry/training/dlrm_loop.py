@@ -27,7 +27,7 @@ import torch
 from tapestry.inference.dlrm_ranker import DLRMArchitecture, build_dlrm, final_scores
 from tapestry.models.ranking.dlrm import DLRM, listwise_loss, transe_loss
 from tapestry.training import distributed as D
-from tapestry.training.dlrm_features import DENSE, Lists, RankerFeatures, to_kjt
+from tapestry.training.dlrm_features import Lists, RankerFeatures, to_kjt
 
 
 @dataclass

@@ -39,7 +39,7 @@ import torch
 
 from tapestry.inference.fusion_ranker import DENSE, LOGP, LOGP_SCALE, FusionReranker, collate
 from tapestry.models.ranking.fusion import FusionRanker, listwise_loss
-from tapestry.training.base import Recommender, seeded
+from tapestry.training.base import Recommender, plain, seeded
 from tapestry.training.fusion_lists import (build_lists, cross_fit, ndcg_at_10, tail_split, topk_unseen,
                                             training_positions)
 
@@ -319,7 +319,7 @@ class FusionRecommender(Recommender):
 
     def _get_state(self):
         return {"num_items": self.num_items, "ranker": self.ranker.payload(), "user_attrs": torch.from_numpy(self._attrs),
-                "report": _plain(self.report)}
+                "report": plain(self.report)}
 
     def _set_state(self, state):
         self.num_items = int(state["num_items"])
@@ -327,13 +327,3 @@ class FusionRecommender(Recommender):
         self._attrs = state["user_attrs"].numpy()
         self.report = state.get("report", {})
 
-
-def _plain(x):
-    """JSON-like copy (floats, ints, strings, lists, dicts) for a weights_only-loadable file."""
-    if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    return x

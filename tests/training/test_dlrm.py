@@ -20,7 +20,7 @@ from tapestry.models.ranking.dlrm import DotInteraction, listwise_loss  # noqa: 
 from tapestry.training.base import Recommender  # noqa: E402
 from tapestry.training.data import InteractionData  # noqa: E402
 from tapestry.training.dlrm import DLRMRecommender, task_spec  # noqa: E402
-from tapestry.training.dlrm_features import Lists, RankerFeatures, build_ranker_features, gather_ragged  # noqa: E402
+from tapestry.training.dlrm_features import Lists, build_ranker_features, gather_ragged  # noqa: E402
 from tapestry.training.dlrm_loop import kg_triples  # noqa: E402
 from tapestry.training.evaluate import evaluate  # noqa: E402
 from tapestry.training.pipeline import _check_config  # noqa: E402
