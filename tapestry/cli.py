@@ -8,27 +8,28 @@ import os
 from pathlib import Path
 
 from tapestry.artifacts import atomic_write_json, latest_version
+from tapestry.cli_datasets import add_datasets_command
 from tapestry.cli_serving import add_serving_commands, print_recommendations, serve_child_command  # noqa: F401
-from tapestry.config import ETLConfig, TrainConfig, datasets_dir, validate_tenant
+from tapestry.config import ETLConfig, TrainConfig, validate_tenant
 
 DATASETS = ("ml-1m", "ml-100k")   # MovieLens: what `demo` runs on, and `etl` too
 # `etl` also reads these; the S3-Rec names are the keys of tapestry.etl.s3rec.S3REC_DATASETS (not imported here:
 # the CLI imports polars only when a command needs it).
 S3REC_NAMES = ("beauty", "sports", "toys", "yelp", "lastfm-s3rec")
-ETL_DATASETS = (*DATASETS, "gowalla", *S3REC_NAMES)
-# Folder under the datasets dir, where it is not the data set's own name.
-DATASET_DIRS = {"gowalla": "gowalla-lightgcn", **{name: "s3rec-sequential" for name in S3REC_NAMES}}
+ETL_DATASETS = (*DATASETS, "gowalla", *S3REC_NAMES)   # each a tapestry.etl.datasets name (its folder, files)
 
 
 def ml1m_ratings_default(directory: Path) -> Path:
-    """The full ratings.dat when the user has it; else the real partial copy in ../shared (users 1-2999)."""
+    """$TAPESTRY_ML1M_RATINGS; else the full ratings.dat (plain or .xz: fetched, or the user's own); else the real
+    partial copy in ../shared (users 1-2999). movielens_1m records which one in its sources."""
+    from tapestry.etl.datasets import file_present
+    from tapestry.etl.movielens import ML1M_PARTIAL_RATINGS
+
     env = os.environ.get("TAPESTRY_ML1M_RATINGS")
     if env:
         return Path(env)
-    for name in ("ratings.dat", "ratings.dat.xz"):
-        if (directory / name).exists():
-            return directory / name
-    return directory / "partial" / "ratings.users-0001-2999.dat.xz"
+    return (file_present(directory, "ratings.dat") or file_present(directory, ML1M_PARTIAL_RATINGS)
+            or directory / f"{ML1M_PARTIAL_RATINGS}.xz")
 
 
 def load_tables(args):
@@ -39,8 +40,11 @@ def load_tables(args):
 
     if args.events:
         return generic_tables(Path(args.events), args.items and Path(args.items), args.users and Path(args.users))
+    from tapestry.etl.datasets import locate
+
     dataset = args.dataset or "ml-1m"
-    directory = Path(args.data_dir) if args.data_dir else datasets_dir() / DATASET_DIRS.get(dataset, dataset)
+    # --data-dir, else the first of $TAPESTRY_DATASETS, ../shared/datasets, the fetch cache that has it.
+    directory = locate(dataset, args.data_dir)
     if args.ratings and dataset not in DATASETS:
         raise ValueError(f"--ratings applies to the MovieLens data sets only, not {dataset!r}")
     if dataset == "gowalla":
@@ -155,7 +159,7 @@ def cmd_report(args) -> None:
 def cmd_demo(args) -> None:
     from tapestry.demo import run_demo
 
-    run_demo(args.tenant, args.root, dataset=args.dataset or "ml-1m", quick=args.quick)
+    run_demo(args.tenant, args.root, dataset=args.dataset or "ml-1m", quick=args.quick, fetch=not args.no_fetch)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,8 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a public data set under the datasets dir: ml-1m, ml-100k (MovieLens); gowalla (LightGCN's "
                         "fixed train/test split); beauty, sports, toys, yelp, lastfm-s3rec (S3-Rec sequences, "
                         "leave-one-out). Gowalla and S3-Rec have synthetic timestamps (order only)")
-    e.add_argument("--data-dir", help="directory of the data set's files (default: <datasets>/<dataset>; "
-                                      "<datasets>/gowalla-lightgcn, <datasets>/s3rec-sequential)")
+    e.add_argument("--data-dir", help="directory of the data set's files (default: its folder, e.g. ml-1m, "
+                                      "gowalla-lightgcn, s3rec-sequential, under the first of $TAPESTRY_DATASETS, "
+                                      "../shared/datasets, the fetch cache that has it; `tapestry datasets list`)")
     e.add_argument("--ratings", help="ratings file override (ML-1M default: full ratings.dat if present, else partial)")
     e.add_argument("--events", help="generic event table (CSV/TSV/Parquet; plain, .gz, .xz, .bz2 or .zst)")
     e.add_argument("--items", help="generic item table")
@@ -220,9 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
                                       "benchmarks/results/serving_latency-<tenant>.json when present)")
     ls = sub.add_parser("models", help="list the registered models")
     ls.set_defaults(fn=cmd_models)
+    add_datasets_command(sub)
     d = add("demo", cmd_demo, "ETL -> train -> evaluate -> export -> serve -> recommend, with timings")
     d.add_argument("--dataset", choices=DATASETS)
     d.add_argument("--quick", action="store_true")
+    d.add_argument("--no-fetch", action="store_true", help="use only local data (default: download the data set "
+                   "when no datasets root has it whole, e.g. ML-1M's full ratings.dat; `tapestry datasets fetch`)")
     return p
 
 

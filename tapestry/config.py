@@ -21,9 +21,35 @@ def validate_tenant(tenant: str) -> str:
 
 
 def datasets_dir() -> Path:
-    """Where the real public data sets live: $TAPESTRY_DATASETS, else ../shared/datasets beside the project."""
+    """The first place real public data sets are looked for: $TAPESTRY_DATASETS, else ../shared/datasets beside the
+    project. Readers of a named data set search every root of dataset_roots() (tapestry.etl.datasets.locate)."""
     env = os.environ.get("TAPESTRY_DATASETS")
-    return Path(env) if env else (PROJECT_ROOT.parent / "shared" / "datasets")
+    return Path(env) if env else shared_datasets_dir()
+
+
+def shared_datasets_dir() -> Path:
+    return PROJECT_ROOT.parent / "shared" / "datasets"
+
+
+def datasets_cache_dir() -> Path:
+    """Where `tapestry datasets fetch` puts downloads: $TAPESTRY_DATASETS_CACHE, else
+    $XDG_DATA_HOME/tapestry/datasets (default ~/.local/share/tapestry/datasets)."""
+    env = os.environ.get("TAPESTRY_DATASETS_CACHE")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "tapestry" / "datasets"
+
+
+def dataset_roots() -> list[Path]:
+    """Where a named data set is looked for, in order: $TAPESTRY_DATASETS, ../shared/datasets, the fetch cache.
+    (An explicit path, e.g. `tapestry etl --data-dir`, comes before all of them.)"""
+    env = os.environ.get("TAPESTRY_DATASETS")
+    roots = [Path(env)] if env else []
+    for root in (shared_datasets_dir(), datasets_cache_dir()):
+        if root not in roots:
+            roots.append(root)
+    return roots
 
 
 def artifacts_root() -> Path:

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from tapestry.artifacts import atomic_write_json, tenant_dir
-from tapestry.config import TrainConfig, datasets_dir
+from tapestry.config import TrainConfig
 
 
 @contextmanager
@@ -46,7 +47,29 @@ def served_path_summary(metrics: dict, manifest: dict, leaderboard: Path | None 
     return lines
 
 
-def run_demo(tenant: str, root: Path | None = None, dataset: str = "ml-1m", quick: bool = False) -> dict:
+def demo_data(dataset: str, fetch: bool = True) -> Path:
+    """The folder the demo reads: the whole data set from the first root that has it; else, with fetch=True, the
+    official download (pinned, verified, cached: `tapestry datasets fetch`); if that fails, ML-1M's partial copy
+    (../shared) when there is one, said loudly; else an error naming the fetch command."""
+    from tapestry.etl.datasets import find, locate
+    from tapestry.etl.fetch import FetchError, fetch as fetch_dataset
+
+    found = find(dataset)
+    if found is not None or not fetch or (dataset == "ml-1m" and os.environ.get("TAPESTRY_ML1M_RATINGS")):
+        return found or locate(dataset)
+    try:
+        return fetch_dataset(dataset)
+    except FetchError as e:
+        partial = find(dataset, partial=True)
+        if partial is None:
+            raise
+        print(f"[demo] could not fetch the full {dataset}: {e}\n[demo] continuing on the PARTIAL copy at {partial}",
+              flush=True)
+        return partial
+
+
+def run_demo(tenant: str, root: Path | None = None, dataset: str = "ml-1m", quick: bool = False,
+             fetch: bool = True) -> dict:
     from tapestry.cli import ml1m_ratings_default, print_metrics, print_recommendations
     from tapestry.ensembles import run_export
     from tapestry.etl import run_etl
@@ -58,10 +81,12 @@ def run_demo(tenant: str, root: Path | None = None, dataset: str = "ml-1m", quic
 
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
-    directory = datasets_dir() / dataset
+    directory = demo_data(dataset, fetch)
     with _timed(timings, "etl"):
         tables = (movielens_1m(directory, ml1m_ratings_default(directory)) if dataset == "ml-1m"
                   else movielens_100k(directory))
+        data = dict(tables.sources)
+        print(f"[demo] data: {data['events']}" + (f" ({data['ratings']})" if "ratings" in data else ""), flush=True)
         etl = run_etl(tables, tenant, root)
     cfg = TrainConfig.smoke() if quick else TrainConfig()
     with _timed(timings, "train"):
@@ -110,7 +135,8 @@ def run_demo(tenant: str, root: Path | None = None, dataset: str = "ml-1m", quic
           f"({', '.join(served[('http', n)].strategy for n in range(len(requests)))}): {agree}")
     timings["total"] = round(time.perf_counter() - t_all, 2)
     print("\nwall time per stage (s): " + ", ".join(f"{k}={v:.1f}" for k, v in timings.items()))
-    report = {"tenant": tenant, "dataset": dataset, "timings_s": timings, "metrics": metrics,
+    print(f"data: {data['events']}" + (f" ({data['ratings']})" if "ratings" in data else ""))
+    report = {"tenant": tenant, "dataset": dataset, "data": data, "timings_s": timings, "metrics": metrics,
               "served_equals_in_process": agree}
     atomic_write_json(tenant_dir(tenant, root) / "demo_report.json", report)
     if not agree:

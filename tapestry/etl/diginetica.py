@@ -61,7 +61,12 @@ class SessionSplit:
 
 
 def sample_path() -> Path:
-    return datasets_dir() / SAMPLE_DIR / SAMPLE_FILE
+    """The SR-GNN sample in the first datasets root that has it ($TAPESTRY_DATASETS, ../shared/datasets, the fetch
+    cache); where none has it, where it would be under the first root."""
+    from tapestry.etl.datasets import find
+
+    folder = find("diginetica-sample")
+    return (folder or datasets_dir() / SAMPLE_DIR) / SAMPLE_FILE
 
 
 def _read(path: Path) -> pl.DataFrame:
@@ -91,7 +96,8 @@ def load_diginetica(path: str | Path | None = None, min_item_count: int = MIN_IT
     """SR-GNN's preprocessing of a DIGINETICA item-views file (default: the shipped sample under datasets_dir())."""
     path = Path(path) if path is not None else sample_path()
     if not path.exists():
-        raise FileNotFoundError(f"DIGINETICA item views not found at {path} (set TAPESTRY_DATASETS)")
+        raise FileNotFoundError(f"DIGINETICA item views not found at {path} (set TAPESTRY_DATASETS; "
+                                "`tapestry datasets fetch diginetica-sample` downloads SR-GNN's sample)")
     df = _read(path)
     # One row per session in order of first appearance: its date (last row in file order) and its clicks by
     # timeframe, ties by file row (= Python's stable sort in the reference).

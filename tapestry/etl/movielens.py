@@ -27,6 +27,21 @@ ML100K_GENRES = [
 ]
 
 
+# ../shared/datasets/ml-1m keeps only the first 487,650 lines of ratings.dat (users 1-2999), compressed.
+ML1M_PARTIAL_RATINGS = "partial/ratings.users-0001-2999.dat"
+
+
+def ml1m_ratings_note(ratings: Path) -> str:
+    """Which ML-1M ratings a run read, in words (kept in the ETL manifest's sources and the demo report)."""
+    name = Path(ratings).name
+    if name in ("ratings.dat", "ratings.dat.xz"):
+        return "full ratings.dat (GroupLens ML-1M: 1,000,209 ratings by all 6,040 users)"
+    if name.startswith(Path(ML1M_PARTIAL_RATINGS).name):
+        return ("PARTIAL: the first 487,650 lines of ratings.dat (users 1-2999 only); numbers are not comparable "
+                "with published ML-1M results (`tapestry datasets fetch ml-1m` gets the full file)")
+    return f"a user-supplied ratings file ({name})"
+
+
 def _split_lines(path: Path, separator: str, names: list[str], encoding: str, source: str,
                  min_fields: int | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Split a delimited text file into named string columns; lines with the wrong field count are rejected."""
@@ -74,7 +89,7 @@ def movielens_1m(directory: Path, ratings: Path | None = None) -> RawTables:
         item_entity_columns=["genre"], user_entity_columns=["gender", "age_group", "occupation"],
         rejected=[ev_bad, it_bad, us_bad],
         sources={"events": str(ratings), "items": str(directory / "movies.dat"),
-                 "users": str(directory / "users.dat")},
+                 "users": str(directory / "users.dat"), "ratings": ml1m_ratings_note(ratings)},
     )
 
 
