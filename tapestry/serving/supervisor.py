@@ -296,9 +296,11 @@ class Supervisor(threading.Thread):
             if info is None or server.get("pid") != os.getpid():
                 return
             control = ModelControl.of(server)
-            if fault.kind != "not_answering":     # what the state says now (a swap may just have changed it)
-                fault = structural_fault(tenant, info, control.ready_models(),
-                                         stub_processes(server.get("triton_pid"))) or fault
+            if fault.kind != "not_answering":     # what the state says now (a swap may just have changed it):
+                fault = (structural_fault(tenant, info, control.ready_models(), stub_processes(server.get("triton_pid")))
+                         or probe_fault(tenant, info, probe(server, tenant, self.probe_timeout)))
+                if fault is None or fault.kind in ("store_unavailable", "unknown", "not_answering"):
+                    return                        # seen between a swap's steps, gone now: nothing to reload
             detected = time.time()
             self.log(f"tenant {tenant} broken ({fault.kind}): {fault.detail}; reloading {info['export_version']}")
             self._set_health(tenant, watch, "healing", f"{fault.kind}: {fault.detail}", server)

@@ -98,9 +98,6 @@ def _users(root) -> list[str]:
     return pl.read_parquet(root / TENANT / "export" / "v0001" / "artifacts" / "users.parquet")["user_id"][:40].to_list()
 
 
-@pytest.mark.xfail(strict=False, reason="OPEN REGRESSION (2026-12-03, see the stop note): since the key guard and the "
-                   "supervisor landed, one request in ~1,000 can time out (10 s) during a hot swap, also on a quiet "
-                   "machine; not yet diagnosed")
 def test_swap_then_rollback_under_load_fails_no_request(root, server, second_export):
     users = _users(root)
     old, new = _expected(root, "v0001", users), _expected(root, second_export.name, users)
@@ -134,9 +131,6 @@ def test_swap_then_rollback_under_load_fails_no_request(root, server, second_exp
     assert sorted(p.name for p in server.model_repository.iterdir()) == sorted(names)
 
 
-@pytest.mark.xfail(strict=False, reason="OPEN REGRESSION (2026-12-03, see the stop note): since the key guard and the "
-                   "supervisor landed, one request in ~1,000 can time out (10 s) during a hot swap, also on a quiet "
-                   "machine; not yet diagnosed")
 def test_a_broken_export_is_refused_and_the_served_one_keeps_answering(root, server, second_export):
     broken = second_export.parent / "v0099"
     shutil.copytree(second_export, broken)

