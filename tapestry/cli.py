@@ -81,12 +81,14 @@ def train_config(args) -> TrainConfig:
     if getattr(args, "models", None):
         changes["models"] = tuple(m.strip() for m in args.models.split(",") if m.strip())
         if cfg.serve not in changes["models"]:
-            # The default served model is not in the line-up: serve the last retriever asked for (the registry's
-            # role), if any. Unknown names are left for the training pipeline to report.
+            # The default served model is not in the line-up: "auto" (the best retriever on validation) or, for a
+            # --quick run, the last retriever asked for (the registry's role); none: nothing served. Unknown names
+            # are left for the training pipeline to report.
             from tapestry.training import registry
 
             found = [m for m in changes["models"] if m in registry.MODELS and registry.get(m).role == "retriever"]
-            changes["serve"] = found[-1] if found else ""
+            changes["serve"] = ("" if not found else "auto" if cfg.serve == "auto" and len(found) > 1
+                                else found[-1])
     if getattr(args, "serve", None) is not None:
         changes["serve"] = args.serve
     if getattr(args, "session", None) is not None:
@@ -194,8 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--models", help="comma-separated registry names in training order (default: "
                                     "popularity,lightgcn,sasrec_lightgcn); `tapestry models` lists them")
     t.add_argument("--params", help='JSON hyper-parameter overrides per model, e.g. \'{"lightgcn": {"epochs": 5}}\'')
-    t.add_argument("--serve", help="the sequential encoder to fit the reranker on and export: sasrec*, bert4rec, "
-                                   "comirec* ('' = none)")
+    t.add_argument("--serve", help="the retriever to fit the reranker on and export (sasrec*, two_tower, bert4rec, "
+                                   "comirec*); default 'auto': the line-up's retriever with the best validation "
+                                   "NDCG@k ('' = none)")
     t.add_argument("--session", help="the anonymous-session encoder exported beside it (default 'auto': the "
                                      "line-up's model over the served item table, e.g. srgnn_shared; '' = none: "
                                      "anonymous sessions are encoded by the served model)")

@@ -81,18 +81,23 @@ class RerankConfig:
 
 
 # The default `tapestry train` line-up, in training order (a model may read one trained before it). Names are
-# tapestry.training.registry entries; `serve` names the sequential model whose encoder and item table are exported.
-# sasrec_lightgcn was chosen on ML-1M's VALIDATION split (NDCG@10 0.1746 vs SASRec-random 0.1686 and LightGCN-init
-# 0.1687; benchmarks/results/ablation-ml-1m.json); the ablation benchmark trains the other variants.
-# srgnn_shared encodes anonymous sessions over sasrec_lightgcn's item table (the same FAISS index).
-DEFAULT_MODELS = ("popularity", "lightgcn", "sasrec_lightgcn", "srgnn_shared")
+# tapestry.training.registry entries. The two retrievers compete: `serve="auto"` exports the one with the best
+# VALIDATION NDCG@k (on ML-1M the two-tower, 0.1887 vs sasrec_lightgcn's 0.1705: benchmarks/results/
+# leaderboard-ml-1m.json), so the default serves the best path it trained, never a cheaper demo model.
+# sasrec_lightgcn is the best SASRec variant on ML-1M's validation split (0.1746 vs SASRec-random 0.1686 and
+# LightGCN-init 0.1687; benchmarks/results/ablation-ml-1m.json). srgnn_shared encodes anonymous sessions over
+# sasrec_lightgcn's item table (the same FAISS index) when sasrec_lightgcn is served.
+DEFAULT_MODELS = ("popularity", "lightgcn", "sasrec_lightgcn", "two_tower", "srgnn_shared")
+SMOKE_SERVE = "sasrec_lightgcn"   # smoke runs (tests, --quick) serve a fixed model: tiny fits choose at random
 
 
 @dataclass
 class TrainConfig:
     models: tuple[str, ...] = DEFAULT_MODELS
     params: dict[str, dict] = field(default_factory=dict)   # per-model hyper-parameter overrides, by name
-    serve: str = "sasrec_lightgcn"   # the model exported for serving (a sequential encoder: sasrec*, bert4rec, comirec*)
+    # The retriever whose user encoder and item table are exported: a registry name, or "auto": the line-up's
+    # servable retriever with the best validation NDCG@k (tapestry.training.pipeline.choose_served).
+    serve: str = "auto"
     # The anonymous-session encoder exported beside it (SR-GNN over the served item table). "auto": the line-up's
     # model whose item_table_from is `serve`, if any; "": none (sessions are encoded by the served model).
     session: str = "auto"
@@ -104,6 +109,7 @@ class TrainConfig:
     @classmethod
     def smoke(cls, **kwargs) -> "TrainConfig":
         """Smoke-sized (`tapestry train --quick`): quality is not the point."""
+        kwargs.setdefault("serve", SMOKE_SERVE if SMOKE_SERVE in kwargs.get("models", DEFAULT_MODELS) else "auto")
         return cls(quick=True, rerank=RerankConfig(num_candidates=30, epochs=2), **kwargs)
 
 

@@ -3,7 +3,8 @@
 Which models train, in which order and with which hyper-parameters comes from TrainConfig (`models`, `params`)
 and tapestry.training.registry; nothing here names a model class. A model may read models trained before it
 (`Recommender.bind`), e.g. SASRec fused with LightGCN's or HGT's item vectors. The reranker is then fitted on
-the validation split over the candidates of `cfg.serve` (the sequential model the export serves).
+the validation split over the candidates of `cfg.serve` (the retriever the export serves; "auto", the default:
+the line-up's retriever with the best validation NDCG@k, recorded in config.json's "serve_choice").
 
 Output `<root>/<tenant>/models/vNNNN/` (written atomically via new_version):
     <name>.pt           Recommender.save files, one per trained model (load any with Recommender.load)
@@ -66,15 +67,16 @@ def _check_config(cfg: TrainConfig) -> None:
                                        for m in cfg.models):
         raise ValueError(f"distributed={cfg.distributed} trains the sharded ranker: add 'dlrm' to models "
                          f"{list(cfg.models)}")
-    if cfg.serve and cfg.serve not in cfg.models:
+    if cfg.serve == "auto":
+        if not _auto_candidates(cfg):
+            raise ValueError(f"serve='auto' chooses among the line-up's retrievers, and models {list(cfg.models)} "
+                             "has none: add one (e.g. sasrec_lightgcn, two_tower) or pass serve=''")
+    elif cfg.serve and cfg.serve not in cfg.models:
         raise ValueError(f"serve={cfg.serve!r} is not among the trained models {list(cfg.models)}")
-    if cfg.session not in ("", "auto"):
-        if cfg.session not in cfg.models:
-            raise ValueError(f"session={cfg.session!r} is not among the trained models {list(cfg.models)}")
-        if _table_source(cfg, cfg.session) != cfg.serve:
-            raise ValueError(f"session={cfg.session!r} must score against the served model's item table "
-                             f"(item_table_from={cfg.serve!r}), it has "
-                             f"item_table_from={_table_source(cfg, cfg.session)!r}")
+    if cfg.session not in ("", "auto") and cfg.session not in cfg.models:
+        raise ValueError(f"session={cfg.session!r} is not among the trained models {list(cfg.models)}")
+    if cfg.serve != "auto":
+        _check_session(cfg)
     for i, name in enumerate(cfg.models):
         model = registry.build(name, cfg.params.get(name), quick=cfg.quick, device="cpu")
         c = model.cfg
@@ -89,13 +91,40 @@ def _check_config(cfg: TrainConfig) -> None:
                                  f"== hidden_dim ({c.hidden_dim})")
 
 
+def _check_session(cfg: TrainConfig) -> None:
+    if cfg.session not in ("", "auto") and _table_source(cfg, cfg.session) != cfg.serve:
+        raise ValueError(f"session={cfg.session!r} must score against the served model's item table "
+                         f"(item_table_from={cfg.serve!r}), it has "
+                         f"item_table_from={_table_source(cfg, cfg.session)!r}")
+
+
+def _auto_candidates(cfg: TrainConfig) -> list[str]:
+    """The retrievers serve="auto" chooses among: the export serves a retriever's user encoder, which reads
+    histories only (a two-tower with user attributes would answer differently than evaluated: never chosen)."""
+    return [m for m in cfg.models if registry.get(m).role == "retriever" and not getattr(
+        registry.build(m, cfg.params.get(m), quick=cfg.quick, device="cpu").cfg, "use_user_attrs", False)]
+
+
+def choose_served(cfg: TrainConfig, metrics: dict, k: int) -> tuple[str, dict]:
+    """serve="auto": the candidate retriever with the best validation NDCG@k (ties: the earlier in the line-up);
+    without a validation split (a fixed train/test split) the line-up's last retriever, since choosing on test
+    would report a tuned number. Returns (name, the record of the choice for config.json)."""
+    candidates = _auto_candidates(cfg)
+    key = f"ndcg@{k}"
+    scores = {m: metrics[m]["valid"].get(key) for m in candidates}
+    if all(v is not None and v == v for v in scores.values()) and metrics[candidates[0]]["valid"].get("num_users"):
+        chosen = max(candidates, key=lambda m: (scores[m], -candidates.index(m)))
+        return chosen, {"chosen_on": f"validation {key}", "scores": {m: round(v, 6) for m, v in scores.items()}}
+    return candidates[-1], {"chosen_on": "line-up order (no validation split)", "scores": {}}
+
+
 def _table_source(cfg: TrainConfig, name: str) -> str | None:
     return getattr(registry.build(name, cfg.params.get(name), quick=cfg.quick, device="cpu").cfg, "item_table_from", None)
 
 
 def resolve_session(cfg: TrainConfig) -> TrainConfig:
     """session="auto" -> the line-up's model over the served item table (srgnn_shared by default), or ""."""
-    if cfg.session != "auto":
+    if cfg.session != "auto" or cfg.serve == "auto":   # auto: resolved once the served model is chosen
         return cfg
     found = [m for m in cfg.models if cfg.serve and _table_source(cfg, m) == cfg.serve]
     return dataclasses.replace(cfg, session=found[-1] if found else "")
@@ -139,6 +168,15 @@ def run_train(tenant: str, root: Path | None = None, cfg: TrainConfig | None = N
             metrics[name]["valid_history"] = list(model.valid_history_)
         models[name] = model
 
+    serve_choice = None
+    if cfg.serve == "auto":
+        chosen, serve_choice = choose_served(cfg, metrics, k)
+        cfg = resolve_session(dataclasses.replace(cfg, serve=chosen))
+        _check_session(cfg)
+        scores = ", ".join(f"{m} {v:.4f}" for m, v in serve_choice["scores"].items())
+        log(f"[train] serve {chosen} (chosen on {serve_choice['chosen_on']}{': ' + scores if scores else ''}); "
+            f"session encoder {cfg.session or 'none (the served model encodes sessions)'}")
+
     reranker = None
     if cfg.serve and data.valid.height == 0:
         log("[train] rerank: skipped (no validation split to fit it on, e.g. a fixed train/test split)")
@@ -161,7 +199,8 @@ def run_train(tenant: str, root: Path | None = None, cfg: TrainConfig | None = N
             if reranker is not None:
                 reranker.save(v.tmp / RERANK_FILE)
             resolved = {name: model._init_kwargs() for name, model in models.items()}
-            atomic_write_json(v.tmp / "config.json", {**dataclasses.asdict(cfg), "resolved": resolved})
+            atomic_write_json(v.tmp / "config.json", {**dataclasses.asdict(cfg), "resolved": resolved,
+                                                      **({"serve_choice": serve_choice} if serve_choice else {})})
             atomic_write_json(v.tmp / "metrics.json", metrics)
             atomic_write_text(v.tmp / "etl_version.txt", f"{etl_dir}\n")
         s.detail = str(v.path)

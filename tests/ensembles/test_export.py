@@ -192,6 +192,21 @@ def test_exported_multi_interest_encoder_gives_comirec_max_sim_top_k(exported):
         _assert_same_top_k(encoder, index, model, row["user_idx"], row["history"])
 
 
+def test_exported_two_tower_user_tower_and_index_give_its_top_k(exported):
+    # The default line-up's other retriever: serve="auto" exports it when it wins on validation (ML-1M).
+    export, trained = exported
+    tower = run_export("tiny", export.path.parents[2], max_k=20, serve="two_tower", **QUIET)
+    art = tower.artifact_dir
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert manifest["served_model"] == "two_tower" and manifest["session_encoder"] is None
+    encoder = _plain_encoder(art / manifest["user_encoder"])
+    index = faiss.read_index(str(art / "items.faiss"))
+    model = _trained(trained, "two_tower")
+    users = pl.read_parquet(art / "users.parquet").filter(pl.col("history").list.len() > 0)
+    for row in users.head(12).iter_rows(named=True):
+        _assert_same_top_k(encoder, index, model, row["user_idx"], row["history"])
+
+
 def test_a_two_tower_with_user_attributes_is_refused_not_served_without_them(tiny_etl, tmp_path):
     # The user-encoder stage reads histories only: serving this model would answer with vectors it never produced.
     shutil.copytree(tiny_etl, tmp_path / "tiny" / "etl" / tiny_etl.name)
