@@ -128,8 +128,15 @@ def cmd_run(args) -> None:
     k = 20 if is_multi_target(data, "test") else 10
     has_valid = data.valid.height > 0
     per_seed: dict[str, dict[str, list]] = {}        # path -> {"valid": [per-user dicts], "test": [...], "fit": []}
+    out = Path(args.output or RESULTS / f"leaderboard-{args.dataset}.json")
+    done: list[int] = []
+    if args.resume:
+        done, per_seed = load_seeds(out, models, lineup)
+        print(f"[leaderboard] resuming {out.name}: seeds {done} already measured", flush=True)
     t_start = time.perf_counter()
     for seed in seeds:
+        if seed in done:
+            continue
         served_retriever = next((m for m in reversed(models) if registry.get(m).role == "retriever"), "")
         cfg = TrainConfig(models=models, params=_seeded_params(models, base_params, seed), serve=served_retriever,
                           session="", quick=args.quick)
@@ -156,8 +163,54 @@ def cmd_run(args) -> None:
                 entry.setdefault("epoch_seconds", []).append(r["epoch_seconds"])
             else:
                 print("[leaderboard] RecTools not installed (pip install -e '.[peers]'): peer skipped", flush=True)
-        _write(args, data, k, seeds[:seeds.index(seed) + 1], per_seed, reranked, baseline, models,
-               time.perf_counter() - t_start, lineup, etl)
+        done.append(seed)
+        save_seeds(out, done, per_seed, models, lineup)
+        _write(args, data, k, list(done), per_seed, reranked, baseline, models, time.perf_counter() - t_start,
+               lineup, etl)
+
+
+def _seeds_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".per-user.npz")
+
+
+def save_seeds(out: Path, seeds: list[int], per_seed: dict, models, lineup: str) -> None:
+    """Every finished seed's per-user metrics beside the summary (`<name>.per-user.npz`, no pickles), so that a
+    later `run --resume` adds seeds to the same paired test instead of starting again."""
+    arrays, meta = {}, {"seeds": seeds, "models": list(models), "lineup": lineup, "paths": {}}
+    for name, e in per_seed.items():
+        meta["paths"][name] = {key: e[key] for key in ("fit", "epoch_seconds", "peer") if key in e}
+        for split in ("valid", "test"):
+            for i, per_user in enumerate(e[split]):
+                for metric, values in per_user.items():
+                    arrays[f"{name}|{split}|{i}|{metric}"] = np.asarray(values)
+    path = _seeds_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, meta=np.array(json.dumps(meta)), **arrays)
+    os.replace(tmp, path)
+
+
+def load_seeds(out: Path, models, lineup: str) -> tuple[list[int], dict]:
+    """(seeds already measured, per_seed) from save_seeds' file; nothing when absent. A file of another line-up
+    is refused: its seeds would not be the same experiment."""
+    path = _seeds_path(out)
+    if not path.exists():
+        return [], {}
+    with np.load(path, allow_pickle=False) as f:
+        meta = json.loads(str(f["meta"]))
+        if meta["models"] != list(models) or meta["lineup"] != lineup:
+            raise SystemExit(f"{path} holds line-up {meta['lineup']} {meta['models']}, not {lineup} "
+                             f"{list(models)}: pass the same --lineup/--extra, or another --output")
+        per_seed: dict[str, dict] = {}
+        for name, extra in meta["paths"].items():
+            e = per_seed.setdefault(name, {"valid": [], "test": [], **extra})
+            for split in ("valid", "test"):
+                i = 0
+                while f"{name}|{split}|{i}|users" in f.files:
+                    prefix = f"{name}|{split}|{i}|"
+                    e[split].append({key[len(prefix):]: f[key] for key in f.files if key.startswith(prefix)})
+                    i += 1
+    return list(meta["seeds"]), per_seed
 
 
 def _write(args, data, k, seeds, per_seed, reranked, baseline, models, seconds, lineup, etl) -> None:
@@ -177,9 +230,10 @@ def _write(args, data, k, seeds, per_seed, reranked, baseline, models, seconds, 
             paths[name]["peer_params"] = e["peer"]
 
     def servable(name: str) -> bool:
+        """What the export can serve (a retriever, reranked or not, or a ranker over one): the same candidates as
+        `tapestry train --serve auto`. A candidate source (graph_filter) is not served alone on a validated set."""
         base = name.split("+")[0]
-        return base in registry.MODELS and registry.get(base).role in ("retriever", "ranker", "candidate_source") \
-            and base != "popularity"
+        return base in registry.MODELS and registry.get(base).role in ("retriever", "ranker")
 
     candidates = [n for n in paths if servable(n)]
     if any("valid" in paths[n] for n in candidates):
@@ -261,6 +315,8 @@ def main() -> None:
     r.add_argument("--quick", action="store_true", help="smoke-sized models (checks the benchmark, not quality)")
     r.add_argument("--root", help="artifact root (default: a temp dir)")
     r.add_argument("--output")
+    r.add_argument("--resume", action="store_true",
+                   help="keep the seeds already in <output>.per-user.npz and run only the missing ones")
     r.set_defaults(fn=cmd_run)
     t = sub.add_parser("table")
     t.add_argument("files", nargs="+")
