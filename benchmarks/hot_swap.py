@@ -23,7 +23,8 @@ import numpy as np
 import polars as pl
 
 from tapestry.artifacts import atomic_write_json, stage_dir
-from tapestry.config import TrainConfig, datasets_dir
+from tapestry.config import TrainConfig
+from tapestry.etl.datasets import locate
 from tapestry.serving import model_control as mc
 from tapestry.serving import multi_tenant as mt
 from tapestry.serving.client import RecommendClient, RecommendError, ensemble_name
@@ -45,7 +46,7 @@ def prepare(tenant: str, root: Path | None, dataset: str) -> None:
     from tapestry.training.pipeline import run_train
 
     if not (stage_dir(tenant, "etl", root) / "LATEST").exists():
-        run_etl(movielens_100k(datasets_dir() / dataset), tenant, root, **QUIET)
+        run_etl(movielens_100k(locate(dataset)), tenant, root, **QUIET)
     while len(exports(tenant, root)) < 2:
         seed = len(exports(tenant, root))
         run_train(tenant, root, TrainConfig.smoke(params={"sasrec_lightgcn": {"seed": seed}}), **QUIET)

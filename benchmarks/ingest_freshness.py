@@ -32,7 +32,8 @@ import numpy as np
 import polars as pl
 
 from tapestry.artifacts import atomic_write_json, latest_version, stage_dir
-from tapestry.config import DEFAULT_MODELS, TrainConfig, datasets_dir
+from tapestry.config import DEFAULT_MODELS, TrainConfig
+from tapestry.etl.datasets import locate
 from tapestry.online.local_redis import LocalRedis
 from tapestry.online.load import load_export_into_redis
 from tapestry.online.store import REDIS_URL_ENV, RedisStore
@@ -52,7 +53,7 @@ def prepare(tenant: str, root: Path) -> Path:
         from tapestry.training.pipeline import run_train
 
         t0 = time.perf_counter()
-        run_etl(movielens_100k(datasets_dir() / "ml-100k"), tenant, root, **QUIET)
+        run_etl(movielens_100k(locate("ml-100k")), tenant, root, **QUIET)
         run_train(tenant, root, TrainConfig.smoke(models=DEFAULT_MODELS), **QUIET)
         run_export(tenant, root, **QUIET)
         print(f"[freshness] built tenant {tenant} under {root} ({time.perf_counter() - t0:.0f}s)", flush=True)
