@@ -202,8 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--session", help="the anonymous-session encoder exported beside it (default 'auto': the "
                                      "line-up's model over the served item table, e.g. srgnn_shared; '' = none: "
                                      "anonymous sessions are encoded by the served model)")
-    t.add_argument("--distributed", type=int, metavar="N", help="train the sharded models (dlrm) on N processes "
-                                                              "under torchrun: TorchRec-sharded tables, gloo on CPU")
+    t.add_argument("--distributed", type=int, metavar="N", help="train each model on N processes under torchrun "
+                   "(gloo on CPU, NCCL on CUDA): data-parallel DDP with the same global batch (lightgcn, sasrec*, "
+                   "two_tower*, bert4rec, comirec*, srgnn*), TorchRec-sharded tables for dlrm; models that train in "
+                   "one process only (sage, hgt, fusion) are refused")
     v = add("evaluate", cmd_evaluate, "full-ranking Recall/NDCG/MRR of the latest models")
     v.add_argument("--output", help="JSON path (default: <models>/evaluation.json)")
     x = add("export", cmd_export, "FAISS index + Triton model repository")

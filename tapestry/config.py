@@ -104,7 +104,9 @@ class TrainConfig:
     rerank: RerankConfig = field(default_factory=RerankConfig)
     quick: bool = False           # smoke-sized: every stage runs for real in seconds (tests, `--quick`)
     device: str = "auto"          # "auto" picks CUDA when present, else CPU: the same code path either way
-    distributed: int = 1          # processes for models with shardable tables (dlrm): >1 runs them under torchrun
+    # Processes per model fit: >1 runs each gradient-trained model under torchrun, data-parallel (DDP; the same global
+    # batch split over the processes: tapestry.training.data_parallel), the dlrm with TorchRec-sharded tables.
+    distributed: int = 1
 
     @classmethod
     def smoke(cls, **kwargs) -> "TrainConfig":

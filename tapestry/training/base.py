@@ -50,8 +50,16 @@ def shuffled_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, num_examp
                    batch_loss, heartbeat=None) -> float:
     """One training pass over `num_examples` in random order, `batch_size` at a time: the minibatch loop every
     gradient-trained model shares. `batch_loss(indices)` returns (the loss of those examples, its weight in the
-    epoch's mean: examples, predicted positions or 1 per step), or None to skip the batch. Returns the weighted
-    mean loss. `heartbeat()` (tapestry.training.loop) is called after every step: a log line when one is due."""
+    epoch's mean: examples, predicted positions or 1 per step), or None to skip the batch; a third element, when
+    the weight is not it, is the number of units the loss is a mean over (data parallelism needs it). Returns the
+    weighted mean loss. `heartbeat()` (tapestry.training.loop) is called after every step: a log line when one is due.
+
+    Inside a torchrun process group the same loop runs data-parallel (tapestry.training.data_parallel): the same
+    global batch, split over the processes, with DDP averaging the gradients."""
+    from tapestry.training import data_parallel
+
+    if data_parallel.active():
+        return data_parallel.shuffled_epoch(model, opt, num_examples, batch_size, batch_loss, heartbeat)
     model.train()
     perm = torch.randperm(num_examples)
     total, weight = 0.0, 0
@@ -59,7 +67,7 @@ def shuffled_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, num_examp
         out = batch_loss(perm[start:start + batch_size])
         if out is None:
             continue
-        loss, n = out
+        loss, n = out[:2]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -86,6 +94,10 @@ class Recommender(ABC):
     # Every concrete subclass is registered by name so `Recommender.load` can rebuild whatever a file holds.
     _registry: ClassVar[dict[str, type["Recommender"]]] = {}
     Config: ClassVar[type | None] = None      # the model's hyper-parameter dataclass (None: it has none)
+    # How `tapestry train --distributed N` (N > 1) trains it: "data" (DDP through the shared minibatch loop,
+    # tapestry.training.data_parallel), "model" (its own sharded path: the DLRM), "closed_form" (nothing to
+    # distribute: fitted once in the launching process) or "single" (one process only: refused with N > 1).
+    parallelism: ClassVar[str] = "single"
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -45,6 +45,7 @@ class BERT4RecConfig:
 
 class BERT4RecRecommender(SequentialRecommender):
     Config = BERT4RecConfig
+    parallelism = "data"            # shuffled_epoch: DDP under --distributed N
 
     def __init__(self, config: BERT4RecConfig | None = None, **kwargs):
         super().__init__(config, **kwargs)

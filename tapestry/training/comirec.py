@@ -75,6 +75,7 @@ def prefix_examples(sequences: list[np.ndarray], max_len: int, per_user: int,
 
 class ComiRecRecommender(SequentialRecommender):
     Config = ComiRecConfig
+    parallelism = "data"            # shuffled_epoch: DDP under --distributed N (every rank draws the same examples)
 
     def __init__(self, config: ComiRecConfig | None = None, *, side: torch.Tensor | None = None, **kwargs):
         super().__init__(config, **kwargs)

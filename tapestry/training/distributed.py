@@ -25,7 +25,10 @@ Facts this code relies on (checked by tests/training/test_dlrm_distributed.py an
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -40,16 +43,31 @@ def world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def init_process_group() -> torch.device:
-    """Join the torchrun job (when there is one) and return this process's device."""
+def init_process_group(cuda: bool | None = None) -> torch.device:
+    """Join the torchrun job (when there is one) and return this process's device: cuda:LOCAL_RANK with NCCL when
+    `cuda` (None: whenever CUDA is available), else the CPU with gloo."""
     rank, size = world()
-    cuda = torch.cuda.is_available()
+    cuda = torch.cuda.is_available() if cuda is None else cuda
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if cuda else torch.device("cpu")
     if size > 1 and not dist.is_initialized():
         if cuda:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if cuda else "gloo")
     return device
+
+
+def torchrun(module: str, job_dir, processes: int, what: str, result: str = "result.pt",
+             capture_stdout: bool = True) -> str:
+    """Run `python -m <module> <job_dir>` on `processes` local processes under torchrun (standalone rendezvous) and
+    return its stdout ("" when not captured: it then goes straight to this process's stdout). The one launcher of
+    the DLRM's sharded loop and the data-parallel trainers (tapestry.training.data_parallel). Raises RuntimeError
+    with the tail of stderr when the job fails or rank 0 wrote no `result` in `job_dir`."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+           "-m", module, str(job_dir)]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE if capture_stdout else None, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0 or not (Path(job_dir) / result).exists():
+        raise RuntimeError(f"distributed {what} training failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}")
+    return proc.stdout or ""
 
 
 def shutdown() -> None:

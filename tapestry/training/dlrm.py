@@ -21,8 +21,6 @@ Tasks: "interact" (the next item, whatever the event) plus one per event type wh
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -32,6 +30,7 @@ import torch
 from tapestry.inference.dlrm_ranker import DLRMRanker
 from tapestry.training.base import Recommender, plain
 from tapestry.training.dlrm_features import DENSE, Lists, RankerFeatures, build_ranker_features
+from tapestry.training.distributed import torchrun
 from tapestry.training.dlrm_loop import DLRMConfig, train_lists
 
 __all__ = ["DLRMConfig", "DLRMRanker", "DLRMRecommender", "candidate_lists", "task_spec"]
@@ -86,6 +85,7 @@ def candidate_lists(retriever, data, features: RankerFeatures, split: str, n: in
 
 class DLRMRecommender(Recommender):
     Config = DLRMConfig
+    parallelism = "model"  # TorchRec-sharded tables under torchrun (tapestry.training.distributed), not DDP
     processes = 1          # set by the training pipeline (`tapestry train --distributed N`)
 
     def __init__(self, config: DLRMConfig | None = None, **kwargs):
@@ -128,12 +128,8 @@ class DLRMRecommender(Recommender):
             torch.save({"config": self.cfg, "features": feats, "task_names": names, "lists": lists,
                         "item_vectors": vectors},
                        Path(tmp) / "job.pt")
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.processes}",
-                   "-m", "tapestry.training.dlrm_loop", tmp]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0 or not (Path(tmp) / "result.pt").exists():
-                raise RuntimeError(f"distributed dlrm training failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}")
-            for line in proc.stdout.splitlines():
+            stdout = torchrun("tapestry.training.dlrm_loop", tmp, self.processes, "dlrm")
+            for line in stdout.splitlines():
                 if line.startswith("[dlrm]"):
                     self._log(line)
             return torch.load(Path(tmp) / "result.pt", map_location="cpu", weights_only=False)

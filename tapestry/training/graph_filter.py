@@ -55,6 +55,7 @@ def item_signals(item_lists: list[np.ndarray], num_items: int, recency_decay: fl
 
 class GraphFilterRecommender(Recommender):
     Config = GraphFilterConfig
+    parallelism = "closed_form"     # training-free: nothing to distribute (fitted once with --distributed N)
 
     def __init__(self, config: GraphFilterConfig | None = None, **kwargs):
         super().__init__(config, **kwargs)

@@ -21,7 +21,8 @@ import torch
 from tapestry.graph.hetero import INTERACTS, build_hetero_graph, homogeneous_view
 from tapestry.models.graph.lightgcn import LightGCN
 from tapestry.nn.propagation import normalized_adjacency
-from tapestry.training.base import Recommender, seeded
+from tapestry.training import data_parallel
+from tapestry.training.base import Recommender, seeded, shuffled_epoch
 from tapestry.training.loop import run_epochs
 from tapestry.training.losses import bpr_loss, sampled_softmax_loss
 
@@ -46,6 +47,7 @@ class LightGCNConfig:
 
 class LightGCNRecommender(Recommender):
     Config = LightGCNConfig
+    parallelism = "data"            # shuffled_epoch: DDP under --distributed N (full propagation on every rank)
 
     def __init__(self, config: LightGCNConfig | None = None, **kwargs):
         super().__init__(config, **kwargs)
@@ -70,30 +72,27 @@ class LightGCNRecommender(Recommender):
         with seeded(self.device, c.seed):
             model = LightGCN(view.num_nodes, c.embedding_dim, c.num_layers).to(self.device)
             opt = torch.optim.Adam(model.parameters(), lr=c.lr)
-            model.train()
+
+            def batch_loss(idx):
+                idx = idx.to(self.device)
+                u, i = users[idx], items[idx]
+                emb = model(adj)
+                if c.loss == "bpr":
+                    # Uniform negatives over real items (1..num_items-1); a rare accidental positive is harmless.
+                    # Drawn for the whole global batch, then this process's share: data-parallel runs draw the
+                    # same negatives as one process.
+                    share, total = data_parallel.step_share() if data_parallel.active() else (slice(None), len(idx))
+                    j = (torch.randint(1, self.num_items, (total,), device=self.device) + i_off)[share]
+                    eu = emb[u]
+                    loss = bpr_loss((eu * emb[i]).sum(-1), (eu * emb[j]).sum(-1),
+                                    model.embedding.weight[torch.cat([u, i, j])], c.weight_decay)
+                else:
+                    j = torch.randint(1, self.num_items, (c.num_negatives,), device=self.device) + i_off
+                    loss = sampled_softmax_loss(emb[u], emb[i], emb[j], c.temperature)
+                return loss, 1, len(idx)          # the epoch's loss: a mean per step; the loss: per edge
 
             def epoch(beat):
-                perm = torch.randperm(n_edges, device=self.device)
-                total, steps = 0.0, 0
-                for start in range(0, n_edges, c.batch_size):
-                    idx = perm[start:start + c.batch_size]
-                    u, i = users[idx], items[idx]
-                    emb = model(adj)
-                    if c.loss == "bpr":
-                        # Uniform negatives over real items (1..num_items-1); a rare accidental positive is harmless.
-                        j = torch.randint(1, self.num_items, (idx.numel(),), device=self.device) + i_off
-                        eu = emb[u]
-                        loss = bpr_loss((eu * emb[i]).sum(-1), (eu * emb[j]).sum(-1),
-                                        model.embedding.weight[torch.cat([u, i, j])], c.weight_decay)
-                    else:
-                        j = torch.randint(1, self.num_items, (c.num_negatives,), device=self.device) + i_off
-                        loss = sampled_softmax_loss(emb[u], emb[i], emb[j], c.temperature)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total, steps = total + float(loss.detach()), steps + 1
-                    beat()
-                return total / max(steps, 1)
+                return shuffled_epoch(model, opt, n_edges, c.batch_size, batch_loss, beat)
 
             def refresh():
                 """The propagated tables `score` reads, from the current weights."""

@@ -5,6 +5,8 @@
 - With `patience > 0` and a validation split, the validation NDCG@k (the data set's protocol cut-off) is measured
   every `eval_every` epochs; training stops after `patience` measurements without improvement and the best epoch's
   weights are restored. The recommender records `best_epoch_` and `valid_history_` (metrics.json keeps both).
+- Data-parallel (tapestry.training.data_parallel, under torchrun): rank 0 alone shows progress and measures
+  validation; its measurement is broadcast, so every rank keeps the same best epoch and stops at the same one.
 """
 from __future__ import annotations
 
@@ -47,8 +49,11 @@ def run_epochs(rec, module: torch.nn.Module, epochs: int, desc: str, run_epoch: 
                data=None, patience: int = 0, eval_every: int = 1, refresh: Callable[[], None] | None = None) -> None:
     """Train `module` for up to `epochs`. `run_epoch(heartbeat)` runs one epoch and returns its mean loss;
     `refresh()` makes `rec.score` reflect the module's current weights (e.g. LightGCN's propagated tables)."""
-    bar = rec._epoch_bar(epochs, desc)
-    beat = Heartbeat(enabled=rec.progress is not False and not sys.stdout.isatty())
+    from tapestry.training import data_parallel
+
+    lead = data_parallel.is_lead()
+    bar = rec._epoch_bar(epochs, desc) if lead else range(epochs)
+    beat = Heartbeat(enabled=lead and rec.progress is not False and not sys.stdout.isatty())
     rec.best_epoch_, rec.valid_history_ = epochs, []
     start = len(rec.loss_history_)
     best, best_state, waited, metric_name = float("-inf"), None, 0, ""
@@ -58,13 +63,17 @@ def run_epochs(rec, module: torch.nn.Module, epochs: int, desc: str, run_epoch: 
         f", valid {metric_name} {rec.valid_history_[-1]:.4f} (best {best:.4f} at epoch {rec.best_epoch_})"
         if rec.valid_history_ else "")
     running = lambda: f"[{desc}] epoch {done() + 1}/{epochs} running; " + status().split("] ", 1)[1]  # noqa: E731
+    rec.epoch_seconds_ = []                      # training time per epoch, validation excluded (benchmarks)
     for epoch in bar:
+        t0 = time.perf_counter()
         rec.loss_history_.append(run_epoch(lambda: beat(running)))
-        bar.set_postfix(loss=f"{rec.loss_history_[-1]:.4f}")
+        rec.epoch_seconds_.append(round(time.perf_counter() - t0, 4))
+        if lead:
+            bar.set_postfix(loss=f"{rec.loss_history_[-1]:.4f}")
         if patience > 0 and (epoch + 1) % eval_every == 0:
-            if refresh is not None:
+            if refresh is not None and lead:
                 refresh()
-            measured = validation_metric(rec, data)
+            measured = data_parallel.from_lead(validation_metric(rec, data) if lead else None)
             module.train()
             if measured is not None:
                 metric_name, value = measured

@@ -11,6 +11,7 @@ Output `<root>/<tenant>/models/vNNNN/` (written atomically via new_version):
     rerank.npz          FeatureReranker.save (weights + feature tables)
     config.json         dataclasses.asdict(TrainConfig) + "resolved": every model's full hyper-parameters
     metrics.json        {model: {"valid", "test", "slices": {cold_items, cold_users}, "fit_seconds", "loss_history",
+                        "processes" (data-parallel fits, `distributed` > 1),
                         "best_epoch", "valid_history" (models that stop early on validation)}}
     etl_version.txt     the ETL version directory trained on
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 from tapestry.artifacts import atomic_write_json, atomic_write_text, latest_version, new_version
 from tapestry.config import TrainConfig, validate_tenant
 from tapestry.graph.hetero import build_hetero_graph
-from tapestry.training import registry
+from tapestry.training import data_parallel, registry
 from tapestry.training.base import Recommender
 from tapestry.training.data import InteractionData
 from tapestry.training.evaluate import evaluate, evaluate_slices, is_multi_target
@@ -63,10 +64,16 @@ def _check_config(cfg: TrainConfig) -> None:
     for name in cfg.params:
         if name not in cfg.models:
             raise ValueError(f"params given for {name!r}, which is not in models {list(cfg.models)}")
-    if cfg.distributed > 1 and not any(hasattr(registry.get(m).recommender_class(), "processes")
-                                       for m in cfg.models):
-        raise ValueError(f"distributed={cfg.distributed} trains the sharded ranker: add 'dlrm' to models "
-                         f"{list(cfg.models)}")
+    if cfg.distributed > 1:
+        kinds = {m: registry.get(m).recommender_class().parallelism for m in cfg.models}
+        single = [m for m, k in kinds.items() if k == "single"]
+        if single:
+            raise ValueError(f"distributed={cfg.distributed}: {single} train in one process only (data-parallel: "
+                             "lightgcn, sasrec*, two_tower*, bert4rec, comirec*, srgnn*; sharded: dlrm); drop them "
+                             "from models or train with distributed=1")
+        if not any(k in ("data", "model") for k in kinds.values()):
+            raise ValueError(f"distributed={cfg.distributed}: nothing in models {list(cfg.models)} trains across "
+                             "processes (e.g. lightgcn, sasrec, two_tower data-parallel; the dlrm ranker sharded)")
     if cfg.serve == "auto":
         if not _auto_candidates(cfg):
             raise ValueError(f"serve='auto' chooses among the line-up's retrievers, and models {list(cfg.models)} "
@@ -154,7 +161,10 @@ def run_train(tenant: str, root: Path | None = None, cfg: TrainConfig | None = N
             model.processes = cfg.distributed     # models with shardable tables train under torchrun
         model.bind(models)
         with Stage(log, f"fit {name}") as s:
-            model.fit(data, graph)
+            if cfg.distributed > 1 and model.parallelism == "data":
+                data_parallel.fit(model, data, graph, cfg.distributed)   # DDP under torchrun; state comes back
+            else:
+                model.fit(data, graph)
             s.detail = f"final loss {model.loss_history_[-1]:.4f}" if model.loss_history_ else ""
             if getattr(model, "valid_history_", None):
                 s.detail += f", kept epoch {model.best_epoch_} of {len(model.loss_history_)} (validation)"
@@ -162,6 +172,8 @@ def run_train(tenant: str, root: Path | None = None, cfg: TrainConfig | None = N
             metrics[name] = _evaluate_model(model, data, k)
             e.detail = f"valid {_fmt(metrics[name]['valid'])} | test {_fmt(metrics[name]['test'])}"
         metrics[name]["fit_seconds"] = round(s.seconds, 2)
+        if getattr(model, "processes_", 1) > 1:
+            metrics[name]["processes"] = model.processes_       # trained data-parallel on this many processes
         metrics[name]["loss_history"] = [round(float(x), 6) for x in model.loss_history_]   # the report's curves
         if hasattr(model, "best_epoch_"):      # early stopping: the epoch kept and the validation curve
             metrics[name]["best_epoch"] = int(model.best_epoch_)

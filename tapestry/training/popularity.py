@@ -9,6 +9,7 @@ from tapestry.training.base import Recommender
 
 class PopularityRecommender(Recommender):
     """Scores every user alike by the number of training interactions per item."""
+    parallelism = "closed_form"     # counts: nothing to distribute (fitted once with --distributed N)
 
     def __init__(self, device: str = "auto", progress: bool | None = None):
         super().__init__(device=device, progress=progress)

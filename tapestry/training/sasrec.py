@@ -77,6 +77,7 @@ def sampled_softmax(h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
 
 class SASRecRecommender(SequentialRecommender):
     Config = SASRecConfig
+    parallelism = "data"            # shuffled_epoch: DDP under --distributed N
 
     def __init__(self, config: SASRecConfig | None = None, *, item_init: torch.Tensor | None = None,
                  side: torch.Tensor | None = None, **kwargs):

@@ -51,6 +51,7 @@ class SRGNNConfig:
 
 class SRGNNRecommender(SequentialRecommender):
     Config = SRGNNConfig
+    parallelism = "data"            # shuffled_epoch: DDP under --distributed N
 
     def __init__(self, config: SRGNNConfig | None = None, **kwargs):
         super().__init__(config, **kwargs)

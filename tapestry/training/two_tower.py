@@ -26,7 +26,9 @@ import torch.nn.functional as F
 
 from tapestry.models.retrieval.two_tower import TwoTower
 from tapestry.inference.padding import left_pad
+from tapestry.training import data_parallel
 from tapestry.training.base import Recommender, seeded, shuffled_epoch
+from tapestry.training.data_parallel import gather_batch
 from tapestry.training.loop import run_epochs
 from tapestry.training.examples import PrefixExamples  # noqa: F401 - re-exported (tests, distill)
 
@@ -98,18 +100,24 @@ def in_batch_softmax_loss(model: TwoTower, users: torch.Tensor, targets: torch.T
     """In-batch sampled softmax: row i's positive is targets[i], the other rows' targets are its negatives.
 
     users [B, D] (user-tower vectors), targets [B] item indices; log_q [num_items] or None (no correction).
+    Data-parallel (tapestry.training.data_parallel), the rows are this process's share and the negatives are the
+    targets of the WHOLE global batch (gathered, gradients flowing back to their rank): the same loss as one process.
     """
-    logits = model.logits(users, model.item_vectors(targets))                         # [B, B]
+    items, offset = gather_batch(model.item_vectors(targets))                         # [G, D], G = global batch
+    every, _ = gather_batch(targets)
+    logits = model.logits(users, items)                                               # [B, G]
     if log_q is not None:
-        logits = logits - log_q[targets].unsqueeze(0)
-    same = targets.unsqueeze(0) == targets.unsqueeze(1)
-    same.fill_diagonal_(False)
+        logits = logits - log_q[every].unsqueeze(0)
+    own = torch.arange(len(targets), device=logits.device) + offset                   # each row's positive column
+    same = every.unsqueeze(0) == targets.unsqueeze(1)
+    same[torch.arange(len(targets), device=logits.device), own] = False
     logits = logits.masked_fill(same, -torch.inf)
-    return F.cross_entropy(logits, torch.arange(len(targets), device=logits.device))
+    return F.cross_entropy(logits, own)
 
 
 class TwoTowerRecommender(Recommender):
     Config = TwoTowerConfig
+    parallelism = "data"            # shuffled_epoch: DDP; in-batch negatives gathered over the global batch
 
     def __init__(self, config: TwoTowerConfig | None = None, **kwargs):
         super().__init__(config, **kwargs)
@@ -146,10 +154,10 @@ class TwoTowerRecommender(Recommender):
         """One pass over the examples in random order; returns the mean batch loss."""
         def batch_loss(rows):
             seqs, targets, users = (t.to(self.device) for t in examples.batch(rows))
-            if len(targets) < 2:
-                return None                   # a lone example has no in-batch negatives
+            if len(targets) < 2 and not data_parallel.active():
+                return None                   # a lone example has no in-batch negatives (data-parallel: >= 2 global)
             hard = in_batch_softmax_loss(model, model.encode(seqs, self._attrs_of(users)), targets, log_q)
-            return self._step_loss(model, hard), 1
+            return self._step_loss(model, hard), 1, len(targets)   # weight 1 per step; a mean over the rows
 
         return shuffled_epoch(model, opt, len(examples), self.cfg.batch_size, batch_loss, beat)
 

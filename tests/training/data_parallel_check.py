@@ -1,0 +1,94 @@
+"""Run by test_data_parallel.py as `torchrun --nproc_per_node 2 data_parallel_check.py ETL_DIR OUT_PT`.
+
+Every rank fits each model family of `FAMILIES` data-parallel (the real trainers, through the shared minibatch loop
+inside a gloo process group); rank 0 writes each fitted module's state dict and loss history. The test fits the same
+configurations in one process and compares: one torchrun start for all families keeps the test to seconds.
+"""
+import sys
+
+import torch
+
+# One place for the configurations: the test imports this module for the single-process reference.
+# Dropout and BERT4Rec's random masking are off: with them on, each process draws its own masks, so the steps are
+# alike in distribution, not bit for bit (tapestry.training.data_parallel). Batch sizes give several steps per
+# epoch, a last global batch of uneven shares, and shares with different numbers of predicted positions.
+_SEQ = dict(hidden_dim=8, max_len=10, epochs=1, patience=0, seed=3)
+FAMILIES = {
+    "sasrec": ("sasrec", dict(_SEQ, num_blocks=1, num_heads=1, dropout=0.0, batch_size=61, loss="softmax")),
+    "sasrec_sampled": ("sasrec", dict(_SEQ, num_blocks=1, num_heads=1, dropout=0.0, batch_size=61, loss="sampled",
+                                      num_negatives=16)),
+    "bert4rec": ("bert4rec", dict(_SEQ, num_blocks=1, num_heads=1, dropout=0.0, mask_prob=0.0, batch_size=61)),
+    "comirec": ("comirec", dict(_SEQ, num_interests=2, attn_dim=8, dropout=0.0, positions_per_user=4,
+                                batch_size=301)),
+    "srgnn": ("srgnn", dict(_SEQ, max_prefixes_per_user=4, batch_size=301)),
+    "two_tower": ("two_tower", dict(embedding_dim=8, hidden_dim=16, max_len=10, dropout=0.0, epochs=1, patience=0,
+                                    batch_size=301, max_examples_per_user=4, seed=3)),
+    "lightgcn_bpr": ("lightgcn", dict(embedding_dim=8, num_layers=1, epochs=1, patience=0, batch_size=1001,
+                                      loss="bpr", seed=3)),
+    "lightgcn_softmax": ("lightgcn", dict(embedding_dim=8, num_layers=1, epochs=1, patience=0, batch_size=1001,
+                                          loss="softmax", num_negatives=32, seed=3)),
+}
+
+
+class _SGD(torch.optim.SGD):
+    """Stands in for Adam / AdamW (same call): the strict comparison steps with plain SGD, because Adam divides by
+    the gradient's root mean square and so turns rounding noise (~1e-9) on parameters whose exact gradient is zero
+    (the attention's key bias: a softmax is blind to a shift shared by a row) into moves of a sizeable share of lr.
+    The same caveat as the DLRM's equality test (tapestry.training.distributed)."""
+
+    def __init__(self, params, lr, betas=None, weight_decay=0.0, **_):
+        super().__init__(params, lr=lr, weight_decay=weight_decay)
+
+
+SGD_LR = 0.5     # large enough that one step moves the tiny models by ~1e-2 and more
+
+
+def fit_family(name: str, data, optimizer: str = "adam"):
+    """Fit one family: (the module it trained, its weights before training, the recommender)."""
+    import importlib
+
+    from tapestry.training import registry
+
+    entry, params = FAMILIES[name]
+    if optimizer == "sgd":
+        params = dict(params, lr=SGD_LR)
+    rec = registry.build(entry, params, device="cpu", progress=False)
+    trainer = importlib.import_module(type(rec).__module__)
+    real_loop, real_adam, real_adamw, captured = trainer.run_epochs, torch.optim.Adam, torch.optim.AdamW, {}
+
+    def spy(rec_, module, *args, **kwargs):          # the module the epoch loop trains, and its starting weights
+        captured["module"], captured["init"] = module, {k: v.clone() for k, v in module.state_dict().items()}
+        return real_loop(rec_, module, *args, **kwargs)
+
+    trainer.run_epochs = spy
+    if optimizer == "sgd":
+        torch.optim.Adam = torch.optim.AdamW = _SGD
+    try:
+        rec.fit(data)
+    finally:
+        trainer.run_epochs, torch.optim.Adam, torch.optim.AdamW = real_loop, real_adam, real_adamw
+    return captured["module"], captured["init"], rec
+
+
+def main(etl_dir: str, out_path: str) -> None:
+    from tapestry.training import data_parallel
+    from tapestry.training import distributed as D
+    from tapestry.training.data import InteractionData
+
+    torch.set_num_threads(1)
+    D.init_process_group(cuda=False)           # a CPU test (gloo), whatever the machine has
+    assert data_parallel.active()
+    data = InteractionData.load(etl_dir)
+    out = {}
+    for optimizer in ("sgd", "adam"):
+        for name in FAMILIES:
+            module, _, rec = fit_family(name, data, optimizer)
+            out[optimizer, name] = {"state": {k: v.detach().clone() for k, v in module.state_dict().items()},
+                                    "loss": list(rec.loss_history_)}
+    if data_parallel.is_lead():
+        torch.save(out, out_path)
+    D.shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
