@@ -66,11 +66,7 @@ def _check_config(cfg: TrainConfig) -> None:
             raise ValueError(f"params given for {name!r}, which is not in models {list(cfg.models)}")
     if cfg.distributed > 1:
         kinds = {m: registry.get(m).recommender_class().parallelism for m in cfg.models}
-        single = [m for m, k in kinds.items() if k == "single"]
-        if single:
-            raise ValueError(f"distributed={cfg.distributed}: {single} train in one process only (data-parallel: "
-                             "lightgcn, sasrec*, two_tower*, bert4rec, comirec*, srgnn*; sharded: dlrm); drop them "
-                             "from models or train with distributed=1")
+        # Models without a multi-process path (sage, hgt, fusion) fit in this process, said in the log.
         if not any(k in ("data", "model") for k in kinds.values()):
             raise ValueError(f"distributed={cfg.distributed}: nothing in models {list(cfg.models)} trains across "
                              "processes (e.g. lightgcn, sasrec, two_tower data-parallel; the dlrm ranker sharded)")
@@ -164,6 +160,8 @@ def run_train(tenant: str, root: Path | None = None, cfg: TrainConfig | None = N
             if cfg.distributed > 1 and model.parallelism == "data":
                 data_parallel.fit(model, data, graph, cfg.distributed)   # DDP under torchrun; state comes back
             else:
+                if cfg.distributed > 1 and model.parallelism == "single":
+                    log(f"[train] {name}: no multi-process path, fits in one process")
                 model.fit(data, graph)
             s.detail = f"final loss {model.loss_history_[-1]:.4f}" if model.loss_history_ else ""
             if getattr(model, "valid_history_", None):

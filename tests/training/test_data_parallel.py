@@ -106,8 +106,8 @@ def test_tapestry_train_distributed_end_to_end(etl):
 
 
 def test_models_that_cannot_are_refused_clearly():
-    with pytest.raises(ValueError, match=r"\['sage'\] train in one process only"):
-        _check_config(TrainConfig(models=("popularity", "lightgcn", "sage"), serve="", distributed=2))
+    # sage has no multi-process path: it fits in one process beside the data-parallel lightgcn (said in the log)
+    _check_config(TrainConfig(models=("popularity", "lightgcn", "sage"), serve="", distributed=2))
     with pytest.raises(ValueError, match="nothing in models"):
         _check_config(TrainConfig(models=("popularity", "graph_filter"), serve="", distributed=2))
     _check_config(TrainConfig(models=("popularity", "lightgcn", "sasrec_lightgcn", "two_tower", "srgnn_shared"),
