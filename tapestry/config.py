@@ -70,6 +70,12 @@ class ETLConfig:
     max_timestamp: int = 4102444800     # 2100-01-01
     # Users with fewer events cannot give a leave-one-out split (train needs >= 1 after taking valid + test).
     min_user_events: int = 3
+    # Declared context columns of the event table (device, location, campaign, ...): kept through the ETL, each a
+    # node type of the typed graph (tapestry.graph.typed). Values follow the id policy; a column missing from the
+    # input is a SchemaError. Undeclared extra columns are ignored, as before.
+    context_columns: tuple[str, ...] = ()
+    # Optional closed vocabularies per context column: any other value is quarantined (`unknown_context_value`).
+    context_values: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass

@@ -70,8 +70,19 @@ def _age_bucket(age: pl.Expr) -> pl.Expr:
             .when(a.is_not_null()).then(pl.lit("56+")).otherwise(None))
 
 
-def movielens_1m(directory: Path, ratings: Path | None = None) -> RawTables:
-    """ML-1M from its directory; `ratings` overrides the ratings file (e.g. the partial copy, or .xz)."""
+def _event_types(events: pl.LazyFrame, like_at: int | None) -> pl.LazyFrame:
+    """Every rating is a "rating" event; with `like_at`, a rating >= like_at is a "like" and any other a "view"
+    (two behaviours for the typed graph; the weight stays the rating). An unparsable rating becomes a "view"
+    here and is quarantined by the ETL as a bad weight."""
+    if like_at is None:
+        return events.with_columns(pl.lit("rating").alias("event_type"))
+    liked = pl.col("weight").str.strip_chars().cast(pl.Float64, strict=False) >= like_at
+    return events.with_columns(pl.when(liked).then(pl.lit("like")).otherwise(pl.lit("view")).alias("event_type"))
+
+
+def movielens_1m(directory: Path, ratings: Path | None = None, like_at: int | None = None) -> RawTables:
+    """ML-1M from its directory; `ratings` overrides the ratings file (e.g. the partial copy, or .xz); `like_at`
+    (e.g. 4) splits the ratings into "like" and "view" events (see _event_types)."""
     directory = Path(directory)
     ratings = Path(ratings) if ratings else directory / "ratings.dat"
     ev, ev_bad = _split_lines(ratings, "::", ["user_id", "item_id", "weight", "timestamp"], "latin-1", "events")
@@ -84,7 +95,7 @@ def movielens_1m(directory: Path, ratings: Path | None = None) -> RawTables:
         .replace_strict(dict(enumerate(ML1M_OCCUPATIONS)), default=None, return_dtype=pl.String),
     )
     return RawTables(
-        events=ev.lazy().with_columns(pl.lit("rating").alias("event_type")),
+        events=_event_types(ev.lazy(), like_at),
         items=items.lazy(), users=users.lazy(),
         item_entity_columns=["genre"], user_entity_columns=["gender", "age_group", "occupation"],
         rejected=[ev_bad, it_bad, us_bad],

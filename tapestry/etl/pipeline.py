@@ -17,14 +17,15 @@ import polars as pl
 from tapestry.artifacts import atomic_write_json, new_version
 from tapestry.config import ETLConfig, validate_tenant
 from tapestry.etl.encode import IdEncoder
-from tapestry.etl.schema import ENTITY_VALUE_SEPARATOR, ITEM_TEXT_COLUMNS, SPLIT_COLUMN
+from tapestry.etl.schema import ENTITY_VALUE_SEPARATOR, ITEM_TEXT_COLUMNS, SPLIT_COLUMN, UNKNOWN_LINKED_USER
 from tapestry.etl.sources import ROW, RawTables
 from tapestry.etl.split import (FIXED, LEAVE_ONE_OUT, fixed_split_sorted, leave_one_out_tagged, sort_by_user,
                                  tag_positions)
-from tapestry.etl.validate import validate_entities, validate_events
+from tapestry.etl.validate import extra_event_columns, validate_entities, validate_events
 from tapestry.online.tombstones import drop_erased_events, drop_erased_users, erased_user_ids
 
 EVENT_OUT_COLUMNS = ["user_idx", "item_idx", "event_type", "timestamp", "weight", "session_id"]
+# ... followed by the optional query/dwell/price and declared context columns the input has (validate.py).
 
 
 @dataclass
@@ -33,9 +34,10 @@ class ETLResult:
     manifest: dict
 
 
-def _entity_long(table: pl.DataFrame, id_col: str, columns: list[str] | None, encoder: IdEncoder) -> pl.DataFrame:
+def _entity_long(table: pl.DataFrame, id_col: str, columns: list[str] | None, encoder: IdEncoder,
+                 exclude: tuple[str, ...] = ()) -> pl.DataFrame:
     """Wide attribute columns -> long (idx, entity_type, entity_value); `a|b` values become two rows."""
-    skip = {id_col, ROW, *ITEM_TEXT_COLUMNS}
+    skip = {id_col, ROW, *ITEM_TEXT_COLUMNS, *exclude}
     cols = columns if columns is not None else [c for c in table.columns if c not in skip]
     cols = [c for c in cols if c in table.columns]
     empty = pl.DataFrame(schema={encoder.idx_col: pl.Int64, "entity_type": pl.String, "entity_value": pl.String})
@@ -96,15 +98,48 @@ def _height(lf: pl.LazyFrame) -> int:
 
 
 def _entities(table: pl.LazyFrame | None, id_col: str, columns: list[str] | None, encoder: IdEncoder,
-              quarantine: list[pl.LazyFrame]) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
+              quarantine: list[pl.LazyFrame], exclude: tuple[str, ...] = ()
+              ) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
     """An entity table (small: collected) -> (its valid rows, one per id; long entity rows). Bad rows go to
-    `quarantine`."""
+    `quarantine`. `exclude`: columns that are never entity types (user links)."""
     if table is None:
         return None, None
     good, bad = (f.collect() for f in validate_entities(table, id_col, f"{encoder.name}s"))
     quarantine.append(_as_strings(bad).lazy())
     good = good.unique(id_col, keep="first", maintain_order=True)
-    return good, _entity_long(good, id_col, columns, encoder)
+    return good, _entity_long(good, id_col, columns, encoder, exclude)
+
+
+USER_LINKS_SCHEMA = {"user_idx": pl.Int64, "relation": pl.String, "linked_user_idx": pl.Int64}
+
+
+def _user_links(users: pl.DataFrame | None, columns: list[str], encoder: IdEncoder,
+                quarantine: list[pl.LazyFrame], erased: frozenset[str] = frozenset()) -> pl.DataFrame:
+    """User-table columns whose values are user ids (`a|b`: two links), e.g. Last.fm friends -> long
+    (user_idx, relation = column name, linked_user_idx). A value naming no user of the events is quarantined
+    (`unknown_linked_user`, source "users", one row per value with its user row's source_row); the rows of
+    users without events are ignored, like their entity values; links to erased users are dropped, never kept."""
+    if users is None or not columns:
+        return pl.DataFrame(schema=USER_LINKS_SCHEMA)
+    missing = [c for c in columns if c not in users.columns]
+    if missing:
+        raise ValueError(f"user link column(s) {missing} are not in the user table ({users.columns})")
+    long = (users.select(ROW, "user_id", *[pl.col(c).cast(pl.String) for c in columns])
+            .unpivot(index=[ROW, "user_id"], on=columns, variable_name="relation", value_name="linked_user_id")
+            .with_columns(pl.col("linked_user_id").str.split(ENTITY_VALUE_SEPARATOR)).explode("linked_user_id")
+            .with_columns(pl.col("linked_user_id").str.strip_chars())
+            .filter(pl.col("linked_user_id").is_not_null() & (pl.col("linked_user_id") != "")
+                    & ~pl.col("linked_user_id").is_in(list(erased))))
+    long = encoder.encode(long, "user_id")
+    long = encoder.encode(long.rename({"user_idx": "_src"}), "linked_user_id").rename(
+        {"user_idx": "linked_user_idx", "_src": "user_idx"})
+    # A user-table row of a user without events is ignored, as its entity values are; its links too.
+    long = long.filter(pl.col("user_idx") > 0)
+    bad = long.filter(pl.col("linked_user_idx") == 0)
+    quarantine.append(_as_strings(bad.select(ROW, "user_id", "relation", "linked_user_id").with_columns(
+        pl.lit("users").alias("source"), pl.lit(UNKNOWN_LINKED_USER).alias("reason"))).lazy())
+    good = long.filter(pl.col("linked_user_idx") > 0)
+    return good.select(*USER_LINKS_SCHEMA).unique(maintain_order=True).cast(USER_LINKS_SCHEMA)
 
 
 def run_etl(tables: RawTables, tenant: str, root: Path | None = None, cfg: ETLConfig | None = None,
@@ -142,7 +177,10 @@ def _run(tables: RawTables, tenant: str, root: Path | None, cfg: ETLConfig, log,
 
     quarantine = [_as_strings(bad_events)] + [_as_strings(r).lazy() for r in tables.rejected if r.height]
     item_table, item_entities = _entities(tables.items, "item_id", tables.item_entity_columns, items, quarantine)
-    _, user_entities = _entities(user_table, "user_id", tables.user_entity_columns, users, quarantine)
+    link_cols = list(tables.user_link_columns or [])
+    user_good, user_entities = _entities(user_table, "user_id", tables.user_entity_columns, users, quarantine,
+                                         tuple(link_cols))
+    links = _user_links(user_good, link_cols, users, quarantine, erased) if link_cols else None
     if item_table is None:
         item_table = pl.DataFrame({"item_id": []}, schema={"item_id": pl.String})
     title_col = next((c for c in ("title", "name") if c in item_table.columns), None)
@@ -159,7 +197,7 @@ def _run(tables: RawTables, tenant: str, root: Path | None, cfg: ETLConfig, log,
 
     with new_version(tenant, "etl", root) as v:
         out = v.tmp
-        cols = EVENT_OUT_COLUMNS
+        cols = EVENT_OUT_COLUMNS + extra_event_columns(good.collect_schema().names(), cfg)
         # Streamed from the sorted scratch file straight into the version directory.
         pl.collect_all([encoded.select(cols).sink_parquet(out / "events.parquet", lazy=True),
                         *[splits[name].select(cols).sink_parquet(out / f"{name}.parquet", lazy=True)
@@ -174,13 +212,16 @@ def _run(tables: RawTables, tenant: str, root: Path | None, cfg: ETLConfig, log,
          ).write_parquet(out / "item_entities.parquet")
         (user_entities if user_entities is not None else pl.DataFrame(schema={"user_idx": pl.Int64, **empty_ent})
          ).write_parquet(out / "user_entities.parquet")
+        if links is not None:      # only for tables that declare link columns: other artifacts are unchanged
+            links.write_parquet(out / "user_links.parquet")
         manifest = {
             "tenant": tenant,
             "sources": tables.sources,
             "split": split_kind,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "config": {"event_types": list(cfg.event_types), "min_timestamp": cfg.min_timestamp,
-                       "max_timestamp": cfg.max_timestamp, "min_user_events": cfg.min_user_events},
+                       "max_timestamp": cfg.max_timestamp, "min_user_events": cfg.min_user_events,
+                       "context_columns": list(cfg.context_columns)},
             "counts": {
                 "input_rows": input_rows,
                 "valid_rows": n_good,
@@ -198,6 +239,7 @@ def _run(tables: RawTables, tenant: str, root: Path | None, cfg: ETLConfig, log,
             },
             "num_users": len(users),
             "num_items": len(items),
+            **({"user_links": {"columns": link_cols, "rows": links.height}} if links is not None else {}),
             "catalog_items_without_events": int(item_table.filter(
                 ~pl.col("item_id").is_in(items.mapping["item_id"].implode())).height),
         }

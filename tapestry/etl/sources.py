@@ -29,6 +29,9 @@ class RawTables:
     # Item-table columns to turn into entity nodes (None: every non-text column); user-table likewise.
     item_entity_columns: list[str] | None = None
     user_entity_columns: list[str] | None = None
+    # User-table columns whose values are other users' ids (`a|b`: two), e.g. friends: written as user_links.parquet
+    # (relation = column name) and never entity types. None: no links.
+    user_link_columns: list[str] | None = None
     rejected: list[pl.DataFrame] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
     # Holds the scratch copies (decompressed or re-encoded inputs) that the lazy frames scan: removed with it.
@@ -161,8 +164,11 @@ def require_columns(lf: pl.LazyFrame, required: tuple[str, ...], what: str) -> N
 
 
 def generic_tables(events: Path, items: Path | None = None, users: Path | None = None,
-                   encoding: str = "utf-8", check_events: bool = True) -> RawTables:
+                   encoding: str = "utf-8", check_events: bool = True,
+                   user_link_columns: list[str] | None = None) -> RawTables:
     """The generic layout: an event table plus optional item and user entity tables (text in `encoding`).
+
+    `user_link_columns`: user-table columns whose values are user ids (e.g. `friends`, `a|b`): user links.
 
     check_events=False skips the extra parse that proves a CSV event table parses (see rawfiles.scan_csv): for
     run_etl, which validates every column in one pass and falls back to `reread_events` itself if it does not.
@@ -192,4 +198,4 @@ def generic_tables(events: Path, items: Path | None = None, users: Path | None =
     if users:
         sources["users"] = str(users)
     return RawTables(events=ev, items=it, users=us, rejected=rejected, sources=sources, scratch=tmp,
-                     reread_events=reread)
+                     reread_events=reread, user_link_columns=user_link_columns)

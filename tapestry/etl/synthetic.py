@@ -100,7 +100,9 @@ def _bad_event(reason: str, template: list[str]) -> list[str | None]:
 
 
 # bad_split is left out: it exists only for inputs with a `split` column, and these tables use leave-one-out.
-EVENT_LEVEL_REASONS = [r for r in S.REASONS if r not in (S.MALFORMED_LINE, S.MISSING_ENTITY_ID, S.BAD_SPLIT)]
+# So are the reasons of the optional query/dwell/price/context columns and user links, which these tables lack.
+EVENT_LEVEL_REASONS = [r for r in S.REASONS
+                       if r not in (S.MALFORMED_LINE, S.MISSING_ENTITY_ID, S.BAD_SPLIT, *S.OPTIONAL_COLUMN_REASONS)]
 EVENT_FIELDS = ["user_id", "item_id", "event_type", "timestamp", "weight", "session_id"]
 
 

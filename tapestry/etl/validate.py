@@ -51,14 +51,64 @@ def _parse_timestamp(lf: pl.LazyFrame, text: pl.Expr, out: str) -> pl.LazyFrame:
 _HELPERS = ("_user", "_item", "_session", "_etype", "_tstr", "_ts", "_w", "_w32", "_has_w")
 
 
+def extra_event_columns(names: list[str], cfg: ETLConfig) -> list[str]:
+    """The optional columns (schema.py: query, dwell, price) and declared context columns this input carries, in
+    the order the valid rows hold them. A declared context column the input lacks, or one named like a column of
+    the event schema or a node type of the typed graph, is a SchemaError: nothing is written."""
+    reserved = {*S.EVENT_COLUMNS, *S.OPTIONAL_EVENT_COLUMNS, *S.RESERVED_NODE_TYPES, ROW, "reason", "source"}
+    for c in cfg.context_columns:
+        if c in reserved or not c.isidentifier() or "__" in c:
+            raise S.SchemaError(f"context column {c!r} cannot be declared: it must be an identifier without `__` "
+                                f"and none of {sorted(reserved)}")
+        if c not in names:
+            raise S.SchemaError(f"declared context column {c!r} is missing from the event table; it has {names}")
+    unknown = sorted(set(cfg.context_values) - set(cfg.context_columns))
+    if unknown:
+        raise S.SchemaError(f"context_values given for undeclared context column(s) {unknown}")
+    optional = [c for c in (S.QUERY_COLUMN, *S.EDGE_VALUE_COLUMNS) if c in names]
+    return optional + list(dict.fromkeys(cfg.context_columns))
+
+
+def _extra_columns(cfg: ETLConfig, extras: list[str]) -> tuple[dict, list, dict]:
+    """(helper columns, (condition, reason) pairs in check order, typed output expressions) of the optional
+    columns: each helper is computed once per row, as for the required columns."""
+    helpers, checks, out = {}, [], {}
+    for c in extras:
+        h = f"_x_{c}"
+        text = pl.col(c).str.strip_chars()
+        if c in S.EDGE_VALUE_COLUMNS:
+            helpers[h] = text.cast(pl.Float64, strict=False)
+            given, num = (text != "").fill_null(False), pl.col(h)
+            bad = given & (num.is_null() | ~num.cast(pl.Float32).is_finite() | (num < 0))
+            checks.append((bad, S.BAD_DWELL if c == "dwell" else S.BAD_PRICE))
+            out[c] = num.cast(pl.Float32)
+            continue
+        helpers[h] = pl.when(text != "").then(text)                         # blank -> null: no query / no value
+        value = pl.col(h)
+        if c == S.QUERY_COLUMN:
+            checks.append((value.is_not_null() & (value.str.contains(S.BAD_TEXT_PATTERN)
+                                                  | (value.str.len_chars() > S.MAX_QUERY_LENGTH)), S.BAD_QUERY))
+        else:
+            checks.append((value.is_not_null() & _bad_stripped_id(value), S.BAD_CONTEXT_VALUE))
+            if c in cfg.context_values:
+                allowed = [str(v) for v in cfg.context_values[c]]
+                checks.append((value.is_not_null() & ~value.is_in(allowed), S.UNKNOWN_CONTEXT_VALUE))
+        out[c] = value
+    return helpers, checks, out
+
+
 def validate_events(events: pl.LazyFrame, cfg: ETLConfig) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """Split all-string events into (valid typed rows, quarantined raw rows with `reason`).
 
     Valid columns: user_id, item_id (stripped strings), event_type, timestamp (i64 s), weight (f32, default 1),
-    session_id (str or null), source_row, and `split` (lower-cased) when the input has that column.
+    session_id (str or null), source_row, and `split` (lower-cased) when the input has that column; then, when the
+    input has them, `query` (stripped text or null), `dwell`, `price` (f32 or null) and the declared context
+    columns (stripped text or null; see extra_event_columns).
     good + quarantined == input, always.
     """
     names = events.collect_schema().names()
+    extras = extra_event_columns(names, cfg)
+    x_helpers, x_checks, x_out = _extra_columns(cfg, extras)
     if "weight" not in names:
         events = events.with_columns(pl.lit(None, dtype=pl.String).alias("weight"))
     if "session_id" not in names:
@@ -76,6 +126,7 @@ def validate_events(events: pl.LazyFrame, cfg: ETLConfig) -> tuple[pl.LazyFrame,
         strip["timestamp"].alias("_tstr"),
         strip["weight"].cast(pl.Float64, strict=False).alias("_w"),
         (strip["weight"] != "").fill_null(False).alias("_has_w"),
+        **x_helpers,
     ).with_columns(pl.col("_w").cast(pl.Float32).alias("_w32"))
     events = _parse_timestamp(events, pl.col("_tstr"), "_ts")
     user, item, session, etype, ts, w32, has_w = (pl.col(c) for c in ("_user", "_item", "_session", "_etype", "_ts",
@@ -98,13 +149,16 @@ def validate_events(events: pl.LazyFrame, cfg: ETLConfig) -> tuple[pl.LazyFrame,
     )
     if has_split:
         reason = reason.when(split.is_null() | ~split.is_in(list(S.SPLIT_VALUES))).then(pl.lit(S.BAD_SPLIT))
+    for bad, why in x_checks:
+        reason = reason.when(bad).then(pl.lit(why))
     tagged = events.with_columns(reason.otherwise(None).alias("reason"))
-    quarantined = (tagged.filter(pl.col("reason").is_not_null()).drop(_HELPERS)
+    quarantined = (tagged.filter(pl.col("reason").is_not_null()).drop(*_HELPERS, *x_helpers)
                    .with_columns(pl.lit("events").alias("source")))
     good = tagged.filter(pl.col("reason").is_null()).select(
         user.alias("user_id"), item.alias("item_id"), etype.alias("event_type"), ts.alias("timestamp"),
         w32.fill_null(1.0).alias("weight"), session.alias("session_id"), pl.col(ROW),
         *([split.alias(S.SPLIT_COLUMN)] if has_split else []),
+        *[expr.alias(c) for c, expr in x_out.items()],
     )
     return good, quarantined
 

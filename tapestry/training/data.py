@@ -19,6 +19,11 @@ class InteractionData:
     items: pl.DataFrame       # item_idx, item_id, title
     item_entities: pl.DataFrame
     user_entities: pl.DataFrame
+    # Issue 19 (read by the typed graph only): user-user links (user_idx, relation, linked_user_idx), e.g. friends,
+    # when the tenant declares link columns; and the event table's declared context columns (train/valid/test hold
+    # them, with the optional query/dwell/price columns, when the input had them).
+    user_links: pl.DataFrame | None = None
+    context_columns: tuple[str, ...] = ()
 
     @classmethod
     def load(cls, etl_dir: Path) -> "InteractionData":
@@ -27,8 +32,10 @@ class InteractionData:
 
         manifest = json.loads((etl_dir / "manifest.json").read_text())
         read = lambda name: pl.read_parquet(etl_dir / f"{name}.parquet")  # noqa: E731
+        links = read("user_links") if (etl_dir / "user_links.parquet").exists() else None
         return cls(etl_dir, manifest["num_users"], manifest["num_items"], read("train"), read("valid"),
-                   read("test"), read("items"), read("item_entities"), read("user_entities"))
+                   read("test"), read("items"), read("item_entities"), read("user_entities"), links,
+                   tuple(manifest.get("config", {}).get("context_columns", ())))
 
     def sequences(self, splits: tuple[str, ...] = ("train",)) -> list[np.ndarray]:
         """Per user_idx (list index), the item indices of the given splits in time order."""

@@ -24,6 +24,14 @@ Inference: one pass producing the final user and item vectors, full-graph when t
 Scoring: <user vector, item vector>. Users the training graph has no interaction for (new users, index 0, out of
 range) are scored from the mean vector of their history items; with no history either, scores are flat
 (zeros: serve popularity). Edge `weight`s (ratings) are not used: every training interaction is a positive.
+
+The typed graph (issue 19, tapestry.graph.typed; opt-in with `graph="typed"`): HGT's attention is per relation
+and per node type, so it reads any set of edge types as it comes: one relation per behaviour, sessions, queries,
+context values, mediated event nodes, user links. The positives are then the training events of `target_events`
+(all by default), whatever relations carry them; each positive's own edges are removed from its step's subgraph
+in every user<->item relation (paths through a session, query or event node are not removed). Session and event
+nodes are embedded by their `category` (no id of theirs is seen twice). The default (`graph="given"`) trains on
+the graph it is handed, as before.
 """
 from __future__ import annotations
 
@@ -35,7 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch_geometric.data import HeteroData
 
-from tapestry.graph.hetero import INTERACTS, REV_INTERACTS, build_hetero_graph
+from tapestry.graph.hetero import INTERACTS
+from tapestry.graph.typed import GRAPH_KINDS, behaviour_types, graph_for, supervision_pairs
 from tapestry.models.graph.hgt import HGT
 from tapestry.training.base import Recommender, seeded
 
@@ -62,6 +71,10 @@ class HGTConfig:
     full_graph_max_edges: int = 2_000_000     # inference over the whole graph at once up to this many edges
     sampler: str = "pyg"                 # "pyg"; "cugraph" (cugraph_pyg, CUDA); "auto" = cugraph when importable
                                          # on CUDA. Not the default: the cugraph path has never run here.
+    graph: str = "given"                 # tapestry.graph.typed.GRAPH_KINDS: "given" (the graph fit is handed, by
+                                         # default build_hetero_graph), "typed", "typed_mediated", "interactions",
+                                         # "none" (no edges: the ablation's baseline)
+    target_events: tuple[str, ...] = ()  # event types whose training events are positives (empty: all)
     seed: int = 0
 
 
@@ -116,8 +129,10 @@ def _cugraph_link_loader(lean: HeteroData, num_neighbors: dict, **kwargs):
     return LinkNeighborLoader((TensorDictFeatureStore(), graph_store), num_neighbors, **kwargs)
 
 
-def train_loader(graph: HeteroData, cfg: HGTConfig, device: torch.device = torch.device("cpu")):
-    """The loader `fit` trains with: training edges as seeds, triplet negatives, fan-out on every edge type.
+def train_loader(graph: HeteroData, cfg: HGTConfig, device: torch.device = torch.device("cpu"),
+                 positives: torch.Tensor | None = None):
+    """The loader `fit` trains with: training edges as seeds (`positives` [2, E], default the graph's
+    `interacts` edges), triplet negatives, fan-out on every edge type.
 
     Shuffling uses its own generator seeded from `cfg.seed`; neighbour and negative sampling draw from torch's
     global RNG (num_workers=0), which `fit` seeds: the same seed gives the same batches.
@@ -128,7 +143,8 @@ def train_loader(graph: HeteroData, cfg: HGTConfig, device: torch.device = torch
     weight = torch.ones(int(lean["item"].num_nodes))
     weight[0] = 0.0                    # never the padding / OOV row as a negative
     num_neighbors = {et: list(cfg.num_neighbors) for et in lean.edge_types}
-    kwargs = dict(edge_label_index=(INTERACTS, lean[INTERACTS].edge_index), batch_size=cfg.batch_size,
+    positives = lean[INTERACTS].edge_index if positives is None else positives
+    kwargs = dict(edge_label_index=(INTERACTS, positives), batch_size=cfg.batch_size,
                   neg_sampling=NegativeSampling("triplet", amount=cfg.num_negatives, dst_weight=weight),
                   shuffle=True, generator=torch.Generator().manual_seed(cfg.seed))
     if _use_cugraph(cfg.sampler, device):
@@ -141,17 +157,19 @@ def train_loader(graph: HeteroData, cfg: HGTConfig, device: torch.device = torch
 
 
 def target_edge_masks(batch: HeteroData, num_items: int) -> dict:
-    """Per interaction edge type, True for the batch's edges that are NOT a seed (user, positive item) pair.
+    """Per user<->item edge type (`interacts` and its reverse; every behaviour of a typed graph), True for the
+    batch's edges that are NOT a seed (user, positive item) pair.
 
     Matched on global ids (n_id), so it does not depend on how a loader numbers the subgraph's nodes.
     """
     users, items = batch["user"].n_id, batch["item"].n_id
     targets = users[batch["user"].src_index] * num_items + items[batch["item"].dst_pos_index]
     masks = {}
-    for et, (u_row, i_row) in ((INTERACTS, (0, 1)), (REV_INTERACTS, (1, 0))):
-        if et in batch.edge_types:
-            ei = batch[et].edge_index
-            masks[et] = ~torch.isin(users[ei[u_row]] * num_items + items[ei[i_row]], targets)
+    pairs = [(et, (0, 1) if et[0] == "user" else (1, 0)) for et in batch.edge_types
+             if {et[0], et[2]} == {"user", "item"} and "edge_index" in batch[et]]
+    for et, (u_row, i_row) in pairs:
+        ei = batch[et].edge_index
+        masks[et] = ~torch.isin(users[ei[u_row]] * num_items + items[ei[i_row]], targets)
     return masks
 
 
@@ -164,6 +182,8 @@ def subgraph_inputs(batch: HeteroData, ages: dict, device: torch.device, keep: d
     n_id = {nt: batch[nt].n_id.to(device) for nt in batch.node_types}
     edges, sub_ages = {}, {}
     for et in batch.edge_types:
+        if "edge_index" not in batch[et]:      # the positives' label type, when the graph has no such relation
+            continue
         ei, mask = batch[et].edge_index, keep.get(et)
         edges[et] = (ei if mask is None else ei[:, mask]).to(device)
         if et in ages:
@@ -215,7 +235,10 @@ class HGTRecommender(Recommender):
                              f"(num_layers={self.cfg.num_layers})")
         if self.cfg.loss not in ("softmax", "sampled"):
             raise ValueError(f"loss must be 'softmax' or 'sampled', got {self.cfg.loss!r}")
+        if self.cfg.graph not in GRAPH_KINDS:
+            raise ValueError(f"graph must be one of {GRAPH_KINDS}, got {self.cfg.graph!r}")
         self.cfg.num_neighbors = tuple(self.cfg.num_neighbors)   # a saved file round-trips it as a list
+        self.cfg.target_events = tuple(self.cfg.target_events)
         self.num_users: int | None = None
         self._user_emb: torch.Tensor | None = None
         self._item_emb: torch.Tensor | None = None
@@ -223,14 +246,21 @@ class HGTRecommender(Recommender):
 
     def fit(self, data, graph=None) -> "HGTRecommender":
         cfg = self.cfg
-        graph = graph if graph is not None else build_hetero_graph(data)
+        graph = graph_for(data, cfg.graph, graph)
         self.num_users, self.num_items = int(graph["user"].num_nodes), int(graph["item"].num_nodes)
         ages = edge_ages(graph)[0] if cfg.time_buckets > 0 else {}
+        # The default graph's positives are its interacts edges, exactly as before; otherwise the training events.
+        positives = (graph[INTERACTS].edge_index if cfg.graph == "given" and not cfg.target_events
+                     and INTERACTS in graph.edge_types else supervision_pairs(data, tuple(cfg.target_events)))
+        # Per-occurrence node types (sessions, mediated events) are embedded by category, not by id.
+        categories = {nt: graph[nt].category for nt in graph.node_types if "category" in graph[nt]}
+        sizes = {nt: int(graph[nt].num_categories) if nt in categories else int(graph[nt].num_nodes)
+                 for nt in graph.node_types}
         with seeded(self.device, cfg.seed):
-            module = HGT({nt: int(graph[nt].num_nodes) for nt in graph.node_types}, graph.metadata(),
-                         cfg.hidden_dim, cfg.heads, cfg.num_layers, cfg.out_dim, cfg.time_buckets).to(self.device)
+            module = HGT(sizes, graph.metadata(), cfg.hidden_dim, cfg.heads, cfg.num_layers, cfg.out_dim,
+                         cfg.time_buckets, categories=categories or None).to(self.device)
             opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-            loader = train_loader(graph, cfg, self.device)
+            loader = train_loader(graph, cfg, self.device, positives)
             bar = self._epoch_bar(cfg.epochs, "hgt")
             for _ in bar:
                 self.loss_history_.append(self._train_epoch(module, opt, loader, ages))
@@ -240,7 +270,9 @@ class HGTRecommender(Recommender):
         self._user_emb, self._item_emb = vecs["user"].detach().clone(), vecs["item"].detach().clone()
         self._item_emb[0] = 0.0     # padding / OOV row: untrained, defined as zero (as LightGCN's)
         known = torch.zeros(self.num_users, dtype=torch.bool)
-        known[graph[INTERACTS].edge_index[0]] = True
+        for et in behaviour_types(graph):
+            known[graph[et].edge_index[0]] = True
+        known[positives[0]] = True
         known[0] = False
         self._known = known.to(self.device)
         # Users without a training interaction are scored from their history (see score), never from this row,

@@ -126,6 +126,16 @@ register(ModelSpec("hgt", "tapestry.training.hgt:HGTRecommender",
                    "Heterogeneous Graph Transformer (typed attention + relative temporal encoding), sampled subgraphs",
                    quick=dict(hidden_dim=16, out_dim=16, epochs=1, num_neighbors=(5, 3)),
                    role="item_encoder"))
+register(ModelSpec("rsage", "tapestry.training.rsage:RSAGERecommender",
+                   "relational GraphSAGE over the typed graph (a relation per behaviour, sessions, queries, context, "
+                   "user links; per-relation weights), sampled subgraphs",
+                   quick=dict(_Q_GRAPH, num_neighbors=(5,), batch_size=4096),
+                   role="item_encoder"))
+register(ModelSpec("hgt_typed", "tapestry.training.hgt:HGTRecommender",
+                   "HGT over the typed graph (a relation per behaviour, sessions, queries, context, user links)",
+                   params=dict(graph="typed"),
+                   quick=dict(hidden_dim=16, out_dim=16, epochs=1, num_neighbors=(5, 3)),
+                   role="item_encoder"))
 register(ModelSpec("sasrec_sage", "tapestry.training.sasrec:SASRecRecommender",
                    "SASRec + GraphSAGE item vectors (inductive, from entity features), frozen and fused",
                    params=dict(graph_from="sage", fusion="add"), quick=_Q_SEQ,

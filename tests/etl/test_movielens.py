@@ -262,3 +262,15 @@ def test_ml1m_users_file_with_a_bad_line_is_quarantined_as_entity(tmp_path, smal
     m = json.loads((res.path / "manifest.json").read_text())
     assert m["counts"]["quarantined_entity_rows"] == 2
     assert m["counts"]["quarantined_rows"] == 3  # events only: unchanged by entity problems
+
+
+@needs_1m
+def test_ml1m_like_at_splits_ratings_into_like_and_view(tmp_path):
+    """issue 19: rating >= 4 is a `like`, anything lower a `view`; the rating stays the weight."""
+    path = tmp_path / "ratings.dat"
+    path.write_bytes(b"1::1193::5::978300760\n1::661::3::978302109\n1::914::4::978301968\n2::1193::1::978300761\n")
+    assert movielens_1m(ML1M, ratings=path).events.collect()["event_type"].unique().to_list() == ["rating"]
+    good, bad = validate_events(movielens_1m(ML1M, ratings=path, like_at=4).events, ETLConfig())
+    good = good.collect()
+    assert good["event_type"].to_list() == ["like", "view", "like", "view"]
+    assert good["weight"].to_list() == [5.0, 3.0, 4.0, 1.0] and bad.collect().height == 0

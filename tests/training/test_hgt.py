@@ -12,7 +12,9 @@ from tapestry.graph.hetero import INTERACTS, build_hetero_graph
 from tapestry.models.graph.hgt import HGT, age_buckets
 from tapestry.training import registry
 from tapestry.training.data import InteractionData
-from tapestry.training.hgt import HGTConfig, HGTRecommender, edge_ages, embed_all, train_loader
+from tapestry.graph.typed import TypedGraphConfig, build_typed_graph, supervision_pairs
+from tapestry.training.hgt import (HGTConfig, HGTRecommender, edge_ages, embed_all, target_edge_masks,
+                                   train_loader)
 
 from .recommender_mixin import RecommenderMixin
 
@@ -48,6 +50,63 @@ class TestHGT(RecommenderMixin):
 @needs_cuda
 class TestHGTGPU(TestHGT):
     device = "cuda"
+
+
+class TestHGTTyped(RecommenderMixin):
+    """HGT over the typed graph (issue 19): view/click/purchase relations, entities, sessions by category."""
+
+    @classmethod
+    def make(cls, data, graph):
+        return HGTRecommender(**HGT_TINY, graph="typed", device=cls.device, progress=False)
+
+    def test_training_loss_goes_down(self, model):
+        assert model.loss_history_[-1] < 0.9 * model.loss_history_[0]
+
+
+@needs_cuda
+class TestHGTTypedGPU(TestHGTTyped):
+    device = "cuda"
+
+
+def test_module_reads_any_set_of_relations_and_embeds_sessions_by_category(data):
+    typed = build_typed_graph(data, TypedGraphConfig(mediated=True))
+    cats = {nt: typed[nt].category for nt in typed.node_types if "category" in typed[nt]}
+    assert set(cats) == {"session"}            # the tiny tenant has sessions, no context columns
+    sizes = {nt: int(typed[nt].num_categories) if nt in cats else int(typed[nt].num_nodes) for nt in typed.node_types}
+    torch.manual_seed(0)
+    module = HGT(sizes, typed.metadata(), hidden_dim=16, heads=2, num_layers=2, out_dim=8, categories=cats).eval()
+    assert module.embeddings["session"].num_embeddings == 1 < typed["session"].num_nodes
+    for conv in module.convs:
+        assert set(conv.p_rel) == {"__".join(et) for et in typed.edge_types}
+    out = embed_all(module, typed, edge_ages(typed)[0], torch.device("cpu"))
+    assert out["item"].shape == (data.num_items, 8) and torch.isfinite(out["item"]).all()
+    # the session relations are read: dropping them changes the items' vectors
+    lean = typed.clone()
+    for et in [et for et in typed.edge_types if "session" in (et[0], et[2])]:
+        lean[et].edge_index = lean[et].edge_index[:, :0]
+        lean[et].time = lean[et].time[:0]
+    ages = edge_ages(lean)[0]
+    assert not torch.allclose(embed_all(module, lean, ages, torch.device("cpu"))["item"], out["item"], atol=1e-6)
+
+
+def test_typed_positives_exclude_their_own_edges_in_every_behaviour(data):
+    """target_edge_masks drops a positive's (user, item) from every user<->item relation of its subgraph."""
+    typed = build_typed_graph(data)
+    cfg = HGTConfig(**dict(HGT_TINY, batch_size=64))
+    torch.manual_seed(0)
+    batch = next(iter(train_loader(typed, cfg, positives=supervision_pairs(data))))
+    masks = target_edge_masks(batch, data.num_items)
+    assert {et[1] for et in masks} == {"view", "click", "purchase", "rev_view", "rev_click", "rev_purchase"}
+    users, items = batch["user"].n_id, batch["item"].n_id
+    seeds = set(zip(users[batch["user"].src_index].tolist(), items[batch["item"].dst_pos_index].tolist()))
+    dropped = 0
+    for et, keep in masks.items():
+        ei = batch[et].edge_index
+        u, i = (ei[0], ei[1]) if et[0] == "user" else (ei[1], ei[0])
+        pairs = list(zip(users[u].tolist(), items[i].tolist()))
+        assert not seeds & {p for p, k in zip(pairs, keep.tolist()) if k}
+        dropped += int((~keep).sum())
+    assert dropped > 0
 
 
 # ---- module-level checks (untrained, seeded modules: milliseconds) -----------------------------------------------

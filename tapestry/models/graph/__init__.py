@@ -1,1 +1,1 @@
-"""Graph encoders: LightGCN (transductive), GraphSAGE/PinSage (inductive), HGT (typed, temporal)."""
+"""Graph encoders: LightGCN (transductive), GraphSAGE/PinSage (inductive), relational GraphSAGE and HGT (typed)."""
