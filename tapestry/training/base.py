@@ -77,6 +77,26 @@ def shuffled_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, num_examp
     return total / max(weight, 1)
 
 
+def user_queries(user_emb: torch.Tensor, item_emb: torch.Tensor, known: torch.Tensor, user_idx: np.ndarray,
+                 histories: list[np.ndarray]) -> torch.Tensor:
+    """[B, D] query vectors of a graph model that learned a vector per user (HGT, relational SAGE): a known user's
+    own vector; a cold one (unknown, out of range, or without training interactions) gets the mean of its history's
+    item vectors (out-of-vocabulary items dropped); an empty history keeps the zero vector: flat scores, the
+    caller serves popularity then."""
+    num_users, num_items, device = user_emb.shape[0], item_emb.shape[0], user_emb.device
+    u = torch.as_tensor(np.array(user_idx, dtype=np.int64), device=device)
+    in_range = (u > 0) & (u < num_users)
+    safe = torch.where(in_range, u, torch.zeros_like(u))
+    known = in_range & known[safe]
+    query = user_emb[safe].clone()
+    for row in torch.nonzero(~known).flatten().tolist():
+        h = np.asarray(histories[row], dtype=np.int64)
+        h = h[(h > 0) & (h < num_items)]
+        if h.size:
+            query[row] = item_emb[torch.as_tensor(h, device=device)].mean(0)
+    return query
+
+
 def plain(x):
     """JSON-like copy (floats, ints, strings, lists, dicts) of a report, for a weights_only-loadable file."""
     if isinstance(x, dict):

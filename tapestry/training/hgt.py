@@ -46,7 +46,7 @@ from torch_geometric.data import HeteroData
 from tapestry.graph.hetero import INTERACTS
 from tapestry.graph.typed import GRAPH_KINDS, behaviour_types, graph_for, supervision_pairs
 from tapestry.models.graph.hgt import HGT
-from tapestry.training.base import Recommender, seeded
+from tapestry.training.base import Recommender, seeded, user_queries
 
 
 
@@ -314,19 +314,8 @@ class HGTRecommender(Recommender):
         return self._item_emb
 
     def score(self, user_idx: np.ndarray, histories: list[np.ndarray]) -> torch.Tensor:
-        u = torch.as_tensor(np.array(user_idx, dtype=np.int64), device=self.device)
-        in_range = (u > 0) & (u < self.num_users)
-        safe = torch.where(in_range, u, torch.zeros_like(u))
-        known = in_range & self._known[safe]
-        users = self._user_emb[safe].clone()
-        for row in torch.nonzero(~known).flatten().tolist():
-            # Cold start: the mean of the history's item vectors (out-of-vocabulary items dropped); an empty
-            # history leaves the zero vector, i.e. flat scores (serve popularity then).
-            h = np.asarray(histories[row], dtype=np.int64)
-            h = h[(h > 0) & (h < self.num_items)]
-            if h.size:
-                users[row] = self._item_emb[torch.as_tensor(h, device=self.device)].mean(0)
-        return self._mask_padding(users @ self._item_emb.T)
+        query = user_queries(self._user_emb, self._item_emb, self._known, user_idx, histories)
+        return self._mask_padding(query @ self._item_emb.T)
 
     def _get_state(self):
         return {"num_users": self.num_users, "num_items": self.num_items, "user_emb": self._user_emb.cpu(),

@@ -31,7 +31,7 @@ from torch_geometric.data import HeteroData
 from tapestry.graph.hetero import INTERACTS
 from tapestry.graph.typed import GRAPH_KINDS, behaviour_types, graph_for, supervision_pairs
 from tapestry.models.graph.rsage import RelationalSAGE
-from tapestry.training.base import Recommender, seeded
+from tapestry.training.base import Recommender, seeded, user_queries
 from tapestry.training.hgt import lean_graph, subgraph_inputs, target_edge_masks
 from tapestry.training.losses import sampled_softmax_loss
 
@@ -168,17 +168,7 @@ class RSAGERecommender(Recommender):
         return self._item_emb
 
     def score(self, user_idx: np.ndarray, histories: list[np.ndarray]) -> torch.Tensor:
-        u = torch.as_tensor(np.array(user_idx, dtype=np.int64), device=self.device)
-        in_range = (u > 0) & (u < self.num_users)
-        safe = torch.where(in_range, u, torch.zeros_like(u))
-        known = in_range & self._known_users[safe]
-        query = self._user_emb[safe].clone()
-        for row in torch.nonzero(~known).flatten().tolist():
-            # Cold start: the mean of the history's item vectors; an empty history keeps zeros (flat scores).
-            h = np.asarray(histories[row], dtype=np.int64)
-            h = h[(h > 0) & (h < self.num_items)]
-            if h.size:
-                query[row] = self._item_emb[torch.as_tensor(h, device=self.device)].mean(0)
+        query = user_queries(self._user_emb, self._item_emb, self._known_users, user_idx, histories)
         return self._mask_padding(query @ self._item_emb.T)
 
     def _get_state(self):
