@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from tapestry.artifacts import latest_version, tenant_dir
+from tapestry.cli_experiment import add_experiment_command
 from tapestry.cli_keys import add_keys_command
 from tapestry.config import validate_tenant
 
@@ -267,3 +268,4 @@ def add_serving_commands(sub, add) -> None:
     ldr = add("load-store", cmd_load_store, "load the latest export into the Redis online store (atomic switch)")
     ldr.add_argument("--redis", help=redis_help)
     add_keys_command(add)
+    add_experiment_command(add)

@@ -12,7 +12,7 @@ from tritonclient.utils import InferenceServerException
 
 from tapestry.serving.auth import API_KEY_ENV, KEY_HEADER
 
-OUTPUTS = ("ITEM_IDS", "SCORES", "TITLES", "STRATEGY", "IGNORED_ITEMS")
+OUTPUTS = ("ITEM_IDS", "SCORES", "TITLES", "STRATEGY", "IGNORED_ITEMS", "ARM")   # ARM: during an A/B experiment
 ENSEMBLE = "recommend"
 
 
@@ -30,6 +30,7 @@ class RecommendationResult:
     titles: list[str] = field(default_factory=list)
     strategy: str = ""        # personalized | session | popularity
     ignored_items: int = 0    # RECENT_ITEM_IDS the served catalogue does not know (skipped, not an error)
+    arm: str = ""             # the A/B experiment's arm that answered ("": no experiment runs)
 
 
 class RecommendError(Exception):
@@ -110,6 +111,19 @@ class RecommendClient:
         id the store does not know, e.g. an anonymous session id, they are the whole history)."""
         if int(k) < 1:
             raise ValueError(f"k must be >= 1, not {k}")
+        try:
+            return self._recommend(tenant, user_id, k, exclude_item_ids, recent_item_ids)
+        except RecommendError as e:
+            # The served outputs changed since they were read (an A/B experiment started or stopped: ARM comes and
+            # goes): read them again and ask once more.
+            if not (e.invalid_argument and "output" in e.message and self._outputs is not None):
+                raise
+            before, self._outputs = self._outputs, None
+            if self._served_outputs() == before:
+                raise
+            return self._recommend(tenant, user_id, k, exclude_item_ids, recent_item_ids)
+
+    def _recommend(self, tenant, user_id, k, exclude_item_ids, recent_item_ids) -> RecommendationResult:
         exclude = [str(i).encode("utf-8") for i in exclude_item_ids] or [b""]
         names = self._served_outputs()     # first: it also says whether the model is batched
         inputs = [
@@ -135,12 +149,14 @@ class RecommendClient:
             raise RecommendError(f"{type(e).__name__}: {e}", status=None, protocol=self.protocol) from e
         strategy = res.as_numpy("STRATEGY").reshape(-1)
         ignored = res.as_numpy("IGNORED_ITEMS") if "IGNORED_ITEMS" in names else None
+        arm = res.as_numpy("ARM").reshape(-1) if "ARM" in names else None
         return RecommendationResult(
             item_ids=[_to_str(x) for x in res.as_numpy("ITEM_IDS").reshape(-1)],
             scores=[float(x) for x in res.as_numpy("SCORES").reshape(-1)],
             titles=[_to_str(x) for x in res.as_numpy("TITLES").reshape(-1)],
             strategy=_to_str(strategy[0]) if strategy.size else "",
             ignored_items=int(ignored.reshape(-1)[0]) if ignored is not None and ignored.size else 0,
+            arm=_to_str(arm[0]) if arm is not None and arm.size else "",
         )
 
     def _served_outputs(self) -> tuple[str, ...]:

@@ -174,6 +174,12 @@ def _require(root: Path | None, tenant: str) -> tuple[dict, dict]:
     return server, server["tenants"][tenant]
 
 
+def _no_experiment(tenant: str, info: dict, what: str) -> None:
+    if info.get("experiment"):
+        raise SwapError(f"tenant {tenant} runs A/B experiment {info['experiment']['id']}: `tapestry experiment stop "
+                        f"--tenant {tenant}` before you {what}")
+
+
 # --- swaps ------------------------------------------------------------------------------------------------------
 
 def _switch(server: dict, tenant: str, old: dict | None, new: Path, log=print) -> list[str]:
@@ -213,6 +219,7 @@ def swap(tenant: str, root: Path | None = None, version: str | None = None, log=
     """Serve ``version`` (default: the latest export) of ``tenant`` in the running multi-tenant server."""
     with locked(root):
         server, info = _require(root, tenant)
+        _no_experiment(tenant, info, "swap")
         new = export_path(tenant, root, version)
         if new.name == info["export_version"]:
             # Served, but is it loaded and answering? (a model unloaded or a stage process killed behind our back)
@@ -236,6 +243,7 @@ def rollback(tenant: str, root: Path | None = None, log=print) -> dict:
     """Serve again the export ``tenant`` served before its last swap."""
     with locked(root):
         server, info = _require(root, tenant)
+        _no_experiment(tenant, info, "roll back")
         if not info["history"]:
             raise SwapError(f"tenant {tenant}: nothing to roll back to ({info['export_version']} is the first "
                             "export this server served for it)")
@@ -269,9 +277,12 @@ def remove_tenant(tenant: str, root: Path | None = None, log=print) -> list[str]
         del server["tenants"][tenant]
         forget_tenant(root, tenant, server)
         if server["tenants"]:
-            names = [model_name(tenant, ENSEMBLE)] + info["stage_models"]
+            arms = info.get("arm_ensembles", [])   # an experiment's (tapestry.serving.experiment)
+            names = [model_name(tenant, ENSEMBLE)] + arms + info["stage_models"]
             ModelControl.of(server).unload(names[:1])   # the ensemble first: no new request reaches
-            ModelControl.of(server).unload(names[1:])   # the stages, in-flight ones finish
+            if arms:
+                ModelControl.of(server).unload(arms)
+            ModelControl.of(server).unload(info["stage_models"])   # the stages, in-flight ones finish
             remove_models(Path(server["model_repository"]), names)
             save_state(root, server)
             log(f"[stop] tenant {tenant} unloaded; still served: {', '.join(sorted(server['tenants']))}")

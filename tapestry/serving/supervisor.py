@@ -126,14 +126,18 @@ def probe(server: dict, tenant: str, timeout: float = PROBE_TIMEOUT_S) -> str:
 
 
 def _expected(tenant: str, info: dict) -> tuple[str, list[str]]:
-    """(the tenant's ensemble, its stage models): `<t>__recommend` on a multi-tenant server, `recommend` alone."""
-    return info.get("model_name") or model_name(tenant, ENSEMBLE), list(info.get("stage_models", []))
+    """(the tenant's ensemble, the models it calls): `<t>__recommend` on a multi-tenant server, `recommend` alone;
+    its stage models, and while an A/B experiment runs every arm's stage models, the router and the arm ensembles
+    (tapestry.serving.experiment)."""
+    return (info.get("model_name") or model_name(tenant, ENSEMBLE),
+            list(info.get("stage_models", [])) + list(info.get("arm_ensembles", [])))
 
 
 def structural_fault(tenant: str, info: dict, ready: set[str], stubs: dict[str, list[int]]) -> Fault | None:
     """A stage whose process died, or a model of the tenant that is not loaded; None if neither."""
     ensemble, stages = _expected(tenant, info)
-    dead = [m for m in stages if m in ready and not stubs.get(m)]
+    python = set(info.get("stage_models", []))   # an arm ensemble has no process of its own
+    dead = [m for m in stages if m in python and m in ready and not stubs.get(m)]
     if dead:
         return Fault("process_died", dead, f"the process of {', '.join(dead)} is gone (killed or crashed)")
     missing = [m for m in stages if m not in ready]
