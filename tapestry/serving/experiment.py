@@ -22,6 +22,7 @@ State: the tenant's entry in server.json gets `experiment` (id, arms, split, exp
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -192,6 +193,7 @@ def start(tenant: str, arms: list[tuple[str, str | None, float]], root: Path | N
         except Exception as e:
             control.quietly("unload_model", new)
             remove_models(repo, new)
+            shutil.rmtree(folder, ignore_errors=True)   # nothing was served: the id can be used again
             raise SwapError(f"tenant {tenant}: experiment {experiment} failed to load, {info['export_version']} still "
                             f"served: {error_text(e)}") from e
         t1 = time.perf_counter()
@@ -203,6 +205,7 @@ def start(tenant: str, arms: list[tuple[str, str | None, float]], root: Path | N
             control.quietly("load_model", [ensemble])
             control.quietly("unload_model", new)
             remove_models(repo, new)
+            shutil.rmtree(folder, ignore_errors=True)
             raise SwapError(f"tenant {tenant}: the experiment's ensemble failed to load, {info['export_version']} "
                             f"still served: {error_text(e)}") from e
         used = {m for names in stages.values() for m in names}
