@@ -52,6 +52,8 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=500, help="timed requests per reranker")
     p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--k", type=int, default=10)
+    p.add_argument("--retriever", help="whose candidates and rankers to time (default: the run's served model); "
+                                       "the feature reranker (rerank.npz) is timed on the same candidates")
     p.add_argument("--output", type=Path)
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -59,7 +61,7 @@ def main() -> None:
     model_dir = latest_version(args.tenant, "models", args.root)
     cfg = json.loads((model_dir / "config.json").read_text())
     data = InteractionData.load(Path((model_dir / "etl_version.txt").read_text().strip()))
-    served = cfg["serve"]
+    served = args.retriever or cfg["serve"]
     models: dict[str, Recommender] = {}
     for name in cfg["models"]:
         models[name] = Recommender.load(model_dir / registry.get(name).filename, device="cpu")
