@@ -30,7 +30,7 @@ from tapestry.artifacts import atomic_write_json, atomic_write_text, tenant_dir
 from tapestry.serving.ab import EXPOSURES, Split, experiments_dir
 from tapestry.serving.model_control import (ModelControl, _require, error_text, locked, save_state, tenant_info)
 from tapestry.serving.tenant_repository import (ENSEMBLE, SEPARATOR, SwapError, _precompile, _write_config,
-                                                export_path, exported_models, model_name, remove_models, stage_name,
+                                                export_path, exported_models, model_name, remove_models,
                                                 write_ensemble, write_stages)
 
 ROUTER = "router"
@@ -60,13 +60,7 @@ def new_experiment_id() -> str:
 
 def write_arm_ensemble(repo: Path, tenant: str, arm: str, export: Path) -> str:
     """The export's ensemble as `<t>__recommend__<arm>`, its steps naming the export's stage models."""
-    ensemble, _ = exported_models(export)
-    ensemble.name = arm_ensemble(tenant, arm)
-    for step in ensemble.ensemble_scheduling.step:
-        step.model_name = stage_name(tenant, step.model_name, export)
-    (repo / ensemble.name / "1").mkdir(parents=True, exist_ok=True)
-    _write_config(repo / ensemble.name / "config.pbtxt", ensemble, f"tenant {tenant}: arm {arm} serves {export}")
-    return ensemble.name
+    return write_ensemble(repo, tenant, export, name=arm_ensemble(tenant, arm), role=f"arm {arm} serves")
 
 
 def _arm_output(config) -> None:

@@ -117,14 +117,15 @@ def _precompile(model_py: Path) -> None:
     py_compile.compile(str(model_py), cfile=importlib.util.cache_from_source(str(model_py)), doraise=True)
 
 
-def write_ensemble(repo: Path, tenant: str, export: Path) -> str:
-    """The tenant's ensemble (stable name <tenant>__recommend), its steps naming ``export``'s stage models."""
+def write_ensemble(repo: Path, tenant: str, export: Path, name: str | None = None, role: str = "serves") -> str:
+    """The tenant's ensemble (stable name <tenant>__recommend, or ``name``: an A/B arm's), its steps naming
+    ``export``'s stage models."""
     ensemble, _ = exported_models(export)
-    ensemble.name = model_name(tenant, ENSEMBLE)
+    ensemble.name = name or model_name(tenant, ENSEMBLE)
     for step in ensemble.ensemble_scheduling.step:
         step.model_name = stage_name(tenant, step.model_name, export)
     (repo / ensemble.name / "1").mkdir(parents=True, exist_ok=True)
-    _write_config(repo / ensemble.name / "config.pbtxt", ensemble, f"tenant {tenant}: serves {export}")
+    _write_config(repo / ensemble.name / "config.pbtxt", ensemble, f"tenant {tenant}: {role} {export}")
     return ensemble.name
 
 
