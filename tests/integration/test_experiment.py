@@ -1,7 +1,6 @@
 """A/B experiment in a real Triton server: two exports of one tenant as arms 50/50 (tapestry.serving.experiment).
 Requests over HTTP and gRPC name their arm, each user's answer equals that arm's in-process pipeline, the exposure
 log and the server's log name the arm, and starting and stopping the experiment under load fails no request."""
-import threading
 
 import polars as pl
 import pytest
@@ -14,11 +13,13 @@ from tapestry.serving import ab
 from tapestry.serving import experiment as ex
 from tapestry.serving import model_control as mc
 from tapestry.serving import multi_tenant as mt
-from tapestry.serving.client import RecommendClient, RecommendError, ensemble_name
+from tapestry.serving.client import RecommendClient, ensemble_name
 from tapestry.serving.pipeline import RecommendPipeline
 from tapestry.serving.supervisor import stub_processes, structural_fault
 from tapestry.serving.tenant_repository import SwapError
 from tapestry.training.pipeline import run_train
+
+from . import load
 
 pytestmark = pytest.mark.integration
 
@@ -28,46 +29,8 @@ AFTER = 20
 STAGES = ("feature_lookup", "user_encoder", "retrieval", "filter", "rerank")
 
 
-class Load:
-    """One client per protocol, each in its own thread, sending requests in a loop; results recorded with the phase
-    current when the request was SENT."""
-
-    def __init__(self, server, users):
-        self.users, self.phase, self.results, self.errors = users, "before", [], []
-        self._stop, self._cond, self._done = threading.Event(), threading.Condition(), {}
-        self.threads = [threading.Thread(target=self._run, args=(p, u), daemon=True)
-                        for p, u in (("http", server.http_url), ("grpc", server.grpc_url))]
-
-    def _run(self, protocol, url):
-        with RecommendClient(url, protocol=protocol, model_name=ensemble_name(TENANT, multi_tenant=True)) as client:
-            i = 0
-            while not self._stop.is_set():
-                user, phase = self.users[i % len(self.users)], self.phase
-                try:
-                    self.results.append((phase, protocol, user, client.recommend(TENANT, user, k=10)))
-                except RecommendError as e:
-                    self.errors.append((phase, protocol, user, str(e)))
-                i += 1
-                with self._cond:
-                    self._done[protocol] = i
-                    self._cond.notify_all()
-
-    def wait(self, n):
-        with self._cond:
-            start = dict(self._done)
-            assert self._cond.wait_for(lambda: all(self._done.get(p, 0) >= start.get(p, 0) + n
-                                                   for p in ("http", "grpc")), timeout=180)
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        self.wait(5)
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        for t in self.threads:
-            t.join(timeout=30)
+def Load(server, users):   # noqa: N802 - the shared helper with this test's records
+    return load.Load(server, TENANT, users, lambda *entry: entry, first=5, timeout=180)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Hot swap and rollback in a real Triton server (explicit model control), under load, loopback only: no request
 fails, and every answer comes from one export end to end (tapestry.serving.model_control)."""
 import shutil
-import threading
 
 import polars as pl
 import pytest
@@ -13,10 +12,11 @@ from tapestry.etl.synthetic import synthetic_tables
 from tapestry.serving import model_control as mc
 from tapestry.serving import multi_tenant as mt
 from tapestry.serving import status as st
-from tapestry.serving.client import RecommendClient, RecommendError, ensemble_name
 from tapestry.serving.pipeline import RecommendPipeline
 from tapestry.serving.tenant_repository import SwapError
 from tapestry.training.pipeline import run_train
+
+from . import load
 
 pytestmark = pytest.mark.integration
 
@@ -25,46 +25,9 @@ QUIET = {"log": lambda *a, **k: None}
 AFTER = 30   # requests each client sends after a swap returns, before the test moves on
 
 
-class Load:
-    """Clients (one thread per protocol) sending requests in a loop. Each result is recorded with the phase that was
-    current when the request was SENT; `wait(n)` returns once every client has finished n more requests."""
-
-    def __init__(self, server, users: list[str]):
-        self.users, self.phase, self.results, self.errors = users, "before", [], []
-        self._stop, self._cond, self._done = threading.Event(), threading.Condition(), {}
-        self.threads = [threading.Thread(target=self._run, args=(p, u), daemon=True)
-                        for p, u in (("http", server.http_url), ("grpc", server.grpc_url))]
-
-    def _run(self, protocol: str, url: str) -> None:
-        with RecommendClient(url, protocol=protocol, model_name=ensemble_name(TENANT, multi_tenant=True)) as client:
-            i = 0
-            while not self._stop.is_set():
-                user, phase = self.users[i % len(self.users)], self.phase
-                try:
-                    self.results.append((phase, user, client.recommend(TENANT, user, k=10).item_ids))
-                except RecommendError as e:
-                    self.errors.append((phase, user, str(e)))
-                i += 1
-                with self._cond:
-                    self._done[protocol] = i
-                    self._cond.notify_all()
-
-    def wait(self, n: int) -> None:
-        with self._cond:
-            start = dict(self._done)
-            assert self._cond.wait_for(lambda: all(self._done.get(p, 0) >= start.get(p, 0) + n
-                                                   for p in ("http", "grpc")), timeout=120)
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        self.wait(10)
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        for t in self.threads:
-            t.join(timeout=30)
+def Load(server, users):   # noqa: N802 - the shared helper with this test's records
+    """(phase, user, item ids) per answer; (phase, user, error text) per failed request."""
+    return load.Load(server, TENANT, users, lambda phase, _, user, r: (phase, user, getattr(r, "item_ids", r)))
 
 
 @pytest.fixture(scope="module")
