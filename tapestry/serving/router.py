@@ -19,6 +19,7 @@ import numpy as np
 
 from tapestry.serving.ab import ExposureLog, Split
 from tapestry.serving.batching import pad_stack
+from tapestry.serving.metrics import registry_for_triton
 
 ARM = "ARM"
 
@@ -51,6 +52,7 @@ class TritonPythonModel:
         self.batched = int(cfg.get("max_batch_size", 0)) > 0
         self.inputs = [i["name"] for i in cfg["input"]]
         self.outputs = [o["name"] for o in cfg["output"] if o["name"] != ARM]
+        self.metrics = registry_for_triton(pb)   # arm counts on the metrics port (tapestry.serving.metrics)
 
     def execute(self, requests):
         responses = []
@@ -93,6 +95,7 @@ class TritonPythonModel:
             per_row[ARM].append(np.array([arm.encode("utf-8")], dtype=np.object_))
             items = [_text(x) for x in np.asarray(out["ITEM_IDS"]).reshape(-1) if _text(x)]
             self.exposures.write(self.split.experiment, arm, user, items)
+            self.metrics.add("tapestry_arm_requests_total", (self.tenant, self.split.experiment, arm), 1)
             pb.Logger.log_info(f"[experiment {self.split.experiment}] tenant={self.tenant} user={user} arm={arm} "
                                f"items={len(items)}")
         result = {n: (pad_stack(v) if self.batched else v[0]) for n, v in per_row.items()}

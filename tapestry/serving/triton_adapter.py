@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from tapestry.serving.auth import KeyGuard, KeyRefused
 from tapestry.serving.batching import request_error, split_rows, stack_rows
+from tapestry.serving.metrics import StageMetrics, registry_for_triton
 from tapestry.serving.stage import RequestError, Stage, Unavailable, export_manifest
 
 STAGE_ERROR = "{stage} failed: {kind}: {msg}"
@@ -58,6 +60,8 @@ def triton_model(stage_cls: type[Stage]):
             self.guard = KeyGuard.for_stage(export_manifest(artifact_dir)["tenant"], artifact_dir)
             self.batched = int(cfg.get("max_batch_size", 0)) > 0   # tensors carry a leading batch dimension
             self.out_dtypes = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in cfg["output"]}
+            # Per-tenant Prometheus series on Triton's metrics port (tapestry.serving.metrics).
+            self.metrics = StageMetrics(self.stage.name, self.stage.tenant, registry_for_triton(pb_utils))
 
         def execute(self, requests):
             # Every queued request's rows go to the stage in one call (tapestry.serving.batching); a request whose
@@ -84,10 +88,12 @@ def triton_model(stage_cls: type[Stage]):
                     request_rows = []
                 spans.append((len(rows), len(request_rows)))
                 rows.extend(request_rows)
+            started = time.perf_counter()
             try:
                 results = self.stage.batch(rows) if rows else []
             except Exception as e:  # noqa: BLE001 - a bug in a vectorised batch: every request of it reports it
                 results = [e] * len(rows)
+            self.metrics.record(results, time.perf_counter() - started, refused=len(errors))
             responses = []
             for r, (first, count) in enumerate(spans):
                 err = errors.get(r) or request_error(results, first, count)
