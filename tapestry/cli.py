@@ -9,7 +9,9 @@ from pathlib import Path
 
 from tapestry.artifacts import atomic_write_json, latest_version
 from tapestry.cli_datasets import add_datasets_command
+from tapestry.cli_global import add_global_commands
 from tapestry.cli_serving import add_serving_commands, print_recommendations, serve_child_command  # noqa: F401
+from tapestry.cli_tiers import TIER_HELP, TIERS
 from tapestry.config import ETLConfig, TrainConfig, validate_tenant
 
 DATASETS = ("ml-1m", "ml-100k")   # MovieLens: what `demo` runs on, and `etl` too
@@ -140,7 +142,7 @@ def cmd_export(args) -> None:
     from tapestry.ensembles import run_export
 
     run_export(args.tenant, args.root, max_k=args.max_k, serve=args.serve, index=args.index,
-               max_batch_size=args.max_batch_size, use_ranker=args.reranker)
+               max_batch_size=args.max_batch_size, use_ranker=args.reranker, tier=args.tier)
 
 
 def cmd_models(args) -> None:
@@ -218,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "request, and one batched stage call, may hold (0: off, one user per request)")
     x.add_argument("--reranker", default="auto", help="auto (a trained DLRM replaces the feature reranker; a fusion "
                    "reranker is served when it beats both on validation NDCG), feature, or a trained ranker's name")
+    x.add_argument("--tier", choices=TIERS, help=TIER_HELP)
     add_serving_commands(sub, add)
     rp = add("report", cmd_report, "one self-contained HTML page: data, metrics per model and slice, loss curves, "
                                    "ablation, serving latency")
@@ -231,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("models", help="list the registered models")
     ls.set_defaults(fn=cmd_models)
     add_datasets_command(sub)
+    add_global_commands(sub)
     d = add("demo", cmd_demo, "ETL -> train -> evaluate -> export -> serve -> recommend, with timings")
     d.add_argument("--dataset", choices=DATASETS)
     d.add_argument("--quick", action="store_true")
