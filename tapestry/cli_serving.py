@@ -15,6 +15,7 @@ from pathlib import Path
 from tapestry.artifacts import latest_version, tenant_dir
 from tapestry.cli_experiment import add_experiment_command
 from tapestry.cli_keys import add_keys_command
+from tapestry.cli_tiers import add_tier_command
 from tapestry.config import validate_tenant
 
 
@@ -269,3 +270,4 @@ def add_serving_commands(sub, add) -> None:
     ldr.add_argument("--redis", help=redis_help)
     add_keys_command(add)
     add_experiment_command(add)
+    add_tier_command(add)

@@ -169,14 +169,19 @@ def choose_ranker(served: str, train_cfg: dict, metrics: dict, requested: str | 
 
 def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K, num_candidates: int | None = None,
                serve: str | None = None, index="auto", max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-               log=print, use_ranker: str | None = None) -> ExportResult:
+               log=print, use_ranker: str | None = None, tier: str | None = None) -> ExportResult:
     """Export the latest trained run. `serve` overrides the run's served model (any trained sequential encoder);
     the feature reranker stays the one fitted on the run's own served model. `index`: a FAISS factory string or
     tapestry.serving.ann.IndexConfig ("auto": exact below 50k items, else IVF + SQ8 with an exact re-score).
     `max_batch_size`: Triton's dynamic batching (users per request and per batch; 0: off, one user per request,
     tensors without a batch dimension). `use_ranker`: "feature" or a trained ranker's registry name; default: the
-    rule of `choose_ranker`."""
+    rule of `choose_ranker`. `tier`: the serving tier (tapestry.serving.tiers; default: the richest this export
+    can serve)."""
     from tapestry.inference.encoders import save_encoder, interest_vectors
+    from tapestry.serving.tiers import TIERS, apply_tier, check_tier
+
+    if tier is not None and tier not in TIERS:   # before any work
+        check_tier(tier, "feature")
 
     validate_tenant(tenant)
     if not (TEMPLATES / "recommend" / "config.pbtxt").exists():
@@ -223,6 +228,7 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
         num_candidates = num_candidates or trained.cfg.num_candidates   # the list length it was trained on
 
     num_candidates = num_candidates or train_cfg.get("rerank", {}).get("num_candidates", 100)
+    tier = check_tier(tier, ranker_kind)   # `full` without a DLRM / fusion reranker: refused before writing
 
     with new_version(tenant, "export", root) as v:
         art = v.tmp / "artifacts"
@@ -264,11 +270,13 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
             "reranker": ranker_kind,
             "ranker_model": ranker_name,
             "reranker_choice": choice,
+            "tier": tier,
         })
         shutil.copytree(TEMPLATES, v.tmp / "model_repository",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         if max_batch_size != DEFAULT_MAX_BATCH_SIZE:   # the templates are written for the default
             set_max_batch_size(v.tmp / "model_repository", max_batch_size)
+        apply_tier(v.tmp / "model_repository", tier, ranker_kind)
     log(f"[export] tenant={tenant} {v.path.name}: {data.num_items - 1:,} items in FAISS (dim {item_emb.shape[1]}), "
         f"{data.num_users - 1:,} users in the feature store ({time.perf_counter() - t0:.1f}s) -> {v.path}")
     return ExportResult(v.path)

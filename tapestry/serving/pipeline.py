@@ -14,7 +14,8 @@ from tapestry.serving.feature_lookup import FeatureLookup
 from tapestry.serving.filtering import CandidateFilter
 from tapestry.serving.rerank import Rerank
 from tapestry.serving.retrieval import Retrieval
-from tapestry.serving.stage import Stage, as_str, bytes_array
+from tapestry.serving.stage import Stage, as_str, bytes_array, export_manifest
+from tapestry.serving.tiers import rank_stage_class
 from tapestry.serving.user_encoder import UserEncoder
 
 STAGE_ORDER = (FeatureLookup, UserEncoder, Retrieval, CandidateFilter, Rerank)
@@ -40,8 +41,10 @@ class RecommendPipeline:
         self.stages = stages
 
     @classmethod
-    def from_artifacts(cls, artifact_dir: Path) -> "RecommendPipeline":
-        return cls([stage.from_artifacts(Path(artifact_dir)) for stage in STAGE_ORDER])
+    def from_artifacts(cls, artifact_dir: Path, tier: str | None = None) -> "RecommendPipeline":
+        """The export's stages; its serving tier's rank stage in the rerank step (``tier``: another tier's)."""
+        rank = rank_stage_class(export_manifest(Path(artifact_dir)), tier)
+        return cls([(rank if stage is Rerank else stage).from_artifacts(Path(artifact_dir)) for stage in STAGE_ORDER])
 
     def run(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         env = dict(tensors)

@@ -41,8 +41,13 @@ class Rerank(Stage):
         for idx, iid, title in items.select("item_idx", "item_id", "title").iter_rows():
             ids[idx], titles[idx] = iid, title or ""
         m = export_manifest(artifact_dir)
-        reranker = load_reranker(m.get("reranker", "feature"), artifact_dir)
+        reranker = cls.reranker_for(m, artifact_dir)
         return cls(m["tenant"], reranker, ids, titles, m["max_k"], m["max_len"])
+
+    @classmethod
+    def reranker_for(cls, manifest: dict, artifact_dir: Path) -> Reranker:
+        """The manifest's reranker; a serving tier's rank stage serves another (tapestry.serving.tiers)."""
+        return load_reranker(manifest.get("reranker", "feature"), artifact_dir)
 
     def __call__(self, t: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return one_row(self.batch([t]))
