@@ -193,3 +193,10 @@ register(ModelSpec("graph_filter", "tapestry.training.graph_filter:GraphFilterRe
                    "closed-form graph filter (GF-CF / BSPM / ChebyCF family): normalised item-item filter + ideal "
                    "low-pass from a truncated SVD, training-free", quick=dict(num_factors=32),
                    role="candidate_source"))
+
+# ---- issue 19: item content (text, categories, numbers) as graph item features; cold catalogue items --------------
+register(ModelSpec("lightgcn_content", "tapestry.training.lightgcn_content:LightGCNContentRecommender",
+                   "LightGCN whose item vectors add a content encoder (hashed text n-grams + categories + numbers, or a "
+                   "local sentence-transformers checkpoint): catalogue items without events get vectors too",
+                   quick=dict(_Q_GRAPH, num_layers=1, text_buckets=4096, category_buckets=1024),
+                   role="item_encoder"))
