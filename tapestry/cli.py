@@ -142,7 +142,8 @@ def cmd_export(args) -> None:
     from tapestry.ensembles import run_export
 
     run_export(args.tenant, args.root, max_k=args.max_k, serve=args.serve, index=args.index,
-               max_batch_size=args.max_batch_size, use_ranker=args.reranker, tier=args.tier)
+               max_batch_size=args.max_batch_size, use_ranker=args.reranker, tier=args.tier,
+               rules=args.rules)
 
 
 def cmd_models(args) -> None:
@@ -221,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--reranker", default="auto", help="auto (a trained DLRM replaces the feature reranker; a fusion "
                    "reranker is served when it beats both on validation NDCG), feature, or a trained ranker's name")
     x.add_argument("--tier", choices=TIERS, help=TIER_HELP)
+    x.add_argument("--rules", type=Path, help="the tenant's business rules, a JSON file (max_per, mmr_weight, "
+                   "blocked_item_ids, fresh_boost, fresh_days; README 'Business rules'): checked and stored in the "
+                   "export as artifacts/rules.json; none: the reranker's top K unchanged")
     add_serving_commands(sub, add)
     rp = add("report", cmd_report, "one self-contained HTML page: data, metrics per model and slice, loss curves, "
                                    "ablation, serving latency")

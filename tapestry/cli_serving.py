@@ -139,8 +139,9 @@ def print_recommendations(result, user: str, protocol: str, recent=None) -> None
     extra = f", {len(recent)} recent events" if recent else ""
     extra += f", {result.ignored_items} unknown recent items ignored" if result.ignored_items else ""
     print(f"top {len(result.item_ids)} for user {user} ({result.strategy}{extra}, via Triton {protocol}):")
-    for rank, (iid, title, score) in enumerate(zip(result.item_ids, result.titles, result.scores), 1):
-        print(f"  {rank:>2}. {iid:>8}  {score:8.3f}  {title}")
+    reasons = result.reason_texts() if getattr(result, "reasons", None) else [""] * len(result.item_ids)
+    for rank, (iid, title, score, why) in enumerate(zip(result.item_ids, result.titles, result.scores, reasons), 1):
+        print(f"  {rank:>2}. {iid:>8}  {score:8.3f}  {title}" + (f"\n{'':>24}({why})" if why else ""))
 
 
 def cmd_recommend(args) -> None:

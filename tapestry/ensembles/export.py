@@ -169,14 +169,16 @@ def choose_ranker(served: str, train_cfg: dict, metrics: dict, requested: str | 
 
 def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K, num_candidates: int | None = None,
                serve: str | None = None, index="auto", max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-               log=print, use_ranker: str | None = None, tier: str | None = None) -> ExportResult:
+               log=print, use_ranker: str | None = None, tier: str | None = None,
+               rules=None) -> ExportResult:
     """Export the latest trained run. `serve` overrides the run's served model (any trained sequential encoder);
     the feature reranker stays the one fitted on the run's own served model. `index`: a FAISS factory string or
     tapestry.serving.ann.IndexConfig ("auto": exact below 50k items, else IVF + SQ8 with an exact re-score).
     `max_batch_size`: Triton's dynamic batching (users per request and per batch; 0: off, one user per request,
     tensors without a batch dimension). `use_ranker`: "feature" or a trained ranker's registry name; default: the
     rule of `choose_ranker`. `tier`: the serving tier (tapestry.serving.tiers; default: the richest this export
-    can serve)."""
+    can serve). `rules`: the tenant's business rules (a rules.json path or a tapestry.serving.rules.Rules),
+    checked against the items and written as artifacts/rules.json (tapestry.serving.rules)."""
     from tapestry.inference.encoders import save_encoder, interest_vectors
     from tapestry.serving.tiers import TIERS, apply_tier, check_tier
 
@@ -228,6 +230,17 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
         num_candidates = num_candidates or trained.cfg.num_candidates   # the list length it was trained on
 
     num_candidates = num_candidates or train_cfg.get("rerank", {}).get("num_candidates", 100)
+    # What explanations and rules read (tapestry.serving.item_facts); rules are checked against it before writing.
+    from tapestry.serving.item_facts import ITEM_FACTS_FILE, ItemFacts
+    from tapestry.serving.rules import RULES_FILE, RuleRanker, Rules
+
+    entities_file = etl_dir / "item_entities.parquet"
+    facts = ItemFacts.build(item_emb, pl.read_parquet(entities_file) if entities_file.exists() else None,
+                            all_events, data.num_items)
+    if rules is not None and not isinstance(rules, Rules):
+        rules = Rules.load(rules)
+    if rules is not None:
+        RuleRanker(rules, facts, [""] * data.num_items)
     tier = check_tier(tier, ranker_kind)   # `full` without a DLRM / fusion reranker: refused before writing
 
     with new_version(tenant, "export", root) as v:
@@ -243,6 +256,9 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
         faiss_index, index_entry = _tuned_index(encoder, item_emb, data, index, num_candidates, log)
         save_index(faiss_index, art / "items.faiss")
         np.save(art / "popularity.npy", popularity)
+        facts.save(art / ITEM_FACTS_FILE)
+        if rules is not None and rules.active:
+            rules.save(art / RULES_FILE)
         shutil.copy2(models_dir / "rerank.npz", art / "rerank.npz")
         if ranker is not None:
             from tapestry.inference.rerankers import reranker_kind

@@ -12,7 +12,8 @@ from tritonclient.utils import InferenceServerException
 
 from tapestry.serving.auth import API_KEY_ENV, KEY_HEADER
 
-OUTPUTS = ("ITEM_IDS", "SCORES", "TITLES", "STRATEGY", "IGNORED_ITEMS", "ARM")   # ARM: during an A/B experiment
+# ARM: during an A/B experiment; REASONS: exports made since explanations (tapestry.serving.explain)
+OUTPUTS = ("ITEM_IDS", "SCORES", "TITLES", "STRATEGY", "IGNORED_ITEMS", "ARM", "REASONS")
 ENSEMBLE = "recommend"
 
 
@@ -31,6 +32,14 @@ class RecommendationResult:
     strategy: str = ""        # personalized | session | popularity
     ignored_items: int = 0    # RECENT_ITEM_IDS the served catalogue does not know (skipped, not an error)
     arm: str = ""             # the A/B experiment's arm that answered ("": no experiment runs)
+    reasons: list[str] = field(default_factory=list)   # one JSON reason per item (tapestry.serving.explain); [] from
+                                                       # an export made before explanations
+
+    def reason_texts(self) -> list[str]:
+        """Each reason's "text" (e.g. "because you watched Toy Story (1995); shares genre: Comedy")."""
+        import json
+
+        return [json.loads(r).get("text", "") for r in self.reasons]
 
 
 class RecommendError(Exception):
@@ -150,6 +159,7 @@ class RecommendClient:
         strategy = res.as_numpy("STRATEGY").reshape(-1)
         ignored = res.as_numpy("IGNORED_ITEMS") if "IGNORED_ITEMS" in names else None
         arm = res.as_numpy("ARM").reshape(-1) if "ARM" in names else None
+        reasons = res.as_numpy("REASONS").reshape(-1) if "REASONS" in names else []
         return RecommendationResult(
             item_ids=[_to_str(x) for x in res.as_numpy("ITEM_IDS").reshape(-1)],
             scores=[float(x) for x in res.as_numpy("SCORES").reshape(-1)],
@@ -157,6 +167,7 @@ class RecommendClient:
             strategy=_to_str(strategy[0]) if strategy.size else "",
             ignored_items=int(ignored.reshape(-1)[0]) if ignored is not None and ignored.size else 0,
             arm=_to_str(arm[0]) if arm is not None and arm.size else "",
+            reasons=[_to_str(x) for x in reasons],
         )
 
     def _served_outputs(self) -> tuple[str, ...]:

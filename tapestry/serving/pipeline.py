@@ -61,4 +61,5 @@ class RecommendPipeline:
             titles=[as_str(x) for x in out["TITLES"]],
             strategy=as_str(out["STRATEGY"][0]),
             ignored_items=int(out["IGNORED_ITEMS"][0]),
+            reasons=[as_str(x) for x in out.get("REASONS", [])],
         )

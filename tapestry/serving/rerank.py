@@ -4,6 +4,10 @@ The reranker is whatever the export's manifest names ("reranker": "feature", "dl
 tapestry.inference.rerankers). Every kind takes (candidates, retrieval scores, history, user attributes); one that
 reads order (`ordered_history`: the DLRM, the fusion reranker) gets the time-ordered HISTORY window, the others the SEEN
 set.
+
+After scoring, the tenant's business rules (tapestry.serving.rules: blocked items, caps per brand/genre, MMR
+diversity, a fresh-item boost; from the export's rules.json, none by default) pick the K items, and each gets a
+reason (tapestry.serving.explain: the REASONS output).
 """
 from __future__ import annotations
 
@@ -14,6 +18,9 @@ import polars as pl
 
 from tapestry.inference.rerankers import Reranker, load_reranker
 from tapestry.serving import validate as v
+from tapestry.serving.explain import Explainer
+from tapestry.serving.item_facts import ItemFacts
+from tapestry.serving.rules import RuleRanker, Rules
 from tapestry.serving.stage import (STRATEGIES, RequestError, Stage, bytes_array, checked_rows, export_manifest,
                                     one_row)
 
@@ -21,16 +28,19 @@ from tapestry.serving.stage import (STRATEGIES, RequestError, Stage, bytes_array
 class Rerank(Stage):
     name = "rerank"
     inputs = ("TENANT", "FILTERED", "FILTERED_SCORES", "HISTORY", "SEEN", "USER_ATTRS", "USER_KIND", "K")
-    outputs = ("ITEM_IDS", "SCORES", "TITLES", "STRATEGY")
+    outputs = ("ITEM_IDS", "SCORES", "TITLES", "STRATEGY", "REASONS")
 
     def __init__(self, tenant: str, reranker: Reranker, item_ids: list[str], titles: list[str], max_k: int,
-                 max_len: int):
+                 max_len: int, facts: ItemFacts | None = None, rules: Rules | None = None):
+        """`facts`: the export's item_facts (explanations, rules); `rules`: the tenant's (default: none)."""
         self.tenant = tenant
         self.max_len = max_len  # of HISTORY
         self.reranker = reranker
         self.item_ids = item_ids
         self.titles = titles
         self.max_k = max_k
+        self.rules = RuleRanker(rules, facts, item_ids) if rules is not None and rules.active else None
+        self.explainer = Explainer(facts, item_ids, titles)
 
     @classmethod
     def from_artifacts(cls, artifact_dir: Path) -> "Rerank":
@@ -42,7 +52,8 @@ class Rerank(Stage):
             ids[idx], titles[idx] = iid, title or ""
         m = export_manifest(artifact_dir)
         reranker = cls.reranker_for(m, artifact_dir)
-        return cls(m["tenant"], reranker, ids, titles, m["max_k"], m["max_len"])
+        return cls(m["tenant"], reranker, ids, titles, m["max_k"], m["max_len"], facts=ItemFacts.load(artifact_dir),
+                   rules=Rules.for_export(artifact_dir))
 
     @classmethod
     def reranker_for(cls, manifest: dict, artifact_dir: Path) -> Reranker:
@@ -54,7 +65,7 @@ class Rerank(Stage):
 
     def _request(self, t: dict[str, np.ndarray]):
         """The row's checked inputs: (k, candidates, retrieval scores, the history the reranker reads, user
-        attributes, user kind); padding candidates (0) dropped."""
+        attributes, user kind, the HISTORY window the explanations read); padding candidates (0) dropped."""
         v.tenant(t, self.tenant)
         k = v.top_k(t, self.max_k)
         n = len(self.item_ids)
@@ -73,21 +84,26 @@ class Rerank(Stage):
         if not np.isfinite(scores).all():  # -inf only marks the filter's placeholder (item 0), never a real item
             raise RequestError("FILTERED_SCORES must be finite for every real candidate")
         read = history if self.reranker.ordered_history else seen
-        return k, cands, scores, read, user_attrs, kind
+        return k, cands, scores, read, user_attrs, kind, history
 
     def batch(self, rows: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Exception]:
         """The reranker scores every row's candidates in one call (the DLRM: one forward for all the lists)."""
         out, passed = checked_rows(rows, self._request)
         if not passed:
             return out
-        feats = [self.reranker.features(cands, scores, read, attrs) for _, (_, cands, scores, read, attrs, _) in passed]
-        for (i, (k, cands, _, _, _, kind)), final in zip(passed, self.reranker.score_many(feats)):
-            order = np.argsort(-final, kind="stable")[:k]
+        feats = [self.reranker.features(cands, scores, read, attrs) for _, (_, cands, scores, read, attrs, *_) in passed]
+        for (i, (k, cands, _, _, _, kind, history)), final in zip(passed, self.reranker.score_many(feats)):
+            order = (np.argsort(-final, kind="stable")[:k] if self.rules is None
+                     else self.rules.top(cands, final, k))
+            if order.size == 0:
+                out[i] = RequestError("no items left to recommend after the tenant's rules (blocked_item_ids)")
+                continue
             top = cands[order]
             out[i] = {
                 "ITEM_IDS": bytes_array(self.item_ids[j] for j in top),
                 "SCORES": final[order].astype(np.float32),
                 "TITLES": bytes_array(self.titles[j] for j in top),
                 "STRATEGY": bytes_array([STRATEGIES[kind]]),
+                "REASONS": np.array(self.explainer.reasons(top, history), dtype=np.object_),
             }
         return out

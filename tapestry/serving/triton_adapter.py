@@ -100,7 +100,8 @@ def triton_model(stage_cls: type[Stage]):
                 if err is None:
                     out = stack_rows(results[first:first + count], self.stage.outputs, batched)
                     responses.append(pb.InferenceResponse(output_tensors=[
-                        pb.Tensor(name, out[name].astype(self.out_dtypes[name])) for name in self.stage.outputs]))
+                        pb.Tensor(name, out[name].astype(self.out_dtypes[name])) for name in self.stage.outputs
+                        if name in self.out_dtypes]))   # an older export's config may lack a newer output (REASONS)
                 elif isinstance(err, RequestError):
                     responses.append(pb.InferenceResponse(error=pb.TritonError(str(err), pb.TritonError.INVALID_ARG)))
                 elif isinstance(err, Unavailable):   # the online store is down: HTTP 503 / gRPC UNAVAILABLE
