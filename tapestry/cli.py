@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tapestry.artifacts import atomic_write_json, latest_version
 from tapestry.cli_datasets import add_datasets_command
+from tapestry.cli_monitor import add_monitor_command
 from tapestry.cli_global import add_global_commands
 from tapestry.cli_serving import add_serving_commands, print_recommendations, serve_child_command  # noqa: F401
 from tapestry.cli_tiers import TIER_HELP, TIERS
@@ -226,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "blocked_item_ids, fresh_boost, fresh_days; README 'Business rules'): checked and stored in the "
                    "export as artifacts/rules.json; none: the reranker's top K unchanged")
     add_serving_commands(sub, add)
+    add_monitor_command(add)
     rp = add("report", cmd_report, "one self-contained HTML page: data, metrics per model and slice, loss curves, "
                                    "ablation, serving latency")
     rp.add_argument("--output", type=Path, help="HTML path (default: <root>/<tenant>/reports/report-vNNNN.html)")
