@@ -62,7 +62,7 @@ def load_tables(args):
 def cmd_etl(args) -> None:
     from tapestry.etl import run_etl
 
-    cfg = ETLConfig()
+    cfg = ETLConfig(polars_engine=args.polars_engine)
     if args.event_types:
         cfg.event_types = tuple(t.strip().lower() for t in args.event_types.split(","))
     if args.encoding and not args.events:
@@ -75,7 +75,17 @@ def cmd_etl(args) -> None:
                                 encoding=args.encoding or "utf-8", check_events=False)
     else:
         tables = load_tables(args)
-    run_etl(tables, args.tenant, args.root, cfg)
+    if args.engine == "local":
+        if args.scheduler or args.workers is not None or args.scratch:
+            raise ValueError("--workers, --scheduler and --scratch apply to --engine dask")
+        run_etl(tables, args.tenant, args.root, cfg)
+        return
+    from tapestry.etl.distributed import ClusterConfig, dask_stages
+    from tapestry.etl.engines import select_polars_engine
+
+    cluster = ClusterConfig(workers=args.workers or 2, scheduler=args.scheduler, scratch=args.scratch)
+    with dask_stages(cluster, select_polars_engine(cfg.polars_engine)) as stages:
+        run_etl(tables, args.tenant, args.root, cfg, stages=stages)
 
 
 def train_config(args) -> TrainConfig:
@@ -195,6 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--event-types", help="comma-separated event vocabulary (default: built-in list)")
     e.add_argument("--encoding", help="text encoding of the generic CSV/TSV tables, e.g. latin-1 or cp1252 "
                                       "(default: UTF-8, with or without BOM)")
+    e.add_argument("--engine", choices=("local", "dask"), default="local",
+                   help="local: this process; dask: validation, id maps and the sorted split on Dask workers "
+                        "(a local cluster of --workers processes, or --scheduler's), same artifacts")
+    e.add_argument("--workers", type=int, help="--engine dask: local worker processes to start (default 2)")
+    e.add_argument("--scheduler", help="--engine dask: address of a running Dask scheduler, e.g. tcp://host:8786 "
+                                       "(its workers must read the input and --scratch at the same paths)")
+    e.add_argument("--scratch", type=Path, help="--engine dask: a directory shared by the driver and every worker "
+                                                "(default: a temporary directory here)")
+    e.add_argument("--polars-engine", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="auto: Polars' GPU engine (cudf-polars) when CUDA and the package are present, else CPU")
     t = add("train", cmd_train, "train LightGCN, SASRec (graph-initialised) and the reranker; evaluate")
     t.add_argument("--quick", action="store_true", help="tiny epochs, for smoke tests")
     t.add_argument("--models", help="comma-separated registry names in training order (default: "

@@ -76,6 +76,9 @@ class ETLConfig:
     context_columns: tuple[str, ...] = ()
     # Optional closed vocabularies per context column: any other value is quarantined (`unknown_context_value`).
     context_values: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Polars engine of the ETL's queries: "auto" (the GPU engine, cudf-polars, when CUDA and the package are present;
+    # else the CPU), "cpu" or "gpu" (an error without them). See tapestry/etl/engines.py.
+    polars_engine: str = "auto"
 
 
 @dataclass

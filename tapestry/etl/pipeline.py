@@ -17,6 +17,7 @@ import polars as pl
 from tapestry.artifacts import atomic_write_json, new_version
 from tapestry.config import ETLConfig, validate_tenant
 from tapestry.etl.encode import IdEncoder
+from tapestry.etl.engines import collect_engine, select_polars_engine, sink_engine
 from tapestry.etl.schema import ENTITY_VALUE_SEPARATOR, ITEM_TEXT_COLUMNS, SPLIT_COLUMN, UNKNOWN_LINKED_USER
 from tapestry.etl.sources import ROW, RawTables
 from tapestry.etl.split import (FIXED, LEAVE_ONE_OUT, fixed_split_sorted, leave_one_out_tagged, sort_by_user,
@@ -67,10 +68,12 @@ def validate_to_parquet(tables: RawTables, cfg: ETLConfig, scratch: Path) -> tup
     is a CSV scan that turns out not to parse (tables.reread_events is set), it is read again by the csv module.
     """
     paths = scratch / "valid.parquet", scratch / "quarantined.parquet"
+    engine = sink_engine(select_polars_engine(cfg.polars_engine))
 
     def sink() -> None:
         good_lf, bad_lf = validate_events(tables.events, cfg)
-        pl.collect_all([good_lf.sink_parquet(paths[0], lazy=True), bad_lf.sink_parquet(paths[1], lazy=True)])
+        pl.collect_all([good_lf.sink_parquet(paths[0], lazy=True), bad_lf.sink_parquet(paths[1], lazy=True)],
+                       engine=engine)
 
     try:
         sink()
@@ -82,15 +85,44 @@ def validate_to_parquet(tables: RawTables, cfg: ETLConfig, scratch: Path) -> tup
     return pl.scan_parquet(paths[0]), pl.scan_parquet(paths[1])
 
 
-def _sort_and_split(encoded: pl.LazyFrame, num_users: int, rows: int, split_kind: str, scratch: Path) -> pl.LazyFrame:
+def _sort_and_split(encoded: pl.LazyFrame, num_users: int, rows: int, split_kind: str, scratch: Path,
+                    engine: str = "cpu") -> pl.LazyFrame:
     """Encoded events in SORT_KEY order (tagged for leave-one-out), as a scan of scratch files.
 
     The encoded table is streamed to scratch, then sorted a range of users at a time (split.sort_by_user), so
     memory holds the id maps and about one range, not the table.
     """
-    encoded.sink_parquet(scratch / "encoded.parquet")
+    encoded.sink_parquet(scratch / "encoded.parquet", engine=sink_engine(engine))
     each = tag_positions if split_kind == LEAVE_ONE_OUT else None
-    return sort_by_user(scratch / "encoded.parquet", num_users, rows, scratch, each)
+    return sort_by_user(scratch / "encoded.parquet", num_users, rows, scratch, each,
+                        engine=collect_engine(engine, "in-memory"))
+
+
+class LocalStages:
+    """The three stages that read every event, run in this process: validate (+ drop erased users' rows), fit the
+    id maps, encode and sort by user range. tapestry.etl.distributed.DaskStages runs the same stages on a cluster's
+    workers; everything else in run_etl (entity tables, quarantine, writing the version) is the same for both."""
+
+    def __init__(self, engine: str = "cpu"):
+        self.engine = engine   # "cpu" | "gpu": tapestry.etl.engines.select_polars_engine's answer
+
+    def validate(self, tables: RawTables, cfg: ETLConfig, scratch: Path, erased: frozenset[str]
+                 ) -> tuple[pl.LazyFrame, pl.LazyFrame, int]:
+        good, bad = validate_to_parquet(tables, cfg, scratch)
+        # Erased users' rows, valid or not, are dropped before anything is encoded or kept (not even in quarantine).
+        return drop_erased_events(good, bad, erased)
+
+    def fit_ids(self, good: pl.LazyFrame) -> tuple[IdEncoder, IdEncoder]:
+        # Only the distinct ids are collected: the id maps must be in memory, the events need not be.
+        engine = collect_engine(self.engine)
+        return tuple(IdEncoder.fit(name, good.select(pl.col(f"{name}_id").unique()).collect(engine=engine)[f"{name}_id"])
+                     for name in ("user", "item"))
+
+    def encode_sorted(self, good: pl.LazyFrame, users: IdEncoder, items: IdEncoder, rows: int, split_kind: str,
+                      scratch: Path) -> pl.LazyFrame:
+        # Join order is free: the sort puts every row in place (source_row breaks all ties).
+        encoded = items.encode(users.encode(good, maintain_order=False), maintain_order=False)
+        return _sort_and_split(encoded, len(users), rows, split_kind, scratch, self.engine)
 
 
 def _height(lf: pl.LazyFrame) -> int:
@@ -143,20 +175,22 @@ def _user_links(users: pl.DataFrame | None, columns: list[str], encoder: IdEncod
 
 
 def run_etl(tables: RawTables, tenant: str, root: Path | None = None, cfg: ETLConfig | None = None,
-            log=print) -> ETLResult:
+            log=print, stages=None) -> ETLResult:
+    """`stages`: where the stages that read every event run; None = this process (LocalStages), or a
+    tapestry.etl.distributed.DaskStages (`tapestry etl --engine dask`). The artifacts are the same either way."""
     validate_tenant(tenant)
     cfg = cfg or ETLConfig()
+    stages = stages or LocalStages(select_polars_engine(cfg.polars_engine))
     erased = erased_user_ids(tenant, root)   # GDPR tombstones (`tapestry erase`): see tapestry/online/tombstones.py
     with tempfile.TemporaryDirectory(prefix="tapestry-etl-") as scratch:   # $TMPDIR; removed at the end
-        return _run(tables, tenant, root, cfg, log, Path(scratch), erased)
+        return _run(tables, tenant, root, cfg, log, Path(scratch), erased, stages)
 
 
 def _run(tables: RawTables, tenant: str, root: Path | None, cfg: ETLConfig, log, scratch: Path,
-         erased: frozenset[str] = frozenset()) -> ETLResult:
+         erased: frozenset[str] = frozenset(), stages: LocalStages | None = None) -> ETLResult:
     t0 = time.perf_counter()
-    good, bad_events = validate_to_parquet(tables, cfg, scratch)
-    # Erased users' rows, valid or not, are dropped before anything is encoded or kept (not even in quarantine).
-    good, bad_events, erased_rows = drop_erased_events(good, bad_events, erased)
+    stages = stages or LocalStages(select_polars_engine(cfg.polars_engine))
+    good, bad_events, erased_rows = stages.validate(tables, cfg, scratch, erased)
     user_table, erased_user_rows = drop_erased_users(tables.users, erased)
     n_good = _height(good)
     input_rows = n_good + _height(bad_events) + erased_rows + sum(
@@ -165,13 +199,9 @@ def _run(tables: RawTables, tenant: str, root: Path | None, cfg: ETLConfig, log,
     if n_good == 0:
         raise ValueError(f"no valid events for tenant {tenant!r}: all {input_rows} rows were quarantined")
 
-    # Only the distinct ids are collected: the id maps must be in memory, the events need not be.
-    users = IdEncoder.fit("user", good.select(pl.col("user_id").unique()).collect()["user_id"])
-    items = IdEncoder.fit("item", good.select(pl.col("item_id").unique()).collect()["item_id"])
+    users, items = stages.fit_ids(good)
     split_kind = FIXED if SPLIT_COLUMN in good.collect_schema().names() else LEAVE_ONE_OUT
-    # Join order is free: the sort below puts every row in place (source_row breaks all ties).
-    encoded = items.encode(users.encode(good, maintain_order=False), maintain_order=False)
-    encoded = _sort_and_split(encoded, len(users), n_good, split_kind, scratch)
+    encoded = stages.encode_sorted(good, users, items, n_good, split_kind, scratch)
     splits = (fixed_split_sorted(encoded) if split_kind == FIXED
               else leave_one_out_tagged(encoded, cfg.min_user_events))
 
@@ -202,7 +232,8 @@ def _run(tables: RawTables, tenant: str, root: Path | None, cfg: ETLConfig, log,
         pl.collect_all([encoded.select(cols).sink_parquet(out / "events.parquet", lazy=True),
                         *[splits[name].select(cols).sink_parquet(out / f"{name}.parquet", lazy=True)
                           for name in ("train", "valid", "test")],
-                        qlf.sink_parquet(out / "quarantine.parquet", lazy=True)])
+                        qlf.sink_parquet(out / "quarantine.parquet", lazy=True)],
+                       engine=sink_engine(getattr(stages, "engine", "cpu")))
         split = {name: pl.scan_parquet(out / f"{name}.parquet") for name in ("train", "valid", "test")}
         users.save(out / "user_map.parquet")
         items.save(out / "item_map.parquet")

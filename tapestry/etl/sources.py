@@ -12,8 +12,8 @@ from typing import Callable
 
 import polars as pl
 
-from tapestry.etl.rawfiles import (COMPRESSION_SUFFIXES, ROW, compression_of, default_scratch, open_binary, readable,
-                                   scan_csv, scan_csv_unchecked)
+from tapestry.etl.rawfiles import (COMPRESSION_SUFFIXES, ROW, compression_of, default_scratch, normalise_encoding,
+                                   open_binary, readable, scan_csv, scan_csv_unchecked)
 from tapestry.etl.schema import ENTITY_VALUE_SEPARATOR, EVENT_COLUMNS, MALFORMED_LINE, SchemaError
 
 
@@ -39,6 +39,9 @@ class RawTables:
     # Set when `events` is a CSV scan not yet known to parse (generic_tables(check_events=False)): the re-read
     # through the csv module, for when collecting `events` fails (run_etl does that, in validate_to_parquet).
     reread_events: Callable[[], pl.LazyFrame] | None = None
+    # (path, separator) when `events` scans a plain (uncompressed) UTF-8 text file: the distributed ETL may then
+    # cut that file into byte ranges (tapestry/etl/partition.py). None for any other input.
+    events_csv: tuple[Path, str] | None = None
 
 
 def read_bytes(path: Path) -> bytes:
@@ -182,12 +185,16 @@ def generic_tables(events: Path, items: Path | None = None, users: Path | None =
         require_columns(lf, required, source)
         return lf
 
-    reread = None
+    reread, events_csv = None, None
     if not check_events and _base_suffix(events).lower() in _TEXT_SUFFIXES:
         if not Path(events).exists():
             raise FileNotFoundError(f"input file not found: {events}")
-        ev, reread = scan_csv_unchecked(events, _separator(events), "events", scratch, rejected, encoding)
+        # The file Polars will scan (a plain UTF-8 copy when the input is xz/bz2 or in another encoding), found
+        # here so that the distributed ETL knows when it may cut it into byte ranges.
+        scanned, kind = readable(Path(events), normalise_encoding(encoding), scratch)
+        ev, reread = scan_csv_unchecked(scanned, _separator(events), "events", scratch, rejected, "utf-8")
         require_columns(ev, EVENT_COLUMNS, "events")
+        events_csv = (scanned, _separator(events)) if kind is None else None
     else:
         ev = read(events, "events", EVENT_COLUMNS)
     it = read(items, "items", ("item_id",)) if items else None
@@ -198,4 +205,4 @@ def generic_tables(events: Path, items: Path | None = None, users: Path | None =
     if users:
         sources["users"] = str(users)
     return RawTables(events=ev, items=it, users=us, rejected=rejected, sources=sources, scratch=tmp,
-                     reread_events=reread, user_link_columns=user_link_columns)
+                     reread_events=reread, user_link_columns=user_link_columns, events_csv=events_csv)

@@ -24,7 +24,7 @@ BUCKET_ROWS = 2_000_000
 
 
 def sort_by_user(encoded: Path, num_users: int, num_rows: int, scratch: Path,
-                 each: Callable[[pl.LazyFrame], pl.LazyFrame] | None = None) -> pl.LazyFrame:
+                 each: Callable[[pl.LazyFrame], pl.LazyFrame] | None = None, engine="in-memory") -> pl.LazyFrame:
     """The events in Parquet file `encoded` (user_idx in 0..num_users) sorted by SORT_KEY, as a scan of scratch
     files written one range of users at a time; `each` (e.g. tag_positions, which needs whole users) is applied
     to every sorted range.
@@ -32,6 +32,7 @@ def sort_by_user(encoded: Path, num_users: int, num_rows: int, scratch: Path,
     One global sort would hold every event in memory. A user's events never fall into two ranges of user_idx, so
     ranges sorted one at a time and read back in order give the same order, while memory holds one range of
     about BUCKET_ROWS events whatever the table's size. One streaming pass splits the file into the ranges.
+    `engine`: the Polars engine of each range's sort (tapestry.etl.engines.collect_engine).
     """
     k = max(1, -(-num_rows // BUCKET_ROWS))
     ranges = [encoded]
@@ -49,7 +50,7 @@ def sort_by_user(encoded: Path, num_users: int, num_rows: int, scratch: Path,
     for i, source in enumerate(ranges):
         part = pl.scan_parquet(source).sort(SORT_KEY)
         sorted_paths.append(scratch / f"sorted-{i:05d}.parquet")
-        (each(part) if each else part).collect(engine="in-memory").write_parquet(sorted_paths[-1])
+        (each(part) if each else part).collect(engine=engine).write_parquet(sorted_paths[-1])
     return pl.scan_parquet(sorted_paths)
 
 
