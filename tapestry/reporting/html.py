@@ -2,9 +2,9 @@
 
 Sections: data (ETL counts, quarantine reasons), metrics per model and slice (the tenant's ablation table and its
 plot), training loss curves, the committed multi-seed leaderboards (benchmarks/results/leaderboard-*.json), optional
-benchmark ablation tables (`benchmarks/results/ablation*.json`) and serving
-latency histograms when a latency benchmark ran for the tenant. Everything comes from versioned artifacts, so a
-report can be rebuilt later and says which ETL / models versions it describes.
+benchmark ablation tables (`benchmarks/results/ablation*.json`), serving latency histograms when a latency benchmark
+ran for the tenant, and monitoring (drift, ANN recall, skew, quarantine: tapestry.reporting.monitor). Everything
+comes from versioned artifacts, so a report can be rebuilt later and says which ETL / models versions it describes.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import polars as pl
 from tapestry.artifacts import atomic_write_text, latest_version, stage_dir
 from tapestry.config import PROJECT_ROOT, validate_tenant
 from tapestry.reporting.ablation import ablation_png, ablation_rows
+from tapestry.reporting.monitor import monitor_section
 from tapestry.reporting.plots import latency_histograms_png, loss_curves_png
 
 CSS = """
@@ -166,7 +167,7 @@ def build_report(tenant: str, root: Path | None = None, ablation: list[Path] | N
              _data_section(etl_dir) if etl_dir.is_dir() else f"<p class=empty>ETL {etl_dir} no longer exists.</p>",
              _metrics_section(metrics, tenant), _loss_section(metrics),
              _leaderboard_section(list(leaderboard)), _benchmark_ablation_section(list(ablation or [])),
-             _latency_section(latency),
+             _latency_section(latency), monitor_section(tenant, root),
              "</body></html>"]
     return "\n".join(parts)
 

@@ -260,3 +260,21 @@ def _flat(d: dict, prefix: str = ""):
             yield from _flat(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value if not isinstance(value, (list, dict)) else json.dumps(value)
+
+
+def monitor_section(tenant: str, root: Path | None = None, sample: int = 100) -> str:
+    """The `tapestry report` page's Monitoring section (HTML), from `monitor`."""
+    import html
+
+    try:
+        report = monitor(tenant, root, sample=sample)
+    except FileNotFoundError as e:
+        return f"<h2>Monitoring</h2><p class=empty>{html.escape(str(e))}</p>"
+    out = [f"<h2>Monitoring</h2><p class=meta>export {html.escape(report['export'])}, "
+           f"{report['sampled_users']} sampled users (`tapestry monitor --tenant {html.escape(tenant)}`; live "
+           "per-request series: Triton's metrics port)</p>"]
+    for section in ("drift", "ann_recall", "skew", "quarantine"):
+        rows = "".join(f"<tr><td class=l>{html.escape(k)}</td><td>{html.escape(_fmt(v))}</td></tr>"
+                       for k, v in _flat(report.get(section) or {}))
+        out.append(f"<h3>{section.replace('_', ' ')}</h3><table>{rows}</table>")
+    return "".join(out)

@@ -87,3 +87,12 @@ def test_quarantine_rates_of_etl_and_ingest(root, tmp_path):
         shutil.rmtree(qdir)
     assert q["ingest"] == {"quarantined_lines": 2, "by_reason": {"unknown_item": 2}, "source_lines": 8, "rate": 0.25}
     assert q["etl"]["input_rows"] > 0 and q["etl"]["quarantined_rows"] == 0
+
+
+def test_the_report_page_has_the_monitoring_section(root):
+    from tapestry.reporting.html import build_report
+
+    page = build_report("mon", root, leaderboard=[])
+    section = page[page.index("<h2>Monitoring</h2>"):]
+    assert "export v0002" in section and "mean_cosine_aligned" in section and "history_matches_offline" in section
+    assert "error" not in section
