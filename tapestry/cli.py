@@ -11,6 +11,7 @@ from tapestry.artifacts import atomic_write_json, latest_version
 from tapestry.cli_datasets import add_datasets_command
 from tapestry.cli_monitor import add_monitor_command
 from tapestry.cli_global import add_global_commands
+from tapestry.cli_plan import add_plan_command
 from tapestry.cli_serving import add_serving_commands, print_recommendations, serve_child_command  # noqa: F401
 from tapestry.cli_tiers import TIER_HELP, TIERS
 from tapestry.config import ETLConfig, TrainConfig, validate_tenant
@@ -261,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(fn=cmd_models)
     add_datasets_command(sub)
     add_global_commands(sub)
+    add_plan_command(sub)
     d = add("demo", cmd_demo, "ETL -> train -> evaluate -> export -> serve -> recommend, with timings")
     d.add_argument("--dataset", choices=DATASETS)
     d.add_argument("--quick", action="store_true")
