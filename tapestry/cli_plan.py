@@ -27,7 +27,8 @@ def render(sheet: dict) -> str:
     for i in sheet["indexes"]:
         lines.append(f"  {i['kind']:<28}{i['factory']:<22}{i['bytes'] / n:>12.1f}{_size(i['bytes']):>13}"
                      f"{_size(i['in_memory_bytes']):>13}  {i['note']}")
-    lines.append(f"  in memory = file + the IDMap2 id -> position map FAISS rebuilds on load ({REVERSE_MAP_BYTES} B/item)")
+    lines.append(f"  in memory = file + the IDMap2 id -> position map FAISS rebuilds on load "
+                 f"({REVERSE_MAP_BYTES} B/item)")
     lines += ["", f"Embedding tables (DLRM ranker, TorchRec): {req['dtype']} weights + {req['optimizer']} state "
                   "(float32) while training"]
     for t in sheet["tables"]:

@@ -102,8 +102,9 @@ def pq_subquantizers(d: int) -> int:
 
 def ivf_pq_size(n: int, d: int, rerank_exact: bool = True) -> IndexSize:
     """IVF{nlist},PQ{m}x4fs: m 4-bit codes per vector, stored per list in blocks of 32 vectors (half a block of
-    padding per list on average, a whole block for lists under 32 vectors; uneven lists pad more), + list ids, + centroids, + the codebooks (m * 16 centroids of d/m floats), and,
-    with `rerank_exact` (IndexConfig's default for compressed codes), the float32 copy re-scored."""
+    padding per list on average, a whole block for lists under 32 vectors; uneven lists pad more), + list ids,
+    + centroids, + the codebooks (m * 16 centroids of d/m floats), and, with `rerank_exact` (IndexConfig's default
+    for compressed codes), the float32 copy re-scored."""
     nlist, m = default_nlist(n), pq_subquantizers(d)
     code = math.ceil(m * 4 / 8)
     padded = nlist * max(FASTSCAN_BLOCK, n / nlist + FASTSCAN_BLOCK / 2)   # at least one block per list
@@ -267,7 +268,7 @@ def measured_throughput(items: int, results_dir: Path = RESULTS_DIR) -> Throughp
                     figure = (f"max_batch_size {DEFAULT_MAX_BATCH_SIZE}, {level['clients']} clients: "
                               f"{level['requests_per_s']:.1f} req/s on {cores:.2f} server cores "
                               f"({doc.get('served_model')}, {doc.get('index', {}).get('factory')} index over "
-                              f"{doc.get('num_items')} items)")
+                              f"{doc.get('num_items', 0):,} items)")
                     best = (key, Throughput(key[1], str(path.relative_to(results_dir.parents[1])
                                                          if results_dir.parents[1] in path.parents else path),
                                             figure, doc.get("num_items")))
@@ -288,7 +289,7 @@ def measured_throughput(items: int, results_dir: Path = RESULTS_DIR) -> Throughp
         if best is None or qps > best.per_core_qps:
             factory = export.get("index", {}).get("factory")
             figure = (f"export 'auto' ({factory}), {level['clients']} clients: {level['requests_per_s']:.1f} req/s "
-                      f"on a {cpus}-core machine, load generator included ({export.get('num_items')} items)")
+                      f"on a {cpus}-core machine, load generator included ({export.get('num_items', 0):,} items)")
             best = Throughput(qps, str(path.relative_to(results_dir.parents[1])
                                        if results_dir.parents[1] in path.parents else path), figure,
                               export.get("num_items"))

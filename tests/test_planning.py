@@ -164,3 +164,19 @@ def test_cli_table_and_json(capsys):
     assert sheet["per_replica"]["index"] == "Flat"
     with pytest.raises(SystemExit, match="tapestry plan: error: .*items >= 2"):
         main(["plan", "--items", "1", "--dim", "8", "--qps", "5"])
+
+
+def test_readme_example_is_the_current_output(capsys):
+    """README's Sizing section shows what the command prints today (docs follow the code and the results)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from tapestry.cli import main
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("### Sizing (`tapestry plan`)", 1)[1]
+    command, shown = re.findall(r"```(?:bash)?\n(.*?)```", section, re.S)[:2]
+    main(shlex.split(command.split("#", 1)[0])[1:])
+    printed = "\n".join(line.rstrip() for line in capsys.readouterr().out.strip().splitlines())
+    assert printed == shown.strip()
