@@ -108,6 +108,7 @@ class TritonPythonModel:
 
     def finalize(self):
         self.exposures.close()
+        getattr(self.metrics, "close", lambda: None)()   # send the arm counts still pending
 
 
 class _ArmError(Exception):

@@ -118,6 +118,7 @@ def triton_model(stage_cls: type[Stage]):
             # collections; the process exits right after, so nothing is leaked.
             import gc
 
+            self.metrics.close()   # send the metric updates still pending
             gc.freeze()
 
     TritonPythonModel.__name__ = f"TritonPythonModel[{stage_cls.__name__}]"

@@ -39,7 +39,9 @@ def test_filter_placeholder_is_an_empty_result_and_ignored_items_add_up():
 def test_off_by_env_and_outside_triton(monkeypatch):
     class Backend:   # a python backend module with the custom-metrics API present
         MetricFamily = object
-    assert isinstance(m.registry_for_triton(Backend), m.TritonRegistry)
+    sending = m.registry_for_triton(Backend)
+    assert isinstance(sending, m.DeferredRegistry) and isinstance(sending.target, m.TritonRegistry)
+    sending.close()
     assert isinstance(m.registry_for_triton(object()), m.NullRegistry)   # a backend without the API
     monkeypatch.setenv(m.METRICS_ENV, "0")
     assert isinstance(m.registry_for_triton(Backend), m.NullRegistry)
@@ -66,3 +68,23 @@ def test_unknown_family_or_wrong_labels_are_refused_and_the_page_parses():
     parsed = m.parse_prometheus(page)
     assert parsed[("tapestry_requests_total", frozenset({("tenant", "acme"), ("strategy", "popularity")}))] == 3
     assert parsed[("up", frozenset())] == 1 and len(parsed) == 3
+
+
+def test_deferred_updates_are_folded_and_sent_by_flush_or_close():
+    target = m.MemoryRegistry()
+    deferred = m.DeferredRegistry(target, interval=3600)   # only flush() / close() send here
+    try:
+        for _ in range(3):
+            deferred.add("tapestry_requests_total", ("t", "popularity"), 2)
+        deferred.observe("tapestry_stage_latency_seconds", ("t", "rerank"), 0.5)
+        assert target.counters == {} and target.observations == {}   # nothing sent on the request's path
+        deferred.flush()
+        assert target.counters == {("tapestry_requests_total", ("t", "popularity")): 6}
+        deferred.add("tapestry_requests_total", ("t", "popularity"), 1)
+    finally:
+        deferred.close()
+    assert target.counters[("tapestry_requests_total", ("t", "popularity"))] == 7
+    assert target.observations == {("tapestry_stage_latency_seconds", ("t", "rerank")): [0.5]}
+    assert not deferred._thread.is_alive()
+    with pytest.raises(ValueError):   # a wrong update fails where it is made, not later in the thread
+        deferred.add("tapestry_no_such_total", ("t",), 1)
