@@ -7,6 +7,7 @@ services added later (Prometheus, Grafana, ...) are checked the same way.
 """
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shlex
@@ -139,6 +140,10 @@ def test_schema_refuses_what_compose_refuses():
 
 
 def test_every_service_is_built_here_or_a_pinned_documented_image(resolved):
+    check_images(resolved)
+
+
+def check_images(resolved: dict) -> None:
     docs = _doc_text() + _compose_comments()
     for name, service in _services(resolved).items():
         assert _built_here(service) or "image" in service, f"service {name}: neither build nor image"
@@ -150,6 +155,12 @@ def test_every_service_is_built_here_or_a_pinned_documented_image(resolved):
             assert dockerfile.is_file(), f"service {name}: {dockerfile} does not exist"
             for base in re.findall(r"^FROM\s+(\S+)", dockerfile.read_text(), re.M):
                 _assert_pinned(base, f"{dockerfile.name} FROM")
+            for line in re.findall(r"^(?:COPY|ADD)\s+(.+)$", dockerfile.read_text(), re.M):
+                words = [w for w in line.split() if not w.startswith("--")]
+                if "--from" in line or not words:
+                    continue
+                for source in words[:-1]:     # the last word is the destination
+                    assert (context / source).exists(), f"{dockerfile.name}: COPY source {source} not in the context"
         elif "image" in service:
             image = service["image"]
             _assert_pinned(image, f"service {name}")
@@ -164,6 +175,10 @@ def _assert_pinned(image: str, where: str) -> None:
 
 
 def test_every_interpolated_variable_is_documented_and_used(compose):
+    check_variables(compose)
+
+
+def check_variables(compose: dict) -> None:
     docs = _doc_text() + _compose_comments()
     code = _code_text()
     used = set()
@@ -212,6 +227,10 @@ def _check_mounts(resolved: dict, when: str) -> None:
 
 
 def test_depends_on_names_services(resolved):
+    check_depends_on(resolved)
+
+
+def check_depends_on(resolved: dict) -> None:
     services = _services(resolved)
     for name, service in services.items():
         for dep in service.get("depends_on", []):
@@ -231,6 +250,10 @@ def _published(service: dict) -> list[tuple[int, int]]:
 
 
 def test_published_ports_are_ports_the_servers_listen_on(resolved):
+    check_ports(resolved)
+
+
+def check_ports(resolved: dict) -> None:
     docs = _doc_text()
     for name, service in _services(resolved).items():
         command = " ".join(_strings([service.get("command", ""), service.get("healthcheck", {})]))
@@ -242,7 +265,37 @@ def test_published_ports_are_ports_the_servers_listen_on(resolved):
             # An external image's own default port counts when the docs name it (e.g. a dashboard's).
             documented = not _built_here(service) and re.search(rf"\b{container}\b", docs)
             assert container in listens or documented, \
-                f"service {name}: publishes container port {container}, which its server does not listen on"
+                (f"service {name}: publishes container port {container}, which its command does not name, nor its "
+                 "server's defaults, nor (for an image not built here) the README/docs")
+
+
+def _edited(doc: dict, service: str, **changes) -> dict:
+    out = copy.deepcopy(doc)
+    out["services"][service].update(changes)
+    return out
+
+
+@pytest.mark.parametrize("check,service,changes,message", [
+    ("images", "triton", {"build": {"context": ".", "dockerfile": "docker/nope.Dockerfile"}}, "does not exist"),
+    ("images", "redis", {"image": "redis"}, "not pinned"),
+    ("images", "redis", {"image": "redis:latest"}, "not pinned"),
+    ("images", "redis", {"image": "redis:6.0.1"}, "named in no README"),
+    ("variables", "triton", {"environment": {"TAPESTRY_NOT_READ_ANYWHERE": "1"}}, "read by no code"),
+    ("variables", "redis", {"command": ["redis-server", "--port", "${UNDOCUMENTED_PORT_VAR}"]}, "documented nowhere"),
+    ("mounts", "redis", {"volumes": ["./no/such/dir:/data"]}, "neither in the repo"),
+    ("mounts", "redis", {"volumes": ["undeclared-volume:/data"]}, "not declared"),
+    ("ports", "redis", {"ports": ["127.0.0.1:6390:6390"]}, "container port 6390"),
+    ("depends_on", "redis", {"depends_on": ["tritonn"]}, "unknown service 'tritonn'"),
+])
+def test_the_project_checks_catch_what_does_not_exist(compose, check, service, changes, message):
+    """Each project check fails on a file that names something missing (so passing on the real file means something)."""
+    doc = _edited(compose, service, **changes)
+    run = {"images": lambda: check_images(interpolate(doc, {})), "variables": lambda: check_variables(doc),
+           "mounts": lambda: _check_mounts(interpolate(doc, {}), "edited"),
+           "ports": lambda: check_ports(interpolate(doc, {})),
+           "depends_on": lambda: check_depends_on(interpolate(doc, {}))}[check]
+    with pytest.raises(AssertionError, match=message):
+        run()
 
 
 # ---- the README's GPU-host section: the exact commands, checked against the compose file and the CLI ----------
