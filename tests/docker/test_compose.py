@@ -92,8 +92,8 @@ def interpolate(node, env: dict[str, str]):
 
 
 @pytest.fixture(scope="module")
-def compose() -> dict:
-    return yaml.safe_load(COMPOSE.read_text())   # safe_load resolves the `<<: *anchor` merge keys as compose does
+def compose() -> dict:   # safe_load resolves the `<<: *anchor` merge keys as compose does
+    return yaml.safe_load(COMPOSE.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -106,11 +106,7 @@ def _services(doc: dict) -> dict[str, dict]:
     return doc.get("services") or {}
 
 
-def _profiles(doc: dict) -> set[str]:
-    return {p for s in _services(doc).values() for p in s.get("profiles", [])}
-
-
-def _built_here(service: dict) -> bool:
+def _built_here(service: dict) -> bool:   # else an external image: its env and ports are its own business
     return "build" in service
 
 
@@ -168,10 +164,8 @@ def check_images(resolved: dict) -> None:
 
 
 def _assert_pinned(image: str, where: str) -> None:
-    if "@sha256:" in image:
-        return
     tag = image.rsplit("/", 1)[-1].partition(":")[2]
-    assert tag and tag != "latest", f"{where}: image {image!r} is not pinned to a tag"
+    assert "@sha256:" in image or tag not in ("", "latest"), f"{where}: image {image!r} is not pinned to a tag"
 
 
 def test_every_interpolated_variable_is_documented_and_used(compose):
@@ -231,10 +225,9 @@ def test_depends_on_names_services(resolved):
 
 
 def check_depends_on(resolved: dict) -> None:
-    services = _services(resolved)
-    for name, service in services.items():
-        for dep in service.get("depends_on", []):
-            assert dep in services, f"service {name} depends on unknown service {dep!r}"
+    for name, service in _services(resolved).items():
+        unknown = set(service.get("depends_on", [])) - set(_services(resolved))
+        assert not unknown, f"service {name} depends on unknown service {sorted(unknown)[0]!r}"
 
 
 def _published(service: dict) -> list[tuple[int, int]]:
@@ -337,7 +330,8 @@ def check_commands(compose: dict, commands: list[str]) -> None:
     with the real CLI parser; each 127.0.0.1:PORT is a published port."""
     from tapestry.cli import build_parser
 
-    services, profiles = _services(compose), _profiles(compose)
+    services = _services(compose)
+    profiles = {p for s in services.values() for p in s.get("profiles", [])}
     compose_vars = {v for t in _strings(compose) for v in _variables(t)}
     code = _code_text()
     published = {host for s in _services(interpolate(compose, {})).values() for host, _ in _published(s)}
