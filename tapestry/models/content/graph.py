@@ -15,21 +15,29 @@ from tapestry.nn.propagation import SymmetricPropagation
 
 class ContentLightGCN(nn.Module):
     def __init__(self, num_nodes: int, item_slice: slice, id_mask: torch.Tensor, encoder: nn.Module | None,
-                 embedding_dim: int = 64, num_layers: int = 2):
+                 embedding_dim: int = 64, num_layers: int = 2, id_dropout: float = 0.0):
         """`item_slice`: the catalogue items' node range (catalogue index r = node item_slice.start + r);
         `id_mask` [num_nodes] is 1 where a node's ID row is trained, 0 for padding and cold items; `encoder` None
-        gives plain LightGCN over the same nodes (the no-content ablation)."""
+        gives plain LightGCN over the same nodes (the no-content ablation). `id_dropout`: in training, the share of
+        items whose ID row is dropped for a step (DropoutNet's recipe), so the content vector alone must score
+        them: that is the situation of every cold item at serving time."""
         super().__init__()
-        self.num_layers, self.item_slice, self.encoder = num_layers, item_slice, encoder
+        self.num_layers, self.item_slice, self.encoder, self.id_dropout = num_layers, item_slice, encoder, id_dropout
         self.embedding = nn.Embedding(num_nodes, embedding_dim)
         nn.init.xavier_uniform_(self.embedding.weight)
         self.register_buffer("id_mask", id_mask.float().unsqueeze(1))
         self.propagate = SymmetricPropagation()
 
     def layer0(self, features: dict[str, torch.Tensor] | None) -> torch.Tensor:
-        x = self.embedding.weight * self.id_mask
+        mask = self.id_mask
         if self.encoder is None:
-            return x
+            return self.embedding.weight * mask
+        if self.training and self.id_dropout > 0:
+            keep = torch.ones_like(mask)
+            items = keep[self.item_slice]
+            keep[self.item_slice] = (torch.rand_like(items) >= self.id_dropout).float()
+            mask = mask * keep
+        x = self.embedding.weight * mask
         content = torch.zeros_like(x)
         content[self.item_slice] = self.encoder(features)
         return x + content
