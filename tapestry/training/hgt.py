@@ -47,6 +47,7 @@ from tapestry.graph.hetero import INTERACTS
 from tapestry.graph.typed import GRAPH_KINDS, behaviour_types, graph_for, supervision_pairs
 from tapestry.models.graph.hgt import HGT
 from tapestry.training.base import Recommender, seeded, user_queries
+from tapestry.training.sampler_contract import ContractLoader, link_neighbor_loader, use_cugraph
 
 
 
@@ -70,7 +71,7 @@ class HGTConfig:
     exclude_target_edges: bool = True    # drop each positive's own edge from its step's subgraph
     full_graph_max_edges: int = 2_000_000     # inference over the whole graph at once up to this many edges
     sampler: str = "pyg"                 # "pyg"; "cugraph" (cugraph_pyg, CUDA); "auto" = cugraph when importable
-                                         # on CUDA. Not the default: the cugraph path has never run here.
+                                         # on CUDA. Not the default: only `make gpu-check` runs the cugraph path.
     graph: str = "given"                 # tapestry.graph.typed.GRAPH_KINDS: "given" (the graph fit is handed, by
                                          # default build_hetero_graph), "typed", "typed_mediated", "interactions",
                                          # "none" (no edges: the ablation's baseline)
@@ -99,40 +100,15 @@ def edge_ages(graph: HeteroData) -> tuple[dict, int]:
 
 
 def _use_cugraph(sampler: str, device: torch.device) -> bool:
-    if sampler not in ("pyg", "cugraph", "auto"):
-        raise ValueError(f"sampler must be 'pyg', 'cugraph' or 'auto', got {sampler!r}")
-    if sampler == "pyg":
-        return False
-    if device.type != "cuda":
-        if sampler == "cugraph":
-            raise RuntimeError("sampler='cugraph' needs a CUDA device")
-        return False
-    try:
-        import cugraph_pyg  # noqa: F401
-    except ImportError:
-        if sampler == "cugraph":
-            raise
-        return False
-    return True
-
-
-def _cugraph_link_loader(lean: HeteroData, num_neighbors: dict, **kwargs):
-    """cuGraph-PyG's GPU sampler over the same edges (never run here: no CUDA on the development machines)."""
-    from cugraph_pyg.data import GraphStore, TensorDictFeatureStore
-    from cugraph_pyg.loader import LinkNeighborLoader
-
-    graph_store = GraphStore()
-    for src, rel, dst in lean.edge_types:
-        size = (lean[src].num_nodes, lean[dst].num_nodes)
-        graph_store[(src, rel, dst), "coo", False, size] = lean[src, rel, dst].edge_index.cuda()
-    kwargs.pop("generator", None)      # cuGraph shuffles with torch's global RNG, which `fit` seeds
-    return LinkNeighborLoader((TensorDictFeatureStore(), graph_store), num_neighbors, **kwargs)
+    """The `sampler` switch (tapestry.training.sampler_contract.use_cugraph)."""
+    return use_cugraph(sampler, device)
 
 
 def train_loader(graph: HeteroData, cfg: HGTConfig, device: torch.device = torch.device("cpu"),
-                 positives: torch.Tensor | None = None):
+                 positives: torch.Tensor | None = None) -> ContractLoader:
     """The loader `fit` trains with: training edges as seeds (`positives` [2, E], default the graph's
-    `interacts` edges), triplet negatives, fan-out on every edge type.
+    `interacts` edges), triplet negatives, fan-out on every edge type; PyG's or cuGraph-PyG's sampler by
+    `cfg.sampler`, each batch per tapestry.training.sampler_contract (checked on the first batch of a pass).
 
     Shuffling uses its own generator seeded from `cfg.seed`; neighbour and negative sampling draw from torch's
     global RNG (num_workers=0), which `fit` seeds: the same seed gives the same batches.
@@ -144,16 +120,12 @@ def train_loader(graph: HeteroData, cfg: HGTConfig, device: torch.device = torch
     weight[0] = 0.0                    # never the padding / OOV row as a negative
     num_neighbors = {et: list(cfg.num_neighbors) for et in lean.edge_types}
     positives = lean[INTERACTS].edge_index if positives is None else positives
-    kwargs = dict(edge_label_index=(INTERACTS, positives), batch_size=cfg.batch_size,
-                  neg_sampling=NegativeSampling("triplet", amount=cfg.num_negatives, dst_weight=weight),
-                  shuffle=True, generator=torch.Generator().manual_seed(cfg.seed))
-    if _use_cugraph(cfg.sampler, device):
-        return _cugraph_link_loader(lean, num_neighbors, **kwargs)
-    from torch_geometric.loader import LinkNeighborLoader
-
-    with warnings.catch_warnings():   # "NeighborSampler without pyg-lib is deprecated": torch-sparse is what we have
-        warnings.simplefilter("ignore", UserWarning)
-        return LinkNeighborLoader(lean, num_neighbors, num_workers=0, **kwargs)
+    timed = cfg.time_buckets > 0 and any("time" in graph[et] for et in graph.edge_types)
+    return link_neighbor_loader(
+        lean, num_neighbors, cfg.sampler, device, require_edge_ids=timed,   # ages are looked up by edge id
+        edge_label_index=(INTERACTS, positives), batch_size=cfg.batch_size,
+        neg_sampling=NegativeSampling("triplet", amount=cfg.num_negatives, dst_weight=weight),
+        shuffle=True, generator=torch.Generator().manual_seed(cfg.seed))
 
 
 def target_edge_masks(batch: HeteroData, num_items: int) -> dict:
