@@ -124,7 +124,10 @@ def stage_events(tables: RawTables, out: Path) -> int:
 def plan_partitions(tables: RawTables, parts: int, scratch: Path) -> list[ByteRange] | list[RowSlice]:
     """Byte ranges of the events file when it can be cut, else row slices of a staged Parquet copy (written into
     `scratch`, which every worker must be able to read)."""
-    if tables.events_csv is not None and parts > 1:
+    source = tables.sources.get("events")
+    # Only the input file itself is cut: a plain copy of it (xz, another encoding) is in the driver's $TMPDIR, which
+    # the workers of a real cluster cannot read; such an input is staged into the shared `scratch` instead.
+    if tables.events_csv is not None and parts > 1 and source and Path(tables.events_csv[0]) == Path(source):
         path, sep = tables.events_csv
         ranges = byte_ranges(Path(path), sep, parts)
         if ranges:

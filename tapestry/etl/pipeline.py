@@ -115,8 +115,9 @@ class LocalStages:
     def fit_ids(self, good: pl.LazyFrame) -> tuple[IdEncoder, IdEncoder]:
         # Only the distinct ids are collected: the id maps must be in memory, the events need not be.
         engine = collect_engine(self.engine)
-        return tuple(IdEncoder.fit(name, good.select(pl.col(f"{name}_id").unique()).collect(engine=engine)[f"{name}_id"])
-                     for name in ("user", "item"))
+        distinct = {name: good.select(pl.col(f"{name}_id").unique()).collect(engine=engine)[f"{name}_id"]
+                    for name in ("user", "item")}
+        return IdEncoder.fit("user", distinct["user"]), IdEncoder.fit("item", distinct["item"])
 
     def encode_sorted(self, good: pl.LazyFrame, users: IdEncoder, items: IdEncoder, rows: int, split_kind: str,
                       scratch: Path) -> pl.LazyFrame:

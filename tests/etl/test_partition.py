@@ -50,3 +50,21 @@ def test_a_file_with_only_a_header_is_not_cut(tmp_path):
     path = tmp_path / "e.csv"
     path.write_bytes(HEADER)
     assert byte_ranges(path, ",", 2) is None
+
+
+def test_plan_cuts_the_input_file_itself_and_stages_anything_else(tmp_path):
+    import gzip
+
+    from tapestry.etl.partition import ByteRange, RowSlice, plan_partitions
+    from tapestry.etl.sources import generic_tables
+
+    body = b"".join(_lines(300))
+    plain, packed = tmp_path / "e.csv", tmp_path / "e.csv.gz"
+    plain.write_bytes(HEADER + body)
+    packed.write_bytes(gzip.compress(HEADER + body))
+    parts = plan_partitions(generic_tables(plain, check_events=False), 3, tmp_path)
+    assert len(parts) == 3 and all(isinstance(p, ByteRange) for p in parts)
+    (tmp_path / "stage").mkdir()
+    parts = plan_partitions(generic_tables(packed, check_events=False), 3, tmp_path / "stage")
+    assert all(isinstance(p, RowSlice) for p in parts) and sum(p.length for p in parts) == 300
+    assert [p.offset for p in parts] == [0, 100, 200]
