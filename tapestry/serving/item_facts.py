@@ -42,6 +42,17 @@ class ItemFacts:
     def entities_of(self, item: int) -> np.ndarray:
         return self.entity_indices[self.entity_indptr[item]:self.entity_indptr[item + 1]]
 
+    def entity_pairs(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every (position in `items`, entity value) pair of the items, position-major, values in name order:
+        the CSR rows gathered with no Python loop (the per-request path)."""
+        starts, ends = self.entity_indptr[items], self.entity_indptr[np.asarray(items) + 1]
+        lengths = ends - starts
+        total = int(lengths.sum())
+        if total == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+        return np.repeat(np.arange(len(lengths)), lengths), self.entity_indices[offsets + np.arange(total)]
+
     def entity_types(self) -> list[str]:
         """Each entity value's type ("genre" of "genre=Comedy"), aligned with entity_names."""
         return [name.partition("=")[0] for name in self.entity_names]

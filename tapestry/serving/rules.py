@@ -145,19 +145,27 @@ class RuleRanker:
             return order[: min(k, int(open_.sum()))]
         vectors = self.facts.vectors[cands] if r.mmr_weight else None
         redundancy = np.zeros(len(cands))
-        used = np.zeros(len(self.caps), dtype=np.int64)
+        capped = None
+        if r.max_per:
+            # [N, V]: which capped entity values each candidate carries (V: the distinct ones among them).
+            pos, values = self.facts.entity_pairs(cands)
+            keep = self.caps[values] > 0
+            pos, values = pos[keep], values[keep]
+            distinct, column = np.unique(values, return_inverse=True)
+            capped = np.zeros((len(cands), len(distinct)), dtype=np.int64)
+            capped[pos, column] = 1
+            room = self.caps[distinct].copy()          # picks left per value
         picked: list[int] = []
         while len(picked) < k and open_.any():
             value = np.where(open_, (1.0 - r.mmr_weight) * relevance - r.mmr_weight * redundancy, -np.inf)
             i = int(np.argmax(value))
-            open_[i] = False
-            if r.max_per:
-                values = self.facts.entities_of(int(cands[i]))
-                capped = values[self.caps[values] > 0]
-                if (used[capped] >= self.caps[capped]).any():
-                    continue                          # would exceed a cap: skipped for good
-                used[capped] += 1
             picked.append(i)
+            open_[i] = False
+            if capped is not None and capped.shape[1]:
+                room -= capped[i]
+                full = room <= 0
+                if full.any():                          # every candidate with a value at its cap is out for good
+                    open_ &= ~capped[:, full].any(axis=1)
             if vectors is not None:
                 redundancy = np.maximum(redundancy, vectors @ vectors[i])
         return np.asarray(picked, dtype=np.int64)
