@@ -179,4 +179,5 @@ def test_readme_example_is_the_current_output(capsys):
     command, shown = re.findall(r"```(?:bash)?\n(.*?)```", section, re.S)[:2]
     main(shlex.split(command.split("#", 1)[0])[1:])
     printed = "\n".join(line.rstrip() for line in capsys.readouterr().out.strip().splitlines())
-    assert printed == shown.strip()
+    assert printed == shown.strip(), ("README's Sizing example is stale (new benchmark results?): paste in the "
+                                      f"output of `{command.split('#', 1)[0].strip()}`")
