@@ -10,7 +10,7 @@ PYG_SPARSE    := torch-scatter==2.1.2 torch-sparse==0.6.18
 FBGEMM        := fbgemm-gpu-cpu==1.8.0
 TORCHREC      := torchrec==1.8.0
 
-.PHONY: install demo test clean locust
+.PHONY: install demo test clean locust gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,17 @@ locust: install
 	test -x $(LOCUST_VENV)/bin/locust || { $(PYTHON) -m venv $(LOCUST_VENV) && \
 		$(LOCUST_VENV)/bin/pip install --quiet 'locust>=2.20,<3'; }
 	$(PY) benchmarks/locust_run.py --tenant $(TENANT) --locust $(LOCUST_VENV)/bin/locust
+
+# The GPU check (README "GPU check"): one bounded run (8 min) on a machine with an NVIDIA GPU, summary in
+# benchmarks/results/gpu-check.json ($$OUT/gpu-check.json when OUT is set). It needs no `make install`: it runs with
+# this venv's Python if there is one, and itself moves to the machine's own CUDA PyTorch when this venv's torch is
+# the CPU build. Installs (the `gpu` extra, missing core requirements) happen only where it finds CUDA; wheels in
+# $(GPU_WHEELS) are used without network when that folder exists. No GPU: it says why and exits 0.
+GPU_PYTHON     ?= $(if $(wildcard $(PY)),$(PY),python3)
+GPU_WHEELS     ?= gpu-wheels
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(GPU_PYTHON) -m tapestry.gpucheck $(if $(wildcard $(GPU_WHEELS)),--wheels $(GPU_WHEELS)) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(LOCUST_VENV) artifacts

@@ -1,0 +1,5 @@
+import sys
+
+from tapestry.gpucheck.runner import main
+
+sys.exit(main())
