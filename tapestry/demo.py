@@ -129,8 +129,10 @@ def run_demo(tenant: str, root: Path | None = None, dataset: str = "ml-1m", quic
                     except RecommendError as e:
                         print(f"another tenant's request is refused ({protocol}): {e}")
     local = RecommendPipeline.from_artifacts(export.artifact_dir)
-    agree = all(served[(p, n)].item_ids == local.recommend(tenant, u, 10, recent_item_ids=r).item_ids
-                for p in ("http", "grpc") for n, (u, r) in enumerate(requests))
+    # Items and their reasons (REASONS, printed under each item above) alike.
+    agree = all((served[(p, n)].item_ids, served[(p, n)].reasons) == (expected.item_ids, expected.reasons)
+                for n, (u, r) in enumerate(requests)
+                for expected in [local.recommend(tenant, u, 10, recent_item_ids=r)] for p in ("http", "grpc"))
     print(f"\nTriton HTTP == gRPC == in-process pipeline for {len(requests)} requests "
           f"({', '.join(served[('http', n)].strategy for n in range(len(requests)))}): {agree}")
     timings["total"] = round(time.perf_counter() - t_all, 2)

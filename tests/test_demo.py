@@ -18,3 +18,4 @@ def test_demo_shows_known_recent_and_anonymous_requests(tmp_path, capsys):
         assert f"for user visitor-1 (session, 4 recent events, via Triton {protocol})" in out    # anonymous session
         assert f"for user visitor-2 (popularity, via Triton {protocol})" in out         # nothing known
     assert "another tenant's request is refused" in out
+    assert "(because you watched " in out and "(popular right now)" in out                # REASONS, per item
