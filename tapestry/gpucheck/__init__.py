@@ -16,9 +16,9 @@ limit (a step over its limit is killed and recorded as "timeout"; the check goes
   faiss_compare     FAISS GPU vs CPU exact top-100 on random vectors (overlap)
   etl_compare       the ETL of one synthetic tenant with the Polars GPU engine vs the CPU engine
                     (tapestry.etl.compare.compare_artifacts)
+  benchmark         one training epoch CPU vs CUDA; FAISS search p50/p99 at 1M items CPU vs GPU
   cuda_tests        every test that skips without CUDA (selected by its skip reason), run with pytest
   serving_cuda      the Triton integration tests with the serving stages on CUDA (TAPESTRY_SERVING_DEVICE=cuda)
-  benchmark         one training epoch CPU vs CUDA; FAISS search p50/p99 at 1M items CPU vs GPU
 
 The summary JSON (default $OUT/gpu-check.json when OUT is set, else benchmarks/results/gpu-check.json) is
 rewritten atomically after every step, so a run cut short still leaves every finished step's result.

@@ -23,7 +23,7 @@ KILL_GRACE_S = 5.0
 # answers the sampler / FAISS / ETL questions before the long test runs.
 STEPS: tuple[tuple[str, float], ...] = (
     ("environment", 30), ("install", 100), ("sampling_compare", 60), ("faiss_compare", 30), ("etl_compare", 45),
-    ("cuda_tests", 120), ("serving_cuda", 90), ("benchmark", 60),
+    ("benchmark", 90), ("cuda_tests", 120), ("serving_cuda", 90),
 )
 STEP_NAMES = tuple(name for name, _ in STEPS)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_GPU = 0, 1, 2, 3
