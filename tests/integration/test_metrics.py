@@ -147,3 +147,10 @@ def test_the_router_counts_each_arm(server, root):
     assert all(expected.values())
     for arm, n in expected.items():
         assert value(changed, "tapestry_arm_requests_total", tenant="acme", experiment="exp1", arm=arm) == n
+    # The treatment arm's stage models (same tenant, same labels) are unloaded now: the series live on and count on.
+    before = quiet(server)
+    with RecommendClient(server.http_url, model_name=ensemble_name("acme", multi_tenant=True)) as client:
+        client.recommend("acme", users[0], k=3)
+    changed = settled(server, before, {series("tapestry_stage_rows_total", tenant="acme", stage="rerank"): 1})
+    assert value(changed, "tapestry_stage_rows_total", tenant="acme", stage="rerank") == 1
+    assert value(before, "tapestry_stage_rows_total", tenant="acme", stage="rerank") >= len(users)
