@@ -107,7 +107,7 @@ def main() -> None:
         "notes": "A 2-core box shared with other jobs (load_avg above): with the cores contended, a run of more "
                  "processes (driver + workers) gets a larger share of them, so these ratios mostly measure CPU "
                  "share, not the engine. The distributed run does more work than one node (byte-range copies, "
-                 "per-range Parquet files, the driver's final write), and one Polars process already uses both "
+                 "per-partition and per-range Parquet files, Dask itself), and one Polars process already uses both "
                  "cores; a real gain needs workers on more cores or machines. Artifacts: row-equal is the promise "
                  "(compare_artifacts); byte_equal_files lists the files that were also byte-equal.",
     }

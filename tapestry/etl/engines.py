@@ -5,8 +5,8 @@ CPU), "cpu" or "gpu" (refused with the reason when either is missing). The same 
 `engine=` they are collected or sunk with changes, so the artifacts are meant to be equal (tapestry.etl.compare
 checks that, and tests/etl/test_engines.py does on a GPU host).
 
-On the GPU the engine is `pl.GPUEngine(raise_on_fail=False)`: a query cudf-polars does not support (e.g. a regex
-with Unicode classes, which the id policy uses) runs on the CPU instead of failing, so GPU hosts get the GPU where
+On the GPU the engine is `pl.GPUEngine(raise_on_fail=False)`: a query cudf-polars does not support (an expression
+or regex it lacks) runs on the CPU instead of failing, so GPU hosts get the GPU where
 cudf-polars can take the query and the same result everywhere.
 """
 from __future__ import annotations
