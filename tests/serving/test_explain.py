@@ -109,3 +109,48 @@ def test_dense_and_sparse_entity_paths_give_the_same_reasons(monkeypatch):
     for _ in range(30):
         top, history = rng.permutation(np.arange(1, 6))[:3], rng.integers(0, 6, size=4)
         assert decode(sparse.reasons(top, history)) == decode(dense.reasons(top, history))
+
+
+def test_an_older_exports_rerank_config_without_reasons_is_answered_without_them():
+    """A repository exported before REASONS declares no such output: the adapter sends only what the config
+    declares (Triton refuses a response with an undeclared output), so the older export keeps serving."""
+    import types
+
+    from tapestry.serving.auth import KeyGuard
+    from tapestry.serving.triton_adapter import triton_model
+
+    class Tensor:
+        def __init__(self, name, array):
+            self.name, self.array = name, array
+
+        def as_numpy(self):
+            return self.array
+
+    class Request(dict):
+        def parameters(self):
+            return "{}"
+
+    class Response:
+        def __init__(self, output_tensors=(), error=None):
+            self.outputs, self.error = {t.name: t.array for t in output_tensors}, error
+
+    tables = RerankTables(item_entity=np.eye(6, 2, dtype=np.float32), log_pop=np.zeros(6, np.float32),
+                          demo_lift=np.zeros((1, 6), np.float32), user_attrs=np.zeros((2, 1), np.float32),
+                          attr_names=["x=y"])
+    model = triton_model(Rerank)()
+    model.pb = types.SimpleNamespace(get_input_tensor_by_name=lambda request, name: request.get(name),
+                                     Tensor=Tensor, InferenceResponse=Response, TritonError=None)
+    model.batched, model.guard = False, KeyGuard("acme", None)
+    model.stage = Rerank("acme", FeatureReranker(tables), ITEM_IDS, TITLES, max_k=3, max_len=4, facts=facts())
+    model.metrics = types.SimpleNamespace(record=lambda *a, **k: None)   # the stage-metrics hook, not under test
+    inputs = {"TENANT": bytes_array(["acme"]), "FILTERED": np.array([2, 3, 5]),
+              "FILTERED_SCORES": np.array([3.0, 2.0, 1.0], np.float32), "HISTORY": np.array([0, 0, 1, 4]),
+              "SEEN": np.array([0, 1, 4]), "USER_ATTRS": np.zeros(1, np.float32),
+              "USER_KIND": np.array([USER_KNOWN], np.int32), "K": np.array([2], np.int32)}
+    request = Request({name: Tensor(name, value) for name, value in inputs.items()})
+    old = {"ITEM_IDS": np.object_, "SCORES": np.float32, "TITLES": np.object_, "STRATEGY": np.object_}
+    for declared, expected in ((old, set(old)), ({**old, "REASONS": np.object_}, {*old, "REASONS"})):
+        model.out_dtypes = declared
+        (response,) = model.execute([request])
+        assert response.error is None and set(response.outputs) == expected
+        assert [x.decode() for x in response.outputs["ITEM_IDS"]] == ["b", "c"]
