@@ -1,5 +1,6 @@
 """`tapestry monitor --tenant T`: drift between the two latest exports, ANN recall vs exact search, training/serving
-skew and quarantine rates (tapestry.reporting.monitor); text, or `--json`."""
+skew, quarantine rates, and the live per-tenant series of a running server (tapestry.reporting.monitor); text, or
+`--json`."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,8 @@ def cmd_monitor(args) -> None:
     from tapestry.artifacts import atomic_write_json
     from tapestry.reporting.monitor import format_text, monitor
 
-    report = monitor(args.tenant, args.root, sample=args.sample, k=args.k, seed=args.seed)
+    report = monitor(args.tenant, args.root, sample=args.sample, k=args.k, seed=args.seed,
+                     metrics_url=args.metrics_url)
     if args.output:
         atomic_write_json(Path(args.output), report)
     if args.json:
@@ -29,5 +31,7 @@ def add_monitor_command(add) -> None:
     m.add_argument("--sample", type=int, default=200, help="users sampled for recall and skew (default 200)")
     m.add_argument("-k", type=int, default=10, help="recall@k (default 10)")
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--metrics-url", help="a Triton metrics port (host:port) to read the tenant's live series from "
+                   "(default: the running `tapestry serve` of the tenant, if any)")
     m.add_argument("--json", action="store_true", help="print the report as JSON")
     m.add_argument("--output", help="also write the JSON report to this path (atomically)")

@@ -15,7 +15,10 @@ tapestry.serving.metrics).
   table) against the same user's events in the ETL tables the models were trained on. Served events newer than the
   ETL (ingested since) are counted apart: they are expected, not skew;
 - quarantine rates: the latest ETL's (quarantined / input rows, by reason) and ingest's
-  (<tenant>/ingest/quarantine.jsonl by reason, over the lines of the source files it names).
+  (<tenant>/ingest/quarantine.jsonl by reason, over the lines of the source files it names);
+- live: when a `tapestry serve` runs for the tenant (or at --metrics-url), its per-tenant series on Triton's metrics
+  port summed since the server started (rows by strategy, per stage errors, empty results, candidates per row, mean
+  latency; arm counts).
 """
 from __future__ import annotations
 
@@ -222,15 +225,65 @@ def quarantine_rates(tenant: str, root: Path | None = None) -> dict:
     return out
 
 
-def monitor(tenant: str, root: Path | None = None, sample: int = 200, k: int = 10, seed: int = 0) -> dict:
-    """Every check for the tenant's latest export; a check that cannot run says why instead of failing the rest."""
+def live_metrics(metrics_url: str, tenant: str) -> dict:
+    """The tenant's series on a running Triton's metrics port (tapestry.serving.metrics), summed since it started:
+    answered rows by strategy, per stage rows / errors / empty results / candidates per row / mean latency, ignored
+    recent items, and rows per experiment arm."""
+    import urllib.request
+
+    from tapestry.serving.metrics import parse_prometheus
+
+    url = metrics_url if "://" in metrics_url else f"http://{metrics_url}"
+    with urllib.request.urlopen(f"{url.rstrip('/')}/metrics", timeout=10) as response:
+        page = parse_prometheus(response.read().decode())
+    mine = [(name, dict(labels), v) for (name, labels), v in page.items()
+            if name.startswith("tapestry_") and dict(labels).get("tenant") == tenant]
+
+    def total(name: str, key: str) -> dict:
+        out: dict = {}
+        for n, labels, v in mine:
+            if n == name:
+                out[labels[key]] = out.get(labels[key], 0.0) + v
+        return out
+
+    rows, candidates = total("tapestry_stage_rows_total", "stage"), total("tapestry_stage_candidates_total", "stage")
+    latency_sum = total("tapestry_stage_latency_seconds_sum", "stage")
+    calls = total("tapestry_stage_latency_seconds_count", "stage")
+    errors, empty = total("tapestry_stage_errors_total", "stage"), total("tapestry_empty_results_total", "stage")
+    stages = {stage: {"rows": rows.get(stage, 0.0), "errors": errors.get(stage, 0.0), "empty": empty.get(stage, 0.0),
+                      "candidates_per_row": candidates[stage] / rows[stage] if rows.get(stage) and stage in candidates
+                      else None,
+                      "mean_latency_ms": 1e3 * latency_sum[stage] / calls[stage] if calls.get(stage) else None}
+              for stage in sorted(set(rows) | set(errors) | set(calls))}
+    arms = {f"{labels['experiment']}/{labels['arm']}": v for n, labels, v in mine if n == "tapestry_arm_requests_total"}
+    return {"metrics_url": metrics_url, "requests_by_strategy": total("tapestry_requests_total", "strategy"),
+            "ignored_recent_items": sum(total("tapestry_ignored_recent_items_total", "tenant").values()),
+            "stages": stages, "arms": arms}
+
+
+def _live(tenant: str, root: Path | None, metrics_url: str | None) -> dict:
+    if metrics_url is None:
+        from tapestry.serving.status import live_state
+
+        state = live_state(tenant, root)
+        metrics_url = (state or {}).get("metrics_url")
+        if not metrics_url:
+            return {"note": "no running `tapestry serve` for the tenant (or pass --metrics-url)"}
+    return live_metrics(metrics_url, tenant)
+
+
+def monitor(tenant: str, root: Path | None = None, sample: int = 200, k: int = 10, seed: int = 0,
+            metrics_url: str | None = None) -> dict:
+    """Every check for the tenant's latest export, and its live series when a server for it runs (or at
+    `metrics_url`); a check that cannot run says why instead of failing the rest."""
     validate_tenant(tenant)
     export = latest_version(tenant, "export", root)
     artifacts = export / "artifacts"
     users = _sample_users(artifacts, sample, seed)
     report = {"tenant": tenant, "export": export.name, "sampled_users": len(users)}
     checks = {"drift": lambda: export_drift(tenant, root), "ann_recall": lambda: ann_recall(artifacts, users, k),
-              "skew": lambda: serving_skew(artifacts, users), "quarantine": lambda: quarantine_rates(tenant, root)}
+              "skew": lambda: serving_skew(artifacts, users), "quarantine": lambda: quarantine_rates(tenant, root),
+              "live": lambda: _live(tenant, root, metrics_url)}
     for name, check in checks.items():
         try:
             report[name] = check()
@@ -247,7 +300,7 @@ def _fmt(v) -> str:
 
 def format_text(report: dict) -> str:
     lines = [f"tenant {report['tenant']}  export {report['export']}  sampled users {report['sampled_users']}"]
-    for section in ("drift", "ann_recall", "skew", "quarantine"):
+    for section in ("drift", "ann_recall", "skew", "quarantine", "live"):
         lines.append(f"\n{section}")
         for key, value in _flat(report.get(section) or {}):
             lines.append(f"  {key:<42} {_fmt(value)}")
@@ -273,7 +326,7 @@ def monitor_section(tenant: str, root: Path | None = None, sample: int = 100) ->
     out = [f"<h2>Monitoring</h2><p class=meta>export {html.escape(report['export'])}, "
            f"{report['sampled_users']} sampled users (`tapestry monitor --tenant {html.escape(tenant)}`; live "
            "per-request series: Triton's metrics port)</p>"]
-    for section in ("drift", "ann_recall", "skew", "quarantine"):
+    for section in ("drift", "ann_recall", "skew", "quarantine", "live"):
         rows = "".join(f"<tr><td class=l>{html.escape(k)}</td><td>{html.escape(_fmt(v))}</td></tr>"
                        for k, v in _flat(report.get(section) or {}))
         out.append(f"<h3>{section.replace('_', ' ')}</h3><table>{rows}</table>")

@@ -13,6 +13,7 @@ from tapestry.config import TrainConfig
 from tapestry.ensembles import run_export
 from tapestry.etl import run_etl
 from tapestry.etl.synthetic import synthetic_tables
+from tapestry.reporting.monitor import monitor
 from tapestry.serving import experiment as ex
 from tapestry.serving import multi_tenant as mt
 from tapestry.serving.ab import Split
@@ -119,6 +120,12 @@ def test_each_request_moves_only_its_tenants_series(server, root):
         assert value(changed, "tapestry_stage_latency_seconds_sum", tenant="acme", stage=stage) > 0, stage
     retrieved = value(changed, "tapestry_stage_candidates_total", tenant="acme", stage="retrieval")
     assert retrieved >= value(changed, "tapestry_stage_candidates_total", tenant="acme", stage="filter") >= 19
+
+    # `tapestry monitor` finds the running server through the tenant's state and reads the same series.
+    live = monitor("acme", root, sample=5)["live"]
+    assert live["requests_by_strategy"]["personalized"] >= 3 and live["ignored_recent_items"] >= 6
+    assert live["stages"]["rerank"]["rows"] >= 4 and live["stages"]["feature_lookup"]["errors"] >= 1
+    assert live["stages"]["rerank"]["candidates_per_row"] <= 5 and live["stages"]["rerank"]["mean_latency_ms"] > 0
 
     before = quiet(server)
     with RecommendClient(server.grpc_url, protocol="grpc",

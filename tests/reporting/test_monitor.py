@@ -51,6 +51,7 @@ def test_monitor_on_two_exports_of_the_same_models(root, capsys):
     assert skew["known_to_store"] == 30 and skew["history_matches_offline"] == 1.0
     assert skew["events_newer_than_etl_per_user"] == 0.0 and skew["attrs_match_export"] == 1.0
     assert report["quarantine"]["etl"]["rate"] == 0.0 and report["quarantine"]["ingest"]["quarantined_lines"] == 0
+    assert "no running `tapestry serve`" in report["live"]["note"]   # the live series: tests/integration/test_metrics
     main(["monitor", "--tenant", "mon", "--root", str(root), "--sample", "5", "--json"])
     assert json.loads(capsys.readouterr().out)["skew"]["users"] == 5
     main(["monitor", "--tenant", "mon", "--root", str(root), "--sample", "5"])
