@@ -14,6 +14,7 @@ from tapestry.serving.filtering import CandidateFilter
 from tapestry.serving.retrieval import Retrieval
 from tapestry.serving.stage import USER_COLD, USER_KNOWN, USER_SESSION, RequestError, bytes_array
 from tapestry.serving.tenant_repository import read_config
+from tapestry.serving.metrics import MemoryRegistry, StageMetrics
 from tapestry.serving.triton_adapter import triton_model
 from tapestry.serving.user_encoder import UserEncoder
 
@@ -227,6 +228,7 @@ def _filter_model(batched: bool):
     model.pb, model.batched = _fake_pb(), batched
     model.guard = KeyGuard("acme", None)       # no key file: the tenant has no keys, every request passes
     model.stage = CandidateFilter("acme", num_candidates=3, num_items=10)
+    model.metrics = StageMetrics(model.stage.name, "acme", MemoryRegistry())   # initialize() sets it in Triton
     model.out_dtypes = {"FILTERED": np.int64, "FILTERED_SCORES": np.float32}
     return model
 
