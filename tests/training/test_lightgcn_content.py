@@ -121,3 +121,16 @@ def test_registered_with_quick_settings(planted):
 def test_unknown_loss_is_refused():
     with pytest.raises(ValueError, match="bpr"):
         LightGCNContentRecommender(loss="hinge")
+
+
+def test_feeds_a_sasrec_hybrid_through_graph_from(tiny_etl):
+    """Its item table lines up with the ETL's items, so a SASRec hybrid can fuse it (`graph_from`)."""
+    data = InteractionData.load(tiny_etl)
+    content_model = LightGCNContentRecommender(**TINY).fit(data)
+    assert content_model.item_embeddings().shape[0] == data.num_items
+    sasrec = registry.build("sasrec", {"graph_from": "lightgcn_content", "fusion": "add"}, quick=True, device="cpu",
+                            progress=False)
+    sasrec.bind({"lightgcn_content": content_model})
+    users = data.valid["user_idx"].to_numpy()[:4]
+    seqs = data.sequences(("train",))
+    assert sasrec.fit(data).score(users, [seqs[u] for u in users]).shape == (4, data.num_items)
