@@ -27,10 +27,18 @@ TINY = dict(embedding_dim=16, num_layers=1, epochs=3, batch_size=512, text_bucke
             num_negatives=64, patience=0, device="cpu", progress=False)
 
 
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+
+
 class TestLightGCNContent(RecommenderMixin):
     @classmethod
     def make(cls, data, graph):
-        return LightGCNContentRecommender(**TINY)
+        return LightGCNContentRecommender(**{**TINY, "device": cls.device})
+
+
+@needs_cuda
+class TestLightGCNContentCUDA(TestLightGCNContent):
+    device = "cuda"
 
 
 PLANTED = MultiBehaviourConfig(num_users=200, num_items=160, num_sessions=2_000, cold_items=16, seed=0)
