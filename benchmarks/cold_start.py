@@ -44,13 +44,20 @@ from tapestry.reporting.leaderboard import across_seeds, paired_test  # noqa: E4
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def keep_recent_fraction(train: pl.DataFrame, fraction: float) -> pl.DataFrame:
-    """Per user, the most recent ceil(fraction * n) training events (at least 1), in the split's order."""
+def keep_recent_fraction(train: pl.DataFrame, fraction: float, sample: str = "recent", seed: int = 0
+                         ) -> pl.DataFrame:
+    """Per user, ceil(fraction * n) of the n training events (at least 1), in the split's order: the most recent
+    ones (`sample="recent"`), or a uniform random subset of them (`"random"`, seeded: the same for every arm)."""
+    if sample not in ("recent", "random"):
+        raise ValueError(f"sample must be 'recent' or 'random', got {sample!r}")
     ranked = train.with_row_index("_order").with_columns(
-        pl.col("_order").rank("ordinal", descending=True).over("user_idx").alias("_from_end"),
+        pl.Series("_key", np.random.default_rng(seed).permutation(train.height)) if sample == "random"
+        else pl.col("_order").alias("_key"))
+    ranked = ranked.with_columns(
+        pl.col("_key").rank("ordinal", descending=True).over("user_idx").alias("_from_end"),
         pl.len().over("user_idx").alias("_n"))
     keep = (pl.col("_from_end") <= (pl.col("_n") * fraction).ceil().clip(lower_bound=1))
-    return ranked.filter(keep).sort("_order").drop("_order", "_from_end", "_n")
+    return ranked.filter(keep).sort("_order").drop("_order", "_key", "_from_end", "_n")
 
 
 def _etl(root: Path, quiet) -> dict:
@@ -79,6 +86,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--fraction", type=float, default=0.1)
+    p.add_argument("--sample", choices=("recent", "random"), default="recent",
+                   help="which of each user's training events the new tenant keeps: the most recent, or random ones")
     p.add_argument("--hidden-dim", type=int, default=64)
     p.add_argument("--max-len", type=int, default=50)
     p.add_argument("--pretrain-epochs", type=int, default=20)
@@ -122,7 +131,7 @@ def main() -> None:
             return
         glob, manifest = load_global(root, "cpu")
         full = InteractionData.load(etl["ml100k"].path)
-        data = dataclasses.replace(full, train=keep_recent_fraction(full.train, args.fraction))
+        data = dataclasses.replace(full, train=keep_recent_fraction(full.train, args.fraction, args.sample))
         arm_cfg = dict(epochs=args.epochs, patience=args.patience)
         finetune_lr, scratch_lr = args.finetune_lr or args.lr, args.scratch_lr or args.lr
         arms = {
@@ -158,8 +167,8 @@ def main() -> None:
                            "attribute_names": manifest["attribute_names"], "valid_history": manifest["valid_history"],
                            "fit_seconds": manifest["fit_seconds"], "config": manifest["config"]},
                        "new_tenant": {"dataset": "ml-100k", "opted_in": False, "fraction": args.fraction,
-                                      "fraction_rule": "per user, the most recent ceil(fraction * n) training events "
-                                                       "(at least 1)",
+                                      "fraction_rule": f"per user, ceil(fraction * n) of the n training events "
+                                                       f"(at least 1): {args.sample} ones",
                                       "train_events_full": full.train.height, "train_events_kept": data.train.height,
                                       "num_items": full.num_items - 1, "test_users": int(len(pu["users"]))},
                        "config": {**dataclasses.asdict(cfg), **arm_cfg, "finetune_lr": finetune_lr,
