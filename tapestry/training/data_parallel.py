@@ -120,6 +120,7 @@ def epoch_permutation(num_examples: int) -> torch.Tensor:
 
 
 _SHARE: tuple[int, int, int] | None = None      # (start, stop, global batch size) of the step in progress
+_ROWS: torch.Tensor | None = None                # the global batch's rows of the step in progress
 
 
 def step_share() -> tuple[slice, int]:
@@ -131,13 +132,25 @@ def step_share() -> tuple[slice, int]:
     return slice(start, stop), total
 
 
+def share_of(rows: torch.Tensor) -> tuple[slice, int]:
+    """step_share() inside a data-parallel step; (all of `rows`, len(rows)) anywhere else: one code path for
+    trainers that draw per-step randomness for the whole global batch."""
+    return step_share() if active() and _SHARE is not None else (slice(0, len(rows)), len(rows))
+
+
+def global_rows(rows: torch.Tensor) -> torch.Tensor:
+    """The whole global batch this rank's `rows` belong to (every rank knows it: the permutation is shared);
+    `rows` itself outside a data-parallel step. The sampled GNNs remove the global batch's supervision edges."""
+    return _ROWS if active() and _ROWS is not None else rows
+
+
 def shuffled_epoch(model: nn.Module, opt: torch.optim.Optimizer, num_examples: int, batch_size: int,
                    batch_loss, heartbeat=None) -> float:
     """tapestry.training.base.shuffled_epoch on every rank of a process group (see the module docstring). Returns
     the epoch's mean loss as one process would report it: each step's loss is the global batch's (the shares'
     losses weighted by their counts); a step's weight is the sum of the shares' weights, or, when `batch_loss`
     returns (loss, weight, count), `weight` as given (a per-step weight, e.g. 1)."""
-    global _SHARE
+    global _SHARE, _ROWS
     model.train()
     perm = epoch_permutation(num_examples)
     step = _ddp(model)
@@ -149,7 +162,7 @@ def shuffled_epoch(model: nn.Module, opt: torch.optim.Optimizer, num_examples: i
             if len(rows) < size:
                 break                                   # too few for one example per rank: dropped everywhere
             share = D.rank_slice(len(rows), rank, size)
-            _SHARE = (share.start, share.stop, len(rows))
+            _SHARE, _ROWS = (share.start, share.stop, len(rows)), rows
             out = step(batch_loss, rows[share])
             if out is None:
                 loss, n, count = None, 0, 0
@@ -171,7 +184,7 @@ def shuffled_epoch(model: nn.Module, opt: torch.optim.Optimizer, num_examples: i
             if heartbeat is not None:
                 heartbeat()
     finally:
-        _SHARE = None
+        _SHARE, _ROWS = None, None
     return total / max(weight, 1)
 
 
@@ -210,6 +223,37 @@ def gather_batch(t: torch.Tensor) -> tuple[torch.Tensor, int]:
     padded = torch.cat([t, t.new_zeros((longest - len(t), *t.shape[1:]))]) if len(t) < longest else t
     parts = _GatherRows.apply(padded) if t.requires_grad else _all_gather(padded)
     return torch.cat([p[:n] for p, n in zip(parts, lengths)]), sum(lengths[:rank])
+
+
+def gather_unique(rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Every rank's `rows` (vectors keyed by `keys`, e.g. item vectors by global item id), one row per distinct key
+    over the global batch (the first rank's copy; gradients flow back to it): the candidate set a single process
+    would have built from the whole batch. Outside a process group: `rows` as given (already distinct)."""
+    if not active():
+        return rows
+    everything, _ = gather_batch(rows)
+    every_key, _ = gather_batch(keys)
+    distinct, inverse = torch.unique(every_key, return_inverse=True)
+    first = torch.full((len(distinct),), len(every_key), dtype=torch.long, device=every_key.device)
+    first.scatter_reduce_(0, inverse, torch.arange(len(every_key), device=every_key.device), reduce="amin")
+    return everything[first]
+
+
+class ClippedOptimizer:
+    """`opt` whose step first clips the gradient norm of `params` to `max_norm` (0 = no clipping): lets a trainer
+    that clips run through the shared minibatch loop. Under DDP the gradients are already averaged then, so the
+    clipped norm is the global batch's, as in one process."""
+
+    def __init__(self, opt: torch.optim.Optimizer, params, max_norm: float):
+        self.opt, self.params, self.max_norm = opt, list(params), max_norm
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.opt.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        if self.max_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.max_norm)
+        self.opt.step()
 
 
 # ---- one fit on N processes -----------------------------------------------------------------------------------

@@ -39,7 +39,8 @@ import torch
 
 from tapestry.inference.fusion_ranker import DENSE, LOGP, LOGP_SCALE, FusionReranker, collate
 from tapestry.models.ranking.fusion import FusionRanker, listwise_loss
-from tapestry.training.base import Recommender, plain, seeded
+from tapestry.training import data_parallel
+from tapestry.training.base import Recommender, plain, seeded, shuffled_epoch
 from tapestry.training.fusion_lists import (build_lists, cross_fit, ndcg_at_10, tail_split, topk_unseen,
                                             training_positions)
 
@@ -88,6 +89,7 @@ class FusionRecommender(Recommender):
     Config = FusionConfig
     reranker_kind = "fusion"             # tapestry.inference.rerankers: what the export writes and serves
     served_if_better = True              # the export serves it only when it wins on validation (choose_ranker)
+    parallelism = "data"                 # shuffled_epoch over the lists: DDP under --distributed N
 
     def __init__(self, config: FusionConfig | None = None, **kwargs):
         super().__init__(config, **kwargs)
@@ -237,24 +239,19 @@ class FusionRecommender(Recommender):
         with seeded(self.device, c.seed):
             for epoch in range(1, c.epochs + 1):
                 t0 = time.perf_counter()
-                module.train()
-                perm = torch.randperm(len(train))
-                total = 0.0
-                for s in range(0, len(train), c.batch_size):
-                    idx = perm[s:s + c.batch_size]
+                def batch_loss(idx):        # a mean over the lists `idx` (this process's share under DDP)
                     b = dev(train.take(idx))
-                    loss = listwise_loss(module(b.cands, b.dense, b.history, b.user_attrs), b.cands,
-                                         train_pos[idx].to(self.device), ignore[idx].to(self.device))
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total += float(loss.detach()) * len(idx)
-                ndcg = self._valid_ndcg(module, val, val_pos) / n_valid
-                loss = total / len(train)
+                    return listwise_loss(module(b.cands, b.dense, b.history, b.user_attrs), b.cands,
+                                         train_pos[idx].to(self.device), ignore[idx].to(self.device)), len(idx)
+
+                # The shared minibatch loop: DDP under torchrun (tapestry.training.data_parallel); rank 0 validates.
+                loss = shuffled_epoch(module, opt, len(train), c.batch_size, batch_loss)
+                ndcg = data_parallel.from_lead(self._valid_ndcg(module, val, val_pos) / n_valid
+                                               if data_parallel.is_lead() else None)
                 self.loss_history_.append(loss)
                 history.append({"epoch": epoch, "loss": round(loss, 5), "valid_ndcg@10": round(ndcg, 5),
                                 "seconds": round(time.perf_counter() - t0, 1)})
-                if probe is not None:     # mean over the probe lists (all hold their target), then retrieval order
+                if probe is not None and data_parallel.is_lead():   # probe lists: mean, then retrieval order
                     history[-1]["probe_ndcg@10"] = round(self._valid_ndcg(module, *probe[:2]) / len(probe[1]), 5)
                     # Validation lists of the probe users (never trained on) and of the others, each list's mean.
                     per = self._valid_ndcg(module, val, val_pos, per_list=True)
@@ -273,7 +270,8 @@ class FusionRecommender(Recommender):
                           + (f"; probe {history[-1]['probe_ndcg@10']:.4f} vs retrieval order "
                              f"{history[-1]['probe_retrieval_ndcg@10']:.4f}, validation lists of probe users "
                              f"{history[-1]['valid_probe_users_ndcg@10']:.4f} / others "
-                             f"{history[-1]['valid_other_users_ndcg@10']:.4f}" if probe is not None else ""))
+                             f"{history[-1]['valid_other_users_ndcg@10']:.4f}" if "probe_ndcg@10" in history[-1]
+                             else ""))
                 if stale >= c.patience:
                     break
         self.report.update({"best_epoch": best_epoch, "best_valid_ndcg@10": best, "history": history})

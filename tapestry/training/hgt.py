@@ -46,7 +46,10 @@ from torch_geometric.data import HeteroData
 from tapestry.graph.hetero import INTERACTS
 from tapestry.graph.typed import GRAPH_KINDS, behaviour_types, graph_for, supervision_pairs
 from tapestry.models.graph.hgt import HGT
-from tapestry.training.base import Recommender, seeded, user_queries
+from tapestry.training import data_parallel
+from tapestry.training.base import Recommender, seeded, shuffled_epoch, user_queries
+from tapestry.training.link_steps import LinkSteps
+from tapestry.training.loop import run_epochs
 from tapestry.training.sampler_contract import ContractLoader, link_neighbor_loader, use_cugraph
 
 
@@ -128,14 +131,17 @@ def train_loader(graph: HeteroData, cfg: HGTConfig, device: torch.device = torch
         shuffle=True, generator=torch.Generator().manual_seed(cfg.seed))
 
 
-def target_edge_masks(batch: HeteroData, num_items: int) -> dict:
+def target_edge_masks(batch: HeteroData, num_items: int, targets: torch.Tensor | None = None) -> dict:
     """Per user<->item edge type (`interacts` and its reverse; every behaviour of a typed graph), True for the
     batch's edges that are NOT a seed (user, positive item) pair.
 
-    Matched on global ids (n_id), so it does not depend on how a loader numbers the subgraph's nodes.
+    Matched on global ids (n_id), so it does not depend on how a loader numbers the subgraph's nodes. `targets`
+    (user * num_items + item) overrides the batch's own pairs (data-parallel: the global batch's).
     """
     users, items = batch["user"].n_id, batch["item"].n_id
-    targets = users[batch["user"].src_index] * num_items + items[batch["item"].dst_pos_index]
+    if targets is None:
+        targets = users[batch["user"].src_index] * num_items + items[batch["item"].dst_pos_index]
+    targets = targets.to(users.device)
     masks = {}
     pairs = [(et, (0, 1) if et[0] == "user" else (1, 0)) for et in batch.edge_types
              if {et[0], et[2]} == {"user", "item"} and "edge_index" in batch[et]]
@@ -199,6 +205,7 @@ class HGTRecommender(Recommender):
     """Heterogeneous Graph Transformer over users, items and entity nodes, with relative temporal encoding."""
 
     Config = HGTConfig
+    parallelism = "data"                 # shuffled_epoch over sampled link batches: DDP under --distributed N
 
     def __init__(self, config: HGTConfig | None = None, **kwargs):
         super().__init__(config, **kwargs)
@@ -233,10 +240,20 @@ class HGTRecommender(Recommender):
                          cfg.time_buckets, categories=categories or None).to(self.device)
             opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
             loader = train_loader(graph, cfg, self.device, positives)
-            bar = self._epoch_bar(cfg.epochs, "hgt")
-            for _ in bar:
-                self.loss_history_.append(self._train_epoch(module, opt, loader, ages))
-                bar.set_postfix(loss=f"{self.loss_history_[-1]:.4f}")
+            if _use_cugraph(cfg.sampler, self.device):      # cuGraph-PyG's loader yields whole batches: one process
+                if data_parallel.active():
+                    raise RuntimeError("hgt trains data-parallel with sampler='pyg' only (cuGraph-PyG's loader "
+                                       "cannot sample a given share of a batch)")
+                run_epochs(self, module, cfg.epochs, "hgt", lambda beat: self._train_epoch(module, opt, loader, ages))
+            else:
+                # The shared minibatch loop over sampled link batches: DDP under torchrun (training.link_steps).
+                steps = LinkSteps(loader.loader, positives, self.num_items, cfg.num_negatives, cfg.seed,
+                                  contract=loader._check)
+                clipped = data_parallel.ClippedOptimizer(opt, module.parameters(), cfg.clip_grad_norm)
+                run_epochs(self, module, cfg.epochs, "hgt", lambda beat: shuffled_epoch(
+                    module, clipped, steps.num_positives, cfg.batch_size,
+                    lambda rows: (self._batch_loss(module, steps.batch(rows), ages, steps.global_targets(rows)), 1,
+                                  len(rows)), beat))
             full = sum(ei.size(1) for ei in graph.edge_index_dict.values()) <= cfg.full_graph_max_edges
             vecs = embed_all(module, graph, ages, self.device, None if full else cfg.batch_size, cfg.num_neighbors)
         self._user_emb, self._item_emb = vecs["user"].detach().clone(), vecs["item"].detach().clone()
@@ -252,23 +269,29 @@ class HGTRecommender(Recommender):
         self._user_emb[~self._known] = 0.0
         return self
 
+    def _batch_loss(self, module: HGT, batch, ages: dict, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """The step's loss: mean over its positives (this process's share under DDP; "softmax" then scores against
+        the share's subgraph items, tapestry.training.link_steps)."""
+        src, pos, neg = batch["user"].src_index, batch["item"].dst_pos_index, batch["item"].dst_neg_index
+        keep = target_edge_masks(batch, self.num_items, targets) if self.cfg.exclude_target_edges else None
+        n_id, edges, sub_ages = subgraph_inputs(batch, ages, self.device, keep)
+        out = module(n_id, edges, sub_ages)
+        u = out["user"][src.to(self.device)]
+        if self.cfg.loss == "softmax":
+            logits = u @ out["item"].T                                       # [B, items in subgraph]
+            target = pos.to(self.device)
+        else:
+            cand = torch.cat([pos.view(-1, 1), neg.view(len(pos), -1)], dim=1).to(self.device)
+            logits = (u.unsqueeze(1) * out["item"][cand]).sum(-1)          # [B, 1 + negatives]
+            target = torch.zeros(len(pos), dtype=torch.long, device=self.device)
+        return F.cross_entropy(logits, target)
+
     def _train_epoch(self, module: HGT, opt, loader, ages: dict) -> float:
+        """One epoch over the cuGraph-PyG loader's batches (one process): the mean step loss."""
         module.train()
         total, steps = 0.0, 0
         for batch in loader:
-            src, pos, neg = batch["user"].src_index, batch["item"].dst_pos_index, batch["item"].dst_neg_index
-            keep = target_edge_masks(batch, self.num_items) if self.cfg.exclude_target_edges else None
-            n_id, edges, sub_ages = subgraph_inputs(batch, ages, self.device, keep)
-            out = module(n_id, edges, sub_ages)
-            u = out["user"][src.to(self.device)]
-            if self.cfg.loss == "softmax":
-                logits = u @ out["item"].T                                       # [B, items in subgraph]
-                target = pos.to(self.device)
-            else:
-                cand = torch.cat([pos.view(-1, 1), neg.view(len(pos), -1)], dim=1).to(self.device)
-                logits = (u.unsqueeze(1) * out["item"][cand]).sum(-1)          # [B, 1 + negatives]
-                target = torch.zeros(len(pos), dtype=torch.long, device=self.device)
-            loss = F.cross_entropy(logits, target)
+            loss = self._batch_loss(module, batch, ages)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if self.cfg.clip_grad_norm > 0:

@@ -7,7 +7,8 @@ weights only), or "given" (the graph `fit` is handed, e.g. the pipeline's build_
 and nothing else is the ablation of benchmarks/hetero_ablation.py.
 
 Training: the positives are the distinct (user, item) pairs of the training events of `target_events` (every event
-type when empty), whatever relations the graph has. PyG's LinkNeighborLoader draws `batch_size` of them per step
+type when empty), whatever relations the graph has. PyG's LinkNeighborLoader machinery samples `batch_size` of them per step (tapestry.training.link_steps; sharded
+over the processes under --distributed N)
 with `num_negatives` uniform items each, and samples `num_neighbors[l]` neighbours per node, per relation, per hop
 (the same fan-out as tapestry.training.sage, applied to every relation). Each positive's own edges are removed from
 its step's subgraph in every user<->item relation (as HGT and SAGE do: at test time the held-out pair is never an
@@ -31,8 +32,11 @@ from torch_geometric.data import HeteroData
 from tapestry.graph.hetero import INTERACTS
 from tapestry.graph.typed import GRAPH_KINDS, behaviour_types, graph_for, supervision_pairs
 from tapestry.models.graph.rsage import RelationalSAGE
-from tapestry.training.base import Recommender, seeded, user_queries
+from tapestry.training import data_parallel
+from tapestry.training.base import Recommender, seeded, shuffled_epoch, user_queries
 from tapestry.training.hgt import lean_graph, subgraph_inputs, target_edge_masks
+from tapestry.training.link_steps import LinkSteps
+from tapestry.training.loop import run_epochs
 from tapestry.training.losses import sampled_softmax_loss
 
 
@@ -87,6 +91,7 @@ def link_loader(lean: HeteroData, positives: torch.Tensor, cfg: RSAGEConfig):
 class RSAGERecommender(Recommender):
     """Relational GraphSAGE: per-relation weights over the typed graph, neighbour-sampled training."""
     Config = RSAGEConfig
+    parallelism = "data"            # shuffled_epoch over sampled link batches: DDP under --distributed N
 
     def __init__(self, config: RSAGEConfig | None = None, **kwargs):
         super().__init__(config, **kwargs)
@@ -121,31 +126,27 @@ class RSAGERecommender(Recommender):
             module = RelationalSAGE(sizes, lean.metadata(), c.embedding_dim, len(c.num_neighbors), c.dropout,
                                     c.aggr, categories or None).to(dev)
             opt = torch.optim.Adam(module.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-            loader = link_loader(lean, positives, c)
-            bar = self._epoch_bar(c.epochs, "rsage")
-            for _ in bar:
-                module.train()
-                total, steps = 0.0, 0
-                for batch in loader:
-                    loss = self._batch_loss(module, batch, keep)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total, steps = total + float(loss.detach()), steps + 1
-                self.loss_history_.append(total / max(steps, 1))
-                bar.set_postfix(loss=f"{self.loss_history_[-1]:.4f}")
+            # The shared minibatch loop over sampled link batches: DDP under torchrun (tapestry.training.link_steps).
+            steps = LinkSteps(link_loader(lean, positives, c), positives, self.num_items, c.num_negatives, c.seed)
+            run_epochs(self, module, c.epochs, "rsage", lambda beat: shuffled_epoch(
+                module, opt, steps.num_positives, c.batch_size,
+                lambda rows: (self._batch_loss(module, steps.batch(rows), keep, steps.global_targets(rows)), 1,
+                              len(rows)), beat))
         self._infer(module, graph, keep)
         return self
 
-    def _batch_loss(self, module: RelationalSAGE, batch: HeteroData, keep: dict) -> torch.Tensor:
+    def _batch_loss(self, module: RelationalSAGE, batch: HeteroData, keep: dict,
+                    targets: torch.Tensor | None = None) -> torch.Tensor:
         dev = self.device
-        masks = target_edge_masks(batch, self.num_items) if self.cfg.exclude_target_edges else None
+        masks = target_edge_masks(batch, self.num_items, targets) if self.cfg.exclude_target_edges else None
         n_id, edges, _ = subgraph_inputs(batch, {}, dev, masks)
         out = module(n_id, edges, keep)
         src = batch["user"].src_index.to(dev)
         pos, neg = batch["item"].dst_pos_index.to(dev), batch["item"].dst_neg_index.to(dev)
         seeds = torch.unique(torch.cat([pos, neg.reshape(-1)]))   # every seed item is a candidate for every user
-        return sampled_softmax_loss(out["user"][src], out["item"][pos], out["item"][seeds], self.cfg.temperature)
+        # Under DDP: the seed items of every process's share, i.e. of the global batch.
+        cands = data_parallel.gather_unique(out["item"][seeds], batch["item"].n_id.to(dev)[seeds])
+        return sampled_softmax_loss(out["user"][src], out["item"][pos], cands, self.cfg.temperature)
 
     @torch.no_grad()
     def _infer(self, module: RelationalSAGE, graph: HeteroData, keep: dict) -> None:

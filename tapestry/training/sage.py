@@ -32,7 +32,10 @@ from torch_geometric.data import HeteroData
 
 from tapestry.graph.hetero import INTERACTS, REV_INTERACTS, build_hetero_graph
 from tapestry.models.graph.sage import SAGEEncoder
-from tapestry.training.base import Recommender, seeded
+from tapestry.training import data_parallel
+from tapestry.training.base import Recommender, seeded, shuffled_epoch
+from tapestry.training.link_steps import LinkSteps
+from tapestry.training.loop import run_epochs
 from tapestry.training.losses import bpr_loss, sampled_softmax_loss
 
 
@@ -133,11 +136,14 @@ def link_loader(g: HeteroData, cfg: SAGEConfig, device: torch.device = torch.dev
         return LinkNeighborLoader(g, list(cfg.num_neighbors), num_workers=0, **kwargs)
 
 
-def without_targets(batch: HeteroData, num_items: int) -> tuple[torch.Tensor, torch.Tensor]:
+def without_targets(batch: HeteroData, num_items: int,
+                    targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch's (user->item, item->user) edge indices minus its supervision pairs (global-id match, so it
-    works whichever loader produced the batch)."""
+    works whichever loader produced the batch); `targets` (user * num_items + item) overrides the batch's own
+    pairs (data-parallel: the global batch's)."""
     users, items = batch["user"].n_id, batch["item"].n_id
-    targets = users[batch["user"].src_index] * num_items + items[batch["item"].dst_pos_index]
+    if targets is None:
+        targets = users[batch["user"].src_index] * num_items + items[batch["item"].dst_pos_index]
     ui, iu = batch[INTERACTS].edge_index, batch[REV_INTERACTS].edge_index
     keep_ui = ~torch.isin(users[ui[0]] * num_items + items[ui[1]], targets)
     keep_iu = ~torch.isin(users[iu[1]] * num_items + items[iu[0]], targets)
@@ -147,6 +153,7 @@ def without_targets(batch: HeteroData, num_items: int) -> tuple[torch.Tensor, to
 class SAGERecommender(Recommender):
     """Inductive GraphSAGE item/user encoder; `item_embeddings()` feeds other models (e.g. a SASRec hybrid)."""
     Config = SAGEConfig
+    parallelism = "data"            # shuffled_epoch over sampled link batches: DDP under --distributed N
 
     def __init__(self, config: SAGEConfig | None = None, **kwargs):
         super().__init__(config, **kwargs)
@@ -184,29 +191,48 @@ class SAGERecommender(Recommender):
         known_items = torch.zeros(self.num_items, device=dev).index_fill_(0, ei[1].to(dev), 1.0)
         known_users = torch.zeros(self.num_users, device=dev).index_fill_(0, ei[0].to(dev), 1.0)
 
+        tensors = (item_values, user_values, known_items, known_users)
         with seeded(dev, c.seed):
             self.model = model = self._new_model()
             opt = torch.optim.Adam(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
             # The loader shuffles with its own generator: the same seed, the same batches.
             loader = link_loader(g, c, dev, torch.Generator().manual_seed(c.seed))
-            bar = self._epoch_bar(c.epochs, "sage")
-            for _ in bar:
-                model.train()
-                total, steps = 0.0, 0
-                for batch in loader:
-                    loss = self._batch_loss(model, batch.to(dev), item_values, user_values, known_items,
-                                            known_users)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total, steps = total + float(loss.detach()), steps + 1
-                self.loss_history_.append(total / max(steps, 1))
-                bar.set_postfix(loss=f"{self.loss_history_[-1]:.4f}")
+            if _use_cugraph(dev):
+                if data_parallel.active():
+                    raise RuntimeError("sage trains data-parallel with PyG's sampler only (cuGraph-PyG's loader "
+                                       "cannot sample a given share of a batch)")
+                run_epochs(self, model, c.epochs, "sage", lambda beat: self._loader_epoch(model, opt, loader, tensors))
+            else:
+                # The shared minibatch loop: DDP under torchrun (tapestry.training.link_steps says what stays equal).
+                steps = LinkSteps(loader, ei, self.num_items,
+                                  c.num_negatives, c.seed)
+                run_epochs(self, model, c.epochs, "sage", lambda beat: shuffled_epoch(
+                    model, opt, steps.num_positives, c.batch_size,
+                    lambda rows: self._step_loss(model, steps, rows, tensors), beat))
 
         self._infer(g, item_values, user_values, known_items, known_users)
         return self
 
-    def _batch_loss(self, model, batch, item_values, user_values, known_items, known_users) -> torch.Tensor:
+    def _loader_epoch(self, model, opt, loader, tensors) -> float:
+        """One epoch over the cuGraph-PyG loader's batches (one process): the mean step loss."""
+        model.train()
+        total, steps = 0.0, 0
+        for batch in loader:
+            loss = self._batch_loss(model, batch.to(self.device), *tensors)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, steps = total + float(loss.detach()), steps + 1
+        return total / max(steps, 1)
+
+    def _step_loss(self, model, steps: LinkSteps, rows: torch.Tensor, tensors):
+        """(loss, weight 1 per step, rows it is a mean over) of this process's share `rows` of a step."""
+        batch = steps.batch(rows).to(self.device)
+        targets = steps.global_targets(rows).to(self.device)
+        return self._batch_loss(model, batch, *tensors, targets=targets), 1, len(rows)
+
+    def _batch_loss(self, model, batch, item_values, user_values, known_items, known_users,
+                    targets: torch.Tensor | None = None) -> torch.Tensor:
         c = self.cfg
         users, items = batch["user"].n_id, batch["item"].n_id
         keep_item = known_items[items]
@@ -214,15 +240,16 @@ class SAGERecommender(Recommender):
             keep_item = keep_item * (torch.rand(items.numel(), device=items.device) >= c.id_dropout)
         x_user = model.user_inputs(users, user_values[users], known_users[users])
         x_item = model.item_inputs(items, item_values[items], keep_item)
-        h_user, h_item = model(x_user, x_item, *without_targets(batch, self.num_items))
+        h_user, h_item = model(x_user, x_item, *without_targets(batch, self.num_items, targets))
         q = h_user[batch["user"].src_index]
         pos = h_item[batch["item"].dst_pos_index]
         neg_index = batch["item"].dst_neg_index.view(q.shape[0], -1)
         if c.loss == "bpr":
             return bpr_loss((q * pos).sum(-1), (q * h_item[neg_index[:, 0]]).sum(-1))
         # Every seed item of the batch (positives and uniform negatives) is a candidate for every user.
+        # Under DDP: the seed items of every process's share, i.e. of the global batch.
         seeds = torch.unique(torch.cat([batch["item"].dst_pos_index, neg_index.reshape(-1)]))
-        return sampled_softmax_loss(q, pos, h_item[seeds], c.temperature)
+        return sampled_softmax_loss(q, pos, data_parallel.gather_unique(h_item[seeds], items[seeds]), c.temperature)
 
     @torch.no_grad()
     def _infer(self, g, item_values, user_values, known_items, known_users) -> None:
