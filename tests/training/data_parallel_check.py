@@ -28,6 +28,22 @@ FAMILIES = {
     "lightgcn_softmax": ("lightgcn", dict(embedding_dim=8, num_layers=1, epochs=1, patience=0, batch_size=1001,
                                           loss="softmax", num_negatives=32, seed=3)),
 }
+# The neighbour-sampled GNNs (tapestry.training.link_steps): the FULL neighbourhood (-1 per hop) makes a seed's
+# L-hop computation the same in the global batch's subgraph and in a share's; no dropout (SAGE's ID dropout
+# included). HGT with its "sampled" loss: its "softmax" scores against each share's own subgraph items.
+_GNN = dict(epochs=1, seed=3, num_negatives=2, batch_size=1001)
+FAMILIES.update({
+    "sage": ("sage", dict(_GNN, embedding_dim=8, num_neighbors=(-1, -1), id_dropout=0.0, dropout=0.0)),
+    "rsage": ("rsage", dict(_GNN, embedding_dim=8, num_neighbors=(-1,), dropout=0.0)),
+    "hgt": ("hgt", dict(_GNN, hidden_dim=8, heads=1, num_layers=2, out_dim=8, num_neighbors=(-1, -1),
+                        loss="sampled")),
+    "hgt_typed": ("hgt_typed", dict(_GNN, hidden_dim=8, heads=1, num_layers=1, out_dim=8, num_neighbors=(-1,),
+                                    loss="sampled")),
+    # The reranker over popularity's candidates (closed-form, so both runs rerank the same lists).
+    "fusion": ("fusion", dict(retriever="popularity", graph_from=None, cross_fit=False, item_init=False, dim=8,
+                              num_heads=1, history_len=10, mlp=(16,), dropout=0.0, num_candidates=20, positions=2,
+                              epochs=1, patience=1, batch_size=61, seed=3, sgd_lr=0.05)),   # 0.5 diverges
+})
 
 
 class _SGD(torch.optim.SGD):
@@ -50,23 +66,36 @@ def fit_family(name: str, data, optimizer: str = "adam"):
     from tapestry.training import registry
 
     entry, params = FAMILIES[name]
+    params = dict(params)
+    sgd_lr = params.pop("sgd_lr", SGD_LR)
     if optimizer == "sgd":
-        params = dict(params, lr=SGD_LR)
+        params["lr"] = sgd_lr
     rec = registry.build(entry, params, device="cpu", progress=False)
     trainer = importlib.import_module(type(rec).__module__)
-    real_loop, real_adam, real_adamw, captured = trainer.run_epochs, torch.optim.Adam, torch.optim.AdamW, {}
+    captured = {}
+    if entry == "fusion":                            # its own epoch loop: spy on the method that trains
+        rec.bind({"popularity": registry.build("popularity", None, device="cpu").fit(data)})
+        owner, attr, real_loop = type(rec), "_train", type(rec)._train
 
-    def spy(rec_, module, *args, **kwargs):          # the module the epoch loop trains, and its starting weights
-        captured["module"], captured["init"] = module, {k: v.clone() for k, v in module.state_dict().items()}
-        return real_loop(rec_, module, *args, **kwargs)
+        def spy(rec_, module, *args, **kwargs):
+            captured["module"], captured["init"] = module, {k: v.clone() for k, v in module.state_dict().items()}
+            return real_loop(rec_, module, *args, **kwargs)
+    else:
+        owner, attr, real_loop = trainer, "run_epochs", trainer.run_epochs
 
-    trainer.run_epochs = spy
+        def spy(rec_, module, *args, **kwargs):      # the module the epoch loop trains, and its starting weights
+            captured["module"], captured["init"] = module, {k: v.clone() for k, v in module.state_dict().items()}
+            return real_loop(rec_, module, *args, **kwargs)
+
+    real_adam, real_adamw = torch.optim.Adam, torch.optim.AdamW
+    setattr(owner, attr, spy)
     if optimizer == "sgd":
         torch.optim.Adam = torch.optim.AdamW = _SGD
     try:
         rec.fit(data)
     finally:
-        trainer.run_epochs, torch.optim.Adam, torch.optim.AdamW = real_loop, real_adam, real_adamw
+        setattr(owner, attr, real_loop)
+        torch.optim.Adam, torch.optim.AdamW = real_adam, real_adamw
     return captured["module"], captured["init"], rec
 
 

@@ -1,7 +1,8 @@
 """Data-parallel training (tapestry.training.data_parallel): 2 CPU processes (gloo) take the same steps as one process
 with the same global batch, for every family the shared minibatch loop trains — sequential (SASRec with a full and a
-sampled softmax, BERT4Rec, ComiRec, SR-GNN), two-tower (in-batch negatives gathered over the processes) and graph
-(LightGCN, BPR and sampled softmax) — and `tapestry train --distributed 2` runs through torchrun end to end.
+sampled softmax, BERT4Rec, ComiRec, SR-GNN), two-tower (in-batch negatives gathered over the processes), graph
+(LightGCN, BPR and sampled softmax), the neighbour-sampled GNNs (SAGE, relational SAGE, HGT on the given and the
+typed graph: each process samples its share's subgraph, full neighbourhoods) and the fusion reranker — and `tapestry train --distributed 2` runs through torchrun end to end.
 
 The strict comparison steps with SGD (data_parallel_check._SGD says why Adam is not bitwise comparable); the same
 fits with the trainers' own Adam are checked for equal losses and all but a few near-zero-gradient elements equal.
@@ -105,17 +106,18 @@ def test_tapestry_train_distributed_end_to_end(etl):
                                reference.score(users, [hist[u] for u in users]), atol=2e-2, rtol=0)
 
 
+class _OneProcessOnly:
+    parallelism = "single"          # a trainer without a multi-process path
+
+
 def test_models_that_cannot_are_refused_clearly():
-    # sage has no multi-process path: it fits in one process beside the data-parallel lightgcn (said in the log)
-    _check_config(TrainConfig(models=("popularity", "lightgcn", "sage"), serve="", distributed=2))
     with pytest.raises(ValueError, match="nothing in models"):
         _check_config(TrainConfig(models=("popularity", "graph_filter"), serve="", distributed=2))
     _check_config(TrainConfig(models=("popularity", "lightgcn", "sasrec_lightgcn", "two_tower", "srgnn_shared"),
                               distributed=2))                # the default line-up trains data-parallel
-    from tapestry.training.hgt import HGTRecommender
-
-    with pytest.raises(ValueError, match="does not train data-parallel"):
-        data_parallel.check(HGTRecommender(device="cpu"), 2)
+    _check_config(TrainConfig(models=("popularity", "sage", "rsage", "hgt", "hgt_typed"), serve="", distributed=2))
+    with pytest.raises(ValueError, match="_OneProcessOnly does not train data-parallel"):
+        data_parallel.check(_OneProcessOnly(), 2)
 
 
 def test_outside_a_process_group_nothing_changes():
