@@ -74,3 +74,17 @@ def test_written_table_round_trips_and_leaves_no_temp_file(setup, tmp_path):
     smaller = InteractionData(**{**data.__dict__, "path": etl_dir, "num_items": data.num_items - 1})
     with pytest.raises(ValueError, match="rebuild it"):
         load_item_content(smaller)
+
+
+def test_movielens_titles_and_genres_become_content(ml100k_etl):
+    """Real catalogue: every ML-100K movie gets its title text and its genre tokens (`a|b` split)."""
+    from tapestry.config import datasets_dir
+    from tapestry.etl.movielens import movielens_100k
+
+    data = InteractionData.load(ml100k_etl)
+    catalogue = movielens_100k(datasets_dir() / "ml-100k").items
+    content = item_content_from_catalogue(data, catalogue, ["genre"], text_columns=("title",))
+    assert content.num_cold == 0 and len(content) == data.num_items
+    toy = content.item_ids.index("1")
+    assert content.text[toy] == "Toy Story (1995)"
+    assert set(content.categories[toy]) == {"genre=Animation", "genre=Children's", "genre=Comedy"}
