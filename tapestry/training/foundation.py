@@ -35,21 +35,29 @@ class FoundationRecommender(SASRecRecommender):
     Config = FoundationConfig
 
     def __init__(self, config: FoundationConfig | None = None, *, vocab: AttributeVocab | None = None,
-                 shared: dict[str, torch.Tensor] | None = None, **kwargs):
+                 shared: dict[str, torch.Tensor] | None = None, transfer: str = "all", **kwargs):
         super().__init__(config, **kwargs)
+        self.transfer = transfer      # "content": `shared` holds the content tables only
         self.vocab = vocab            # None: built from the training data's names in fit
         self.shared_init = shared     # a global model's shared state to start from (fine-tuning)
         self._tokens: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
-    def from_global(cls, global_model: "FoundationRecommender", **overrides) -> "FoundationRecommender":
+    def from_global(cls, global_model: "FoundationRecommender", transfer: str = "all",
+                    **overrides) -> "FoundationRecommender":
         """A new tenant's model: the global model's config (with `overrides`, e.g. epochs, seed) and vocabulary,
-        starting from its shared weights; pre-training mode off (the tenant's item ids are learned)."""
+        starting from its shared weights; pre-training mode off (the tenant's item ids are learned).
+        `transfer="content"` takes only the attribute and title tables (positions and blocks start fresh)."""
         if global_model.model is None:
             raise RuntimeError("the global model is not fitted")
+        if transfer not in ("all", "content"):
+            raise ValueError(f"transfer must be 'all' or 'content', got {transfer!r}")
         cfg = FoundationConfig(**{**global_model._init_kwargs(), "pretrain": False, **overrides})
-        return cls(cfg, vocab=global_model.vocab, shared=shared_state(global_model.model),
-                   device=global_model.device_name)
+        shared = shared_state(global_model.model)
+        if transfer == "content":
+            shared = {k: v for k, v in shared.items() if k.startswith("content.")}
+        return cls(cfg, vocab=global_model.vocab, shared=shared, device=global_model.device_name,
+                   transfer=transfer)
 
     def _new_model(self, num_items: int, side_dim: int = 0) -> ContentSASRec:
         if side_dim:
@@ -60,7 +68,7 @@ class FoundationRecommender(SASRecRecommender):
         if self._tokens is not None:
             model.set_item_tokens(*self._tokens)
         if self.shared_init is not None:
-            load_shared_state(model, self.shared_init)
+            load_shared_state(model, self.shared_init, complete=self.transfer == "all")
         if c.pretrain:
             model.item_emb.weight.requires_grad_(False)   # Adam skips parameters without gradients
         return model

@@ -103,6 +103,17 @@ def test_fine_tune_maps_attributes_by_name_and_starts_from_global_weights(roots)
     assert not torch.equal(tuned.model.content.attributes.weight[OOV].detach().cpu(), oov_before)
 
 
+def test_content_only_transfer_keeps_a_fresh_encoder(roots):
+    glob, _ = load_global(roots[1], "cpu")
+    new = FoundationRecommender.from_global(glob, transfer="content", seed=7)
+    new.vocab = glob.vocab
+    model = new._new_model(glob.num_items)
+    assert torch.equal(model.content.title.weight, glob.model.content.title.weight)
+    assert not torch.equal(model.blocks[0].qkv.weight, glob.model.blocks[0].qkv.weight)
+    with pytest.raises(ValueError, match="transfer"):
+        FoundationRecommender.from_global(glob, transfer="ids")
+
+
 def test_vocab_and_titles_are_stable_strings():
     vocab = AttributeVocab.build(["genre=Drama", "genre=Action", "genre=Drama"])
     assert vocab.encode(["genre=Action", "genre=Drama", "brand=Acme"]) == [2, 3, OOV]

@@ -84,14 +84,15 @@ def shared_state(model: ContentSASRec) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k not in TENANT_KEYS}
 
 
-def load_shared_state(model: ContentSASRec, shared: dict[str, torch.Tensor]) -> None:
+def load_shared_state(model: ContentSASRec, shared: dict[str, torch.Tensor], complete: bool = True) -> None:
     """Copy a global model's shared part into `model`; its tenant part is kept. Shapes must agree (same dims, same
-    attribute vocabulary and title buckets), and nothing outside the shared part may be given."""
+    attribute vocabulary and title buckets), and nothing outside the shared part may be given. `complete=False`
+    accepts a subset (e.g. the content tables alone; the rest keeps `model`'s own initialisation)."""
     stray = sorted(set(shared) & set(TENANT_KEYS))
     if stray:
         raise ValueError(f"shared state carries tenant entries {stray}: item ids never transfer")
     expected = set(model.state_dict()) - set(TENANT_KEYS)
     missing, extra = sorted(expected - set(shared)), sorted(set(shared) - expected)
-    if missing or extra:
+    if (missing and complete) or extra:
         raise ValueError(f"shared state does not fit this model: missing {missing}, unexpected {extra}")
     model.load_state_dict(shared, strict=False)
