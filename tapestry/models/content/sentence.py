@@ -7,6 +7,7 @@ passed, so a missing file is an error here, not a network call. sentence-transfo
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -28,9 +29,13 @@ def _library():
 
 
 def checkpoint_dim(checkpoint: str | Path) -> int:
-    return int(_load(checkpoint).get_sentence_embedding_dimension())
+    model = _load(checkpoint)
+    # Renamed in sentence-transformers 6 (the old name warns); 5.x has only the old one.
+    get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(get_dim())
 
 
+@functools.lru_cache(maxsize=2)      # a fit asks for the dimension, then the vectors: load the checkpoint once
 def _load(checkpoint: str | Path):
     path = Path(checkpoint)
     if not path.is_dir():
