@@ -6,10 +6,13 @@ torchrun's start-up and the imports are left out; the first epoch (DDP's constru
 median of the others kept. Three settings, on the same cores:
   1 process with N threads (torch's default on N cores), 1 process with 1 thread, N processes with 1 thread each.
 Examples are what one epoch iterates: sequences (SASRec, BERT4Rec), (prefix -> next item) pairs (two-tower,
-SR-GNN, ComiRec) or training edges (LightGCN).
+SR-GNN, ComiRec), training edges (LightGCN) or positive edges (SAGE, relational SAGE, HGT: each process samples its
+share's subgraphs), or candidate lists (the fusion reranker, over popularity's lists here).
 
     python benchmarks/ddp_throughput.py                                   # ML-100K, sasrec two_tower lightgcn
     python benchmarks/ddp_throughput.py --models sasrec,bert4rec,comirec,srgnn,two_tower,lightgcn --epochs 3
+    python benchmarks/ddp_throughput.py --models lightgcn,sage,rsage,hgt,fusion --output \
+        benchmarks/results/ddp_throughput-ml-100k-gnn.json   # the sampled GNNs and the reranker
     python benchmarks/ddp_throughput.py --max-users 100 --epochs 2 --output /tmp/ddp.json   # a quick check
 
 Writes benchmarks/results/ddp_throughput-<dataset>.json (or --output): per model the epoch seconds and examples/s
@@ -35,6 +38,12 @@ NOTE = ("Throughput on this machine's {cores} CPU cores, shared with whatever el
         "On busy shared cores one process with {cores} threads can be slower than with 1 (its fork/join waits for the "
         "busy core: tests/conftest.py), hence both single-process settings. Data parallelism pays off with a core "
         "set (or GPU) per process and large per-process batches.")
+
+
+# The fusion reranker over popularity's candidate lists: its own training, not a retriever chain's; patience above
+# the epochs (its early stopping counts from 0), validation still runs every epoch (rank 0) but is not timed.
+BENCH_PARAMS = {"fusion": dict(retriever="popularity", graph_from=None, cross_fit=False, item_init=False,
+                               patience=1000)}
 
 
 def _data(dataset: str, max_users: int):
@@ -71,13 +80,29 @@ def examples_per_epoch(rec, data, graph) -> int:
         return sum(len(s) - 1 if per <= 0 else min(len(s) - 1, per) for s in seqs if len(s) >= 2)
     if kind == "LightGCNRecommender":
         return int(graph[INTERACTS].edge_index.shape[1])
+    if kind == "SAGERecommender":                   # positive edges (each user-item pair once)
+        from tapestry.training.sage import interaction_graph
+        return int(interaction_graph(graph)[INTERACTS].edge_index.shape[1])
+    if kind in ("RSAGERecommender", "HGTRecommender"):
+        from tapestry.graph.typed import supervision_pairs
+        if kind == "HGTRecommender" and c.graph == "given" and not c.target_events:
+            return int(graph[INTERACTS].edge_index.shape[1])
+        pairs = supervision_pairs(data, tuple(c.target_events))
+        return int((torch.unique(pairs, dim=1) if kind == "RSAGERecommender" else pairs).shape[1])
+    if kind == "FusionRecommender":                 # candidate lists
+        return int(rec.report["train_lists"])
     raise ValueError(f"no example count for {kind}")
 
 
 def _measure(name: str, data, graph, epochs: int, processes: int, threads: int) -> dict:
     from tapestry.training import data_parallel, registry
 
-    rec = registry.build(name, {"epochs": epochs, "patience": 0}, device="cpu", progress=False)
+    # No validation (patience 0) where a model has early stopping; the sampled GNNs have none.
+    fields = {f.name for f in dataclasses.fields(registry.get(name).recommender_class().Config)}
+    params = {"epochs": epochs, **({"patience": 0} if "patience" in fields else {}), **BENCH_PARAMS.get(name, {})}
+    rec = registry.build(name, params, device="cpu", progress=False)
+    if name in BENCH_PARAMS:                        # the reranker reranks popularity's lists (closed-form upstream)
+        rec.bind({"popularity": registry.build("popularity", None, device="cpu").fit(data)})
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     if processes > 1:
@@ -110,6 +135,9 @@ def main() -> None:
     p.add_argument("--processes", type=int, default=2)
     p.add_argument("--max-users", type=int, default=0, help="keep users with id <= this (0: all): a quick check")
     p.add_argument("--output", type=Path, help="JSON path (default: benchmarks/results/ddp_throughput-<dataset>.json)")
+    p.add_argument("--single-thread-only", action="store_true",
+                   help="leave out the 1-process-N-threads setting (on loaded shared cores it can take 10x longer)")
+    p.add_argument("--note", default="", help="appended to the JSON's note (e.g. the machine's load)")
     args = p.parse_args()
 
     from tapestry.graph.hetero import build_hetero_graph
@@ -120,21 +148,26 @@ def main() -> None:
     result = {"benchmark": "ddp_throughput", "dataset": args.dataset, "max_users": args.max_users or None,
               "train_events": data.train.height, "epochs": args.epochs, "cpu_count": cores, "device": "cpu",
               "backend": "gloo", "torch": torch.__version__, "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-              "note": NOTE.format(cores=cores), "models": {}}
+              "note": NOTE.format(cores=cores) + (" " + args.note if args.note else ""), "models": {}}
+    out = args.output or RESULTS / f"ddp_throughput-{args.dataset}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        runs = {f"1proc_{n}threads": _measure(name, data, graph, args.epochs, 1, n),
-                "1proc_1thread": _measure(name, data, graph, args.epochs, 1, 1),
-                f"{n}proc_1thread": _measure(name, data, graph, args.epochs, n, 1)}
+        runs = {} if args.single_thread_only else {
+            f"1proc_{n}threads": _measure(name, data, graph, args.epochs, 1, n)}
+        runs.update({"1proc_1thread": _measure(name, data, graph, args.epochs, 1, 1),
+                     f"{n}proc_1thread": _measure(name, data, graph, args.epochs, n, 1)})
         eps = {k: v["examples_per_s"] for k, v in runs.items()}
-        runs["ratio_vs_1proc_same_cores"] = round(eps[f"{n}proc_1thread"] / eps[f"1proc_{n}threads"], 3)
+        if not args.single_thread_only:
+            runs["ratio_vs_1proc_same_cores"] = round(eps[f"{n}proc_1thread"] / eps[f"1proc_{n}threads"], 3)
         runs["ratio_vs_1proc_1thread"] = round(eps[f"{n}proc_1thread"] / eps["1proc_1thread"], 3)
         result["models"][name] = runs
         print(f"{name}: examples/s " + ", ".join(f"{k} {v}" for k, v in eps.items())
-              + f"; {n} processes / 1 process on the same cores = {runs['ratio_vs_1proc_same_cores']}", flush=True)
-    result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    out = args.output or RESULTS / f"ddp_throughput-{args.dataset}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+              + f"; {n} processes / 1 process (1 thread) = {runs['ratio_vs_1proc_1thread']}", flush=True)
+        result["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+        # Rewritten after every model (temp + rename): a run stopped by a time limit keeps what it measured.
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(tmp, out)
     print(f"wrote {out}")
 
 

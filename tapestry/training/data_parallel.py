@@ -31,6 +31,10 @@ magnifies rounding noise where the exact gradient is zero); with them on, the st
 Losses that need the whole global batch (the two-tower's in-batch negatives) gather it across the ranks with
 `gather_batch` (gradients flow back to the rank that owns each row); per-positive draws that must match the
 single-process run draw for the whole global batch and keep `step_share()` of it (LightGCN's BPR negatives).
+The neighbour-sampled GNNs (sage, rsage, hgt) step through the same loop over their positive edges
+(tapestry.training.link_steps): each rank samples its share's subgraph, removes the whole global batch's supervision
+edges (`global_rows`) and gathers candidate sets built from the whole batch (`gather_unique`); HGT's gradient
+clipping runs after the all-reduce (`ClippedOptimizer`), on the global batch's gradient.
 Every rank holds the whole training data (only the minibatch indices are sharded).
 """
 from __future__ import annotations

@@ -234,6 +234,7 @@ class FusionRecommender(Recommender):
         groups = [{"params": rest}] + ([{"params": items, "lr": item_lr}] if item_lr > 0 else [])
         opt = torch.optim.AdamW(groups, lr=c.lr, weight_decay=c.weight_decay)
         best, best_state, best_epoch, stale, history = -1.0, None, 0, 0, []
+        self.epoch_seconds_ = []
         dev = lambda b: dataclasses.replace(b, **{f: getattr(b, f).to(self.device)  # noqa: E731
                                                    for f in ("cands", "dense", "history", "user_attrs")})
         with seeded(self.device, c.seed):
@@ -246,6 +247,7 @@ class FusionRecommender(Recommender):
 
                 # The shared minibatch loop: DDP under torchrun (tapestry.training.data_parallel); rank 0 validates.
                 loss = shuffled_epoch(module, opt, len(train), c.batch_size, batch_loss)
+                self.epoch_seconds_.append(round(time.perf_counter() - t0, 4))   # training only (benchmarks)
                 ndcg = data_parallel.from_lead(self._valid_ndcg(module, val, val_pos) / n_valid
                                                if data_parallel.is_lead() else None)
                 self.loss_history_.append(loss)

@@ -1,7 +1,8 @@
 """HGT as a Recommender: link prediction on sampled subgraphs, then one inference pass for all vectors.
 
-Training: every training (user, interacts, item) edge is a positive; PyG's LinkNeighborLoader draws `batch_size`
-of them per step, adds `num_negatives` uniform random items per positive (triplet mode) and samples the
+Training: every training (user, interacts, item) edge is a positive; each step of the shared minibatch loop takes
+`batch_size` of them (tapestry.training.link_steps: PyG's LinkNeighborLoader machinery; under --distributed N each
+process samples its share, DDP), adds `num_negatives` uniform random items per positive (triplet mode) and samples the
 `num_neighbors` neighbourhood of all those seeds over EVERY edge type. Loss (`loss`):
 - "softmax" (default): cross-entropy of each positive against every item node of the step's subgraph (positives,
   the uniform negatives and the sampled neighbour items). The subgraph's items are computed anyway, so the extra

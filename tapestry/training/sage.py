@@ -1,6 +1,7 @@
 """GraphSAGE / PinSage-style recommender: tapestry.models.graph.sage.SAGEEncoder trained on sampled subgraphs.
 
-Training: LinkNeighborLoader over the TRAINING (user, interacts, item) edges (build_hetero_graph holds no
+Training: LinkNeighborLoader batches (through tapestry.training.link_steps: the shared minibatch loop, DDP under
+--distributed N, each process sampling its share) over the TRAINING (user, interacts, item) edges (build_hetero_graph holds no
 other interactions), `num_neighbors` per layer, each positive edge with `num_negatives` uniform negative items
 that are sampled with their own neighbourhoods ("triplet" negatives). Two leaks are closed on the way:
 - valid/test pairs are never edges of the sampled graph (it is built from `graph[INTERACTS]` only; the tests
