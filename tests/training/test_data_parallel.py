@@ -124,3 +124,27 @@ def test_outside_a_process_group_nothing_changes():
     assert not data_parallel.active() and data_parallel.is_lead()
     t = torch.arange(6.0).reshape(3, 2)
     assert data_parallel.gather_batch(t) == (t, 0) and data_parallel.from_lead({"a": 1}) == {"a": 1}
+
+
+def test_a_bound_reranker_fits_through_torchrun_and_comes_back(data):
+    """data_parallel.fit round trip for a model with an upstream (fusion over popularity's lists): pickled with its
+    bound retriever into the job, trained on 2 processes, its ranker loaded back; the same loss and scores as one."""
+    from tapestry.training import registry
+
+    entry, params = FAMILIES["fusion"]
+    params = {k: v for k, v in params.items() if k != "sgd_lr"}
+    popularity = registry.build("popularity", None, device="cpu").fit(data)
+    fits = []
+    for processes in (1, 2):
+        rec = registry.build(entry, params, device="cpu", progress=False)
+        rec.bind({"popularity": popularity})
+        fits.append(data_parallel.fit(rec, data, None, processes))
+    one, two = fits
+    assert two.processes_ == 2 and not hasattr(one, "processes_")
+    np.testing.assert_allclose(two.loss_history_, one.loss_history_, rtol=1e-6)
+    assert two.best_epoch_ == one.best_epoch_ and two.valid_history_ == one.valid_history_   # rank 0 validated
+    users = np.arange(1, 6)
+    hist = data.sequences(("train",))
+    s1, s2 = (r.score(users, [hist[u] for u in users]) for r in fits)
+    assert torch.equal(torch.isfinite(s1), torch.isfinite(s2))          # the same candidate lists
+    torch.testing.assert_close(s2[torch.isfinite(s2)], s1[torch.isfinite(s1)], atol=1e-4, rtol=0)
