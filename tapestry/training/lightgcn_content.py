@@ -23,6 +23,7 @@ from tapestry.etl.content import ItemContent, load_item_content
 from tapestry.models.content.encoders import HashedNgramEncoder, SentenceTransformerEncoder, sparse_parameters
 from tapestry.models.content.graph import ContentLightGCN
 from tapestry.nn.propagation import normalized_adjacency
+from tapestry.training import data_parallel
 from tapestry.training.base import Recommender, seeded, shuffled_epoch
 from tapestry.training.loop import run_epochs
 from tapestry.training.losses import bpr_loss, sampled_softmax_loss
@@ -76,6 +77,7 @@ class _Optimizers:
 
 class LightGCNContentRecommender(Recommender):
     Config = LightGCNContentConfig
+    parallelism = "data"            # shuffled_epoch: DDP under --distributed N (full propagation on every rank)
 
     def __init__(self, config: LightGCNContentConfig | None = None, **kwargs):
         super().__init__(config, **kwargs)
@@ -146,12 +148,16 @@ class LightGCNContentRecommender(Recommender):
                 u, i = users[idx], items[idx]
                 emb = model(adj, features)
                 if c.loss == "bpr":      # uniform negatives over the warm items (1..num_items-1)
-                    j = torch.randint(1, self.num_items, (len(idx),), device=self.device) + i_off
+                    # Drawn for the whole global batch, then this process's share (as LightGCN's): data-parallel
+                    # runs draw the same negatives as one process.
+                    share, total = data_parallel.share_of(idx)
+                    j = (torch.randint(1, self.num_items, (total,), device=self.device) + i_off)[share]
                     eu = emb[u]
                     return bpr_loss((eu * emb[i]).sum(-1), (eu * emb[j]).sum(-1),
-                                    model.embedding.weight[torch.cat([u, i, j])], c.weight_decay), 1
+                                    model.embedding.weight[torch.cat([u, i, j])], c.weight_decay), 1, len(idx)
                 j = torch.randint(1, self.num_items, (c.num_negatives,), device=self.device) + i_off
-                return sampled_softmax_loss(emb[u], emb[i], emb[j], c.temperature), 1
+                # The epoch's loss: a mean per step; the loss: a mean per edge (data parallelism weighs shares by it).
+                return sampled_softmax_loss(emb[u], emb[i], emb[j], c.temperature), 1, len(idx)
 
             def refresh():
                 with torch.no_grad():

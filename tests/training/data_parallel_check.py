@@ -43,6 +43,13 @@ FAMILIES.update({
     "fusion": ("fusion", dict(retriever="popularity", graph_from=None, cross_fit=False, item_init=False, dim=8,
                               num_heads=1, history_len=10, mlp=(16,), dropout=0.0, num_candidates=20, positions=2,
                               epochs=1, patience=1, batch_size=61, seed=3, sgd_lr=0.05)),   # 0.5 diverges
+    # LightGCN with an item content encoder (hashed bags with sparse gradients, SparseAdam beside Adam).
+    "lightgcn_content": ("lightgcn_content", dict(embedding_dim=8, num_layers=1, epochs=1, patience=0,
+                                                  batch_size=1001, num_negatives=32, text_buckets=1 << 10,
+                                                  category_buckets=1 << 8, seed=3)),
+    "lightgcn_content_bpr": ("lightgcn_content", dict(embedding_dim=8, num_layers=1, epochs=1, patience=0,
+                                                      batch_size=1001, loss="bpr", text_buckets=1 << 10,
+                                                      category_buckets=1 << 8, seed=3)),
 })
 
 
@@ -87,15 +94,15 @@ def fit_family(name: str, data, optimizer: str = "adam"):
             captured["module"], captured["init"] = module, {k: v.clone() for k, v in module.state_dict().items()}
             return real_loop(rec_, module, *args, **kwargs)
 
-    real_adam, real_adamw = torch.optim.Adam, torch.optim.AdamW
+    real_adam, real_adamw, real_sparse = torch.optim.Adam, torch.optim.AdamW, torch.optim.SparseAdam
     setattr(owner, attr, spy)
     if optimizer == "sgd":
-        torch.optim.Adam = torch.optim.AdamW = _SGD
+        torch.optim.Adam = torch.optim.AdamW = torch.optim.SparseAdam = _SGD   # SGD takes sparse gradients too
     try:
         rec.fit(data)
     finally:
         setattr(owner, attr, real_loop)
-        torch.optim.Adam, torch.optim.AdamW = real_adam, real_adamw
+        torch.optim.Adam, torch.optim.AdamW, torch.optim.SparseAdam = real_adam, real_adamw, real_sparse
     return captured["module"], captured["init"], rec
 
 
