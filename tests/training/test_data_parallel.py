@@ -1,7 +1,7 @@
 """Data-parallel training (tapestry.training.data_parallel): 2 CPU processes (gloo) take the same steps as one process
 with the same global batch, for every family the shared minibatch loop trains — sequential (SASRec with a full and a
 sampled softmax, BERT4Rec, ComiRec, SR-GNN), two-tower (in-batch negatives gathered over the processes), graph
-(LightGCN, BPR and sampled softmax), the neighbour-sampled GNNs (SAGE, relational SAGE, HGT on the given and the
+(LightGCN, BPR and sampled softmax; LightGCN with content), the neighbour-sampled GNNs (SAGE, relational SAGE, HGT on the given and the
 typed graph: each process samples its share's subgraph, full neighbourhoods) and the fusion reranker — and `tapestry train --distributed 2` runs through torchrun end to end.
 
 The strict comparison steps with SGD (data_parallel_check._SGD says why Adam is not bitwise comparable); the same
