@@ -66,7 +66,7 @@ def _check_config(cfg: TrainConfig) -> None:
             raise ValueError(f"params given for {name!r}, which is not in models {list(cfg.models)}")
     if cfg.distributed > 1:
         kinds = {m: registry.get(m).recommender_class().parallelism for m in cfg.models}
-        # Models without a multi-process path (sage, hgt, fusion) fit in this process, said in the log.
+        # Closed-form models (popularity, graph_filter) fit once in this process, said in the log.
         if not any(k in ("data", "model") for k in kinds.values()):
             raise ValueError(f"distributed={cfg.distributed}: nothing in models {list(cfg.models)} trains across "
                              "processes (e.g. lightgcn, sasrec, two_tower data-parallel; the dlrm ranker sharded)")
