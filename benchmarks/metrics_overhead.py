@@ -28,29 +28,16 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from tapestry.artifacts import atomic_write_json, latest_version, stage_dir
-from tapestry.config import TrainConfig
-from tapestry.etl.datasets import locate
+from tapestry.artifacts import atomic_write_json, latest_version
 from tapestry.serving.client import RecommendClient
 from tapestry.serving.metrics import METRICS_ENV, parse_prometheus
 from tapestry.serving.triton_server import TritonServer
 
-QUIET = {"log": lambda *a, **k: None}
+# The same prepared tenant as the auth benchmark: ML-100K ETL, the smoke line-up, one export (run from benchmarks/).
+from auth_overhead import prepare  # noqa: E402
+
 ARMS = ("on", "off", "off2")
 STAGES = ("feature_lookup", "user_encoder", "retrieval", "filter", "rerank")
-
-
-def prepare(tenant: str, root: Path | None, dataset: str) -> None:
-    from tapestry.ensembles import run_export
-    from tapestry.etl import run_etl
-    from tapestry.etl.movielens import movielens_100k
-    from tapestry.training.pipeline import run_train
-
-    if not (stage_dir(tenant, "etl", root) / "LATEST").exists():
-        run_etl(movielens_100k(locate(dataset)), tenant, root, **QUIET)
-    if not (stage_dir(tenant, "export", root) / "LATEST").exists():
-        run_train(tenant, root, TrainConfig.smoke(), **QUIET)
-        print(f"[metrics_overhead] exported {run_export(tenant, root, **QUIET).path}")
 
 
 def stage_compute(http_url: str) -> tuple[int, int]:
