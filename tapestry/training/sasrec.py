@@ -11,6 +11,10 @@ Two ways to use a graph model's item vectors (named by its registry name, traine
   the information; LightGCN's magnitudes would swamp the positional embeddings after the sqrt(D) scaling).
 - `graph_from` + `fusion`: they stay FROZEN beside the ID table and a learned projection fuses them in
   (tapestry.models.sequential.sasrec), so the structure survives training. Any width works.
+
+`behaviour=True` (issue 19): each position also reads its event type (tapestry.models.sequential.behaviour_sasrec;
+vocabulary and alignment in tapestry.training.behaviour), and `behaviour_head > 0` adds the auxiliary loss of
+predicting the next event's type. The export refuses such a model: the serving contract carries item histories only.
 """
 from __future__ import annotations
 
@@ -21,7 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from tapestry.inference.padding import left_pad, trim_padding
+from tapestry.models.sequential.behaviour_sasrec import BehaviourSASRec
 from tapestry.models.sequential.sasrec import SASRec
+from tapestry.training.behaviour import BehaviourLog, event_vocabulary, type_sequences
 from tapestry.training.base import Recommender, seeded, shuffled_epoch
 from tapestry.training.loop import run_epochs
 from tapestry.training.sequential import SequentialRecommender
@@ -50,6 +56,9 @@ class SASRecConfig:
     item_init_from: str | None = None   # registry name of a model whose item_embeddings() start the ID table
     graph_from: str | None = None       # registry name of a model whose item_embeddings() are fused in, frozen
     fusion: str = "add"                 # "add" or "gate" (with graph_from)
+    # Issue 19: event-type embeddings beside the item embeddings (opt-in; not servable: histories carry no types).
+    behaviour: bool = False
+    behaviour_head: float = 0.0         # weight of the auxiliary next-event-type loss (with behaviour; 0 = off)
     seed: int = 0
 
 
@@ -87,6 +96,8 @@ class SASRecRecommender(SequentialRecommender):
         self.item_init, self.side = item_init, side
         self.initialised_from_graph = False
         self.model: SASRec | None = None
+        self.event_types_: list[str] = []           # behaviour vocabulary (index i + 1 = event_types_[i])
+        self.behaviour_log_: BehaviourLog | None = None
 
     def bind(self, upstream: dict[str, Recommender]) -> None:
         for field_name in ("item_init_from", "graph_from"):
@@ -104,8 +115,43 @@ class SASRecRecommender(SequentialRecommender):
 
     def _new_model(self, num_items: int, side_dim: int = 0) -> SASRec:
         c = self.cfg
+        if c.behaviour:
+            return BehaviourSASRec(num_items, max(len(self.event_types_), 1), c.hidden_dim, c.num_blocks,
+                                   c.num_heads, c.max_len, c.dropout, side_dim=side_dim,
+                                   fusion=c.fusion).to(self.device)
         return SASRec(num_items, c.hidden_dim, c.num_blocks, c.num_heads, c.max_len, c.dropout,
                       side_dim=side_dim, fusion=c.fusion).to(self.device)
+
+    def serving_module(self) -> torch.nn.Module:
+        if self.cfg.behaviour:
+            # Never serve it with the types silently dropped: its answers would differ from the evaluated model.
+            raise ValueError("this SASRec was trained with behaviour=True (event-type inputs); the served user "
+                             "encoder receives item histories only. Train it with behaviour=False to serve it")
+        return super().serving_module()
+
+    @torch.no_grad()
+    def encode_behaviour(self, histories: list[np.ndarray], types: list[np.ndarray],
+                         batch_size: int = 512) -> torch.Tensor:
+        """User vectors [B, D] from item histories and their aligned event-type indices (0 = unknown)."""
+        if not self.cfg.behaviour:
+            return self.encode(histories, batch_size)
+        for h, t in zip(histories, types):
+            if len(h) != len(t):
+                raise ValueError(f"an event-type history has {len(t)} entries for {len(h)} items")
+        self.model.eval()
+        out = []
+        for s in range(0, len(histories), batch_size):
+            seqs = torch.from_numpy(left_pad(histories[s:s + batch_size], self.cfg.max_len)).to(self.device)
+            ev = torch.from_numpy(left_pad(types[s:s + batch_size], self.cfg.max_len, seqs.shape[1]))
+            out.append(self.model.encode(seqs, ev.to(self.device)))
+        return torch.cat(out) if out else torch.zeros(0, self.cfg.hidden_dim, device=self.device)
+
+    @torch.no_grad()
+    def score(self, user_idx: np.ndarray, histories: list[np.ndarray]) -> torch.Tensor:
+        if not self.cfg.behaviour:
+            return super().score(user_idx, histories)
+        types = [self.behaviour_log_.types_for(int(u), h) for u, h in zip(user_idx, histories)]
+        return self._mask_padding(self.encode_behaviour(histories, types) @ self.model.item_embeddings().T)
 
     def _training_windows(self, sequences: list[np.ndarray]) -> torch.Tensor:
         """[U, max_len + 1]: each trainable user's last max_len + 1 training items, left-padded."""
@@ -115,7 +161,15 @@ class SASRecRecommender(SequentialRecommender):
     def fit(self, data, graph=None) -> "SASRecRecommender":
         c = self.cfg
         self.num_items = data.num_items
-        windows = self._training_windows(data.sequences(("train",)))
+        events = None
+        if c.behaviour:
+            self.event_types_ = event_vocabulary(data)
+            self.behaviour_log_ = BehaviourLog.from_data(data, self.event_types_)
+            items, types = type_sequences(data, ("train",), self.event_types_)
+            windows = self._training_windows(items)
+            events = torch.from_numpy(left_pad([t for t in types if len(t) >= 2], c.max_len + 1, c.max_len + 1))
+        else:
+            windows = self._training_windows(data.sequences(("train",)))
         with seeded(self.device, c.seed):
             side_dim = int(self.side.shape[-1]) if self.side is not None else 0
             self.model = model = self._new_model(self.num_items, side_dim)
@@ -133,32 +187,48 @@ class SASRecRecommender(SequentialRecommender):
             else:
                 raise ValueError(f"optimizer must be 'adam' or 'adamw', got {c.optimizer!r}")
             self.loss_used_ = resolve_loss(c.loss, self.num_items)
-            run_epochs(self, model, c.epochs, "sasrec", lambda beat: self._train_epoch(model, opt, windows, beat),
-                       data, c.patience)
+            run_epochs(self, model, c.epochs, "sasrec",
+                       lambda beat: self._train_epoch(model, opt, windows, beat, events), data, c.patience)
         return self
 
-    def _train_epoch(self, model: SASRec, opt: torch.optim.Optimizer, windows: torch.Tensor, beat=None) -> float:
-        """One pass over the users in random order; returns the mean loss per predicted position."""
+    def _train_epoch(self, model: SASRec, opt: torch.optim.Optimizer, windows: torch.Tensor, beat=None,
+                     events: torch.Tensor | None = None) -> float:
+        """One pass over the users in random order; returns the mean loss per predicted position. `events`
+        [U, max_len + 1], aligned with `windows`, are the event types of a behaviour-aware model."""
         def batch_loss(rows):
             batch = trim_padding(windows[rows].to(self.device))
             inputs, targets = batch[:, :-1], batch[:, 1:]
             real = targets > 0
-            h = model(inputs)[real]                                               # [P, D]
+            if events is None:
+                h = model(inputs)[real]                                           # [P, D]
+            else:
+                ev = events[rows][:, events.shape[1] - batch.shape[1]:].to(self.device)   # the same trimmed columns
+                h = model(inputs, ev[:, :-1])[real]
             if self.loss_used_ == "sampled":
-                return sampled_softmax(h, model.item_table(), targets[real], self.cfg.num_negatives), h.shape[0]
-            # Full softmax over real items 1..N-1 (index 0 is padding, never a target).
-            return F.cross_entropy(h @ model.item_table()[1:].T, targets[real] - 1), h.shape[0]
+                loss = sampled_softmax(h, model.item_table(), targets[real], self.cfg.num_negatives)
+            else:   # full softmax over real items 1..N-1 (index 0 is padding, never a target)
+                loss = F.cross_entropy(h @ model.item_table()[1:].T, targets[real] - 1)
+            if events is not None and self.cfg.behaviour_head > 0:
+                loss = loss + self.cfg.behaviour_head * F.cross_entropy(model.next_type_logits(h), ev[:, 1:][real])
+            return loss, h.shape[0]
 
         return shuffled_epoch(model, opt, windows.shape[0], self.cfg.batch_size, batch_loss, beat)
 
     def _get_state(self):
-        return {"num_items": self.num_items, "initialised_from_graph": self.initialised_from_graph,
-                "side_dim": self.model.side_dim,
-                "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()}}
+        state = {"num_items": self.num_items, "initialised_from_graph": self.initialised_from_graph,
+                 "side_dim": self.model.side_dim,
+                 "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()}}
+        if self.cfg.behaviour:
+            state["event_types"] = list(self.event_types_)
+            state["behaviour_log"] = self.behaviour_log_.state()
+        return state
 
     def _set_state(self, state):
         self.num_items = int(state["num_items"])
         self.initialised_from_graph = bool(state["initialised_from_graph"])
+        if self.cfg.behaviour:
+            self.event_types_ = [str(t) for t in state["event_types"]]
+            self.behaviour_log_ = BehaviourLog.from_state(state["behaviour_log"])
         self.model = self._new_model(self.num_items, int(state.get("side_dim", 0)))
         self.model.load_state_dict(state["model"])
         self.model.eval()

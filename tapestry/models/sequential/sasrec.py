@@ -130,10 +130,15 @@ class SASRec(nn.Module):
 
     def _hidden(self, seqs: torch.Tensor, last_only: bool) -> torch.Tensor:
         seqs = seqs[:, -self.max_len:]
+        return self._blocks(seqs, self.item_rows(seqs) * self.scale, last_only)
+
+    def _blocks(self, seqs: torch.Tensor, tokens: torch.Tensor, last_only: bool) -> torch.Tensor:
+        """Positions, masking and the transformer blocks over per-position input vectors `tokens` [B, L, D]
+        (the scaled item rows; a behaviour-aware subclass adds its event-type vectors first)."""
         length = seqs.shape[1]
         valid = (seqs > 0).unsqueeze(-1)                                            # [B, L, 1]
         pos = torch.arange(self.max_len - length, self.max_len, device=seqs.device)
-        x = self.item_rows(seqs) * self.scale + self.pos_emb(pos).unsqueeze(0)
+        x = tokens + self.pos_emb(pos).unsqueeze(0)
         x = self.emb_drop(x) * valid
         # Query i may attend to key j <= i that is a real item. The diagonal is always allowed so a padded query
         # never has an empty row (softmax over nothing = NaN); its output is zeroed below anyway.
