@@ -32,10 +32,12 @@ import torch.nn.functional as F
 from torch_geometric.data import HeteroData
 
 from tapestry.graph.hetero import INTERACTS, REV_INTERACTS, build_hetero_graph
+from tapestry.graph.walks import Neighbourhoods, WalkConfig, hard_negatives, walk_neighbourhoods
+from tapestry.models.graph.importance_pool import WalkSAGEEncoder
 from tapestry.models.graph.sage import SAGEEncoder
 from tapestry.training import data_parallel
 from tapestry.training.base import Recommender, seeded, shuffled_epoch
-from tapestry.training.link_steps import LinkSteps
+from tapestry.training.link_steps import GivenNegatives, LinkSteps
 from tapestry.training.loop import run_epochs
 from tapestry.training.losses import bpr_loss, sampled_softmax_loss
 
@@ -56,6 +58,15 @@ class SAGEConfig:
     id_dropout: float = 0.2           # chance a training item is shown without its ID (trains the cold path)
     dropout: float = 0.0              # between SAGE layers
     seed: int = 0
+    # PinSage-style neighbourhoods (issue 19 item 4; tapestry.graph.walks). "uniform": the SAGE layers alone.
+    # "walks": each item's layer-0 vector also pools its top `walk_top_t` walk-visited items, weighted by visit
+    # share (tapestry.models.graph.importance_pool); walks are drawn once per fit from `seed`.
+    neighbourhood: str = "uniform"
+    walk_length: int = 3              # item->user->item hops per walk
+    walks_per_item: int = 100
+    walk_top_t: int = 10
+    hard_negative_ratio: float = 0.0  # "walks": this share of the negatives comes from walk ranks `hard_window`
+    hard_window: tuple[int, int] = (100, 300)
 
 
 # ---- data preparation ---------------------------------------------------------------------------------------
@@ -162,6 +173,13 @@ class SAGERecommender(Recommender):
             raise ValueError(f"SAGE loss must be 'softmax' or 'bpr', got {self.cfg.loss!r}")
         if not self.cfg.num_neighbors:
             raise ValueError("num_neighbors needs one fan-out per layer (at least one)")
+        if self.cfg.neighbourhood not in ("uniform", "walks"):
+            raise ValueError(f"SAGE neighbourhood must be 'uniform' or 'walks', got {self.cfg.neighbourhood!r}")
+        if not 0.0 <= self.cfg.hard_negative_ratio <= 1.0:
+            raise ValueError(f"hard_negative_ratio must be in [0, 1], got {self.cfg.hard_negative_ratio}")
+        if self.cfg.hard_negative_ratio > 0 and self.cfg.neighbourhood != "walks":
+            raise ValueError("hard negatives come from walk visits: set neighbourhood='walks'")
+        self._hoods: Neighbourhoods | None = None
         self.num_users: int | None = None
         self.model: SAGEEncoder | None = None
         self.item_vocab: list[str] = []
@@ -172,7 +190,8 @@ class SAGERecommender(Recommender):
 
     def _new_model(self) -> SAGEEncoder:
         c = self.cfg
-        return SAGEEncoder(self.num_users, self.num_items, len(self.user_vocab), len(self.item_vocab),
+        encoder = WalkSAGEEncoder if c.neighbourhood == "walks" else SAGEEncoder
+        return encoder(self.num_users, self.num_items, len(self.user_vocab), len(self.item_vocab),
                            c.embedding_dim, len(c.num_neighbors), c.dropout).to(self.device)
 
     # ---- training ------------------------------------------------------------------------------------------
@@ -191,6 +210,9 @@ class SAGERecommender(Recommender):
         # Only nodes with a training edge have a trained ID row; the others are scored from attributes alone.
         known_items = torch.zeros(self.num_items, device=dev).index_fill_(0, ei[1].to(dev), 1.0)
         known_users = torch.zeros(self.num_users, device=dev).index_fill_(0, ei[0].to(dev), 1.0)
+        if c.neighbourhood == "walks":     # once per fit, from the training edges only, seeded
+            walk_cfg = WalkConfig(c.walk_length, c.walks_per_item, c.walk_top_t, tuple(c.hard_window))
+            self._hoods = walk_neighbourhoods(ei, self.num_users, self.num_items, walk_cfg, c.seed)
 
         tensors = (item_values, user_values, known_items, known_users)
         with seeded(dev, c.seed):
@@ -205,8 +227,10 @@ class SAGERecommender(Recommender):
                 run_epochs(self, model, c.epochs, "sage", lambda beat: self._loader_epoch(model, opt, loader, tensors))
             else:
                 # The shared minibatch loop: DDP under torchrun (tapestry.training.link_steps says what stays equal).
-                steps = LinkSteps(loader, ei, self.num_items,
-                                  c.num_negatives, c.seed)
+                step_type = HardNegativeSteps if c.hard_negative_ratio > 0 else LinkSteps
+                steps = step_type(loader, ei, self.num_items, c.num_negatives, c.seed)
+                if c.hard_negative_ratio > 0:
+                    steps.use_hard(self._hoods.hard, c.hard_negative_ratio)
                 run_epochs(self, model, c.epochs, "sage", lambda beat: shuffled_epoch(
                     model, opt, steps.num_positives, c.batch_size,
                     lambda rows: self._step_loss(model, steps, rows, tensors), beat))
@@ -240,7 +264,8 @@ class SAGERecommender(Recommender):
         if c.id_dropout > 0:
             keep_item = keep_item * (torch.rand(items.numel(), device=items.device) >= c.id_dropout)
         x_user = model.user_inputs(users, user_values[users], known_users[users])
-        x_item = model.item_inputs(items, item_values[items], keep_item)
+        x_item = self._walk_pooled(model, items, model.item_inputs(items, item_values[items], keep_item),
+                                   item_values, known_items)
         h_user, h_item = model(x_user, x_item, *without_targets(batch, self.num_items, targets))
         q = h_user[batch["user"].src_index]
         pos = h_item[batch["item"].dst_pos_index]
@@ -260,11 +285,22 @@ class SAGERecommender(Recommender):
         users = torch.arange(self.num_users, device=dev)
         items = torch.arange(self.num_items, device=dev)
         x_user = model.user_inputs(users, user_values, known_users)
-        x_item = model.item_inputs(items, item_values, known_items)
+        x_item = self._walk_pooled(model, items, model.item_inputs(items, item_values, known_items),
+                                   item_values, known_items)
         ui = g[INTERACTS].edge_index.to(dev)
         user_emb, item_emb = (self._output(h) for h in model(x_user, x_item, ui, ui.flip(0)))
         user_emb[0], item_emb[0] = 0.0, 0.0     # OOV / padding rows, defined as zero
         self._user_emb, self._item_emb, self._known_users = user_emb, item_emb, known_users.bool()
+
+    def _walk_pooled(self, model, items, x_item, item_values, known_items) -> torch.Tensor:
+        """x_item with each item's walk neighbourhood pooled in ("walks"; unchanged for "uniform")."""
+        if self.cfg.neighbourhood != "walks":
+            return x_item
+        dev = x_item.device
+        nb = self._hoods.neighbours.to(dev)[items]                       # [n, T], 0 = none (weight 0)
+        flat = nb.reshape(-1)
+        x_nb = model.item_inputs(flat, item_values[flat], known_items[flat]).view(*nb.shape, -1)
+        return model.pooled_item_inputs(x_item, x_nb, self._hoods.weights.to(dev)[items])
 
     def _output(self, emb: torch.Tensor) -> torch.Tensor:
         # Trained on cosine: score on cosine (normalize returns a new tensor, safe to edit in place).
@@ -322,3 +358,27 @@ class SAGERecommender(Recommender):
         self.model = self._new_model()
         self.model.load_state_dict(state["model"])
         self.model.eval()
+
+
+class HardNegativeSteps(LinkSteps):
+    """LinkSteps whose negatives are, with probability `ratio` each, a hard negative of the positive item (an item
+    at walk ranks `hard_window` that the user has not interacted with; tapestry.graph.walks.hard_negatives), else
+    uniform. Drawn for the whole global batch from the steps' own generator, like LinkSteps's: DDP-equal."""
+
+    def use_hard(self, hard: torch.Tensor, ratio: float) -> None:
+        self.hard, self.ratio = hard, ratio
+        self.seen = torch.unique(self.positives[0] * self.num_items + self.positives[1])   # sorted keys
+
+    def batch(self, rows: torch.Tensor) -> HeteroData:
+        share, total = data_parallel.share_of(rows)
+        pairs = self.positives[:, data_parallel.global_rows(rows)]
+        k = self.num_negatives
+        uniform = torch.multinomial(self.weight, total * k, replacement=True, generator=self.generator)
+        hard = hard_negatives(self.hard, pairs.repeat_interleave(k, dim=1), self.seen, self.num_items,
+                              self.generator)
+        use_hard = (torch.rand(total * k, generator=self.generator) < self.ratio) & (hard > 0)
+        drawn = torch.where(use_hard, hard, uniform)
+        mine = drawn.view(total, k)[share].reshape(-1)
+        self.loader.neg_sampling = GivenNegatives(mine, k)
+        out = self.loader.collate_fn(rows)
+        return out if self.loader.filter_per_worker else self.loader.filter_fn(out)
