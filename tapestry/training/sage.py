@@ -32,13 +32,14 @@ import torch.nn.functional as F
 from torch_geometric.data import HeteroData
 
 from tapestry.graph.hetero import INTERACTS, REV_INTERACTS, build_hetero_graph
-from tapestry.graph.walks import Neighbourhoods, WalkConfig, hard_negatives, walk_neighbourhoods
+from tapestry.graph.walks import Neighbourhoods, WalkConfig, walk_neighbourhoods
 from tapestry.models.graph.importance_pool import WalkSAGEEncoder
 from tapestry.models.graph.sage import SAGEEncoder
 from tapestry.training import data_parallel
 from tapestry.training.base import Recommender, seeded, shuffled_epoch
-from tapestry.training.link_steps import GivenNegatives, LinkSteps
+from tapestry.training.link_steps import LinkSteps
 from tapestry.training.loop import run_epochs
+from tapestry.training.walk_steps import HardNegativeSteps
 from tapestry.training.losses import bpr_loss, sampled_softmax_loss
 
 
@@ -359,26 +360,3 @@ class SAGERecommender(Recommender):
         self.model.load_state_dict(state["model"])
         self.model.eval()
 
-
-class HardNegativeSteps(LinkSteps):
-    """LinkSteps whose negatives are, with probability `ratio` each, a hard negative of the positive item (an item
-    at walk ranks `hard_window` that the user has not interacted with; tapestry.graph.walks.hard_negatives), else
-    uniform. Drawn for the whole global batch from the steps' own generator, like LinkSteps's: DDP-equal."""
-
-    def use_hard(self, hard: torch.Tensor, ratio: float) -> None:
-        self.hard, self.ratio = hard, ratio
-        self.seen = torch.unique(self.positives[0] * self.num_items + self.positives[1])   # sorted keys
-
-    def batch(self, rows: torch.Tensor) -> HeteroData:
-        share, total = data_parallel.share_of(rows)
-        pairs = self.positives[:, data_parallel.global_rows(rows)]
-        k = self.num_negatives
-        uniform = torch.multinomial(self.weight, total * k, replacement=True, generator=self.generator)
-        hard = hard_negatives(self.hard, pairs.repeat_interleave(k, dim=1), self.seen, self.num_items,
-                              self.generator)
-        use_hard = (torch.rand(total * k, generator=self.generator) < self.ratio) & (hard > 0)
-        drawn = torch.where(use_hard, hard, uniform)
-        mine = drawn.view(total, k)[share].reshape(-1)
-        self.loader.neg_sampling = GivenNegatives(mine, k)
-        out = self.loader.collate_fn(rows)
-        return out if self.loader.filter_per_worker else self.loader.filter_fn(out)

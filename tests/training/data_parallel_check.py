@@ -34,6 +34,11 @@ FAMILIES = {
 _GNN = dict(epochs=1, seed=3, num_negatives=2, batch_size=1001)
 FAMILIES.update({
     "sage": ("sage", dict(_GNN, embedding_dim=8, num_neighbors=(-1, -1), id_dropout=0.0, dropout=0.0)),
+    # PinSage walk neighbourhoods (drawn once per fit, alike on every rank) and walk hard negatives (drawn for
+    # the global batch from the steps' generator, like the uniform ones).
+    "sage_walks": ("sage", dict(_GNN, embedding_dim=8, num_neighbors=(-1, -1), id_dropout=0.0, dropout=0.0,
+                                neighbourhood="walks", walks_per_item=5, walk_top_t=3, hard_negative_ratio=0.5,
+                                hard_window=(3, 20))),
     "rsage": ("rsage", dict(_GNN, embedding_dim=8, num_neighbors=(-1,), dropout=0.0)),
     "hgt": ("hgt", dict(_GNN, hidden_dim=8, heads=1, num_layers=2, out_dim=8, num_neighbors=(-1, -1),
                         loss="sampled")),

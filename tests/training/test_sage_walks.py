@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from tapestry.training.base import Recommender
-from tapestry.training.sage import HardNegativeSteps, SAGERecommender
+from tapestry.training.sage import SAGERecommender
+from tapestry.training.walk_steps import HardNegativeSteps
 
 from .recommender_mixin import RecommenderMixin
 from .test_sage import SAGE
