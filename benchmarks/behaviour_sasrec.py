@@ -38,10 +38,9 @@ def load(dataset: str, root: Path):
 
         tables = movielens_1m(directory, ml1m_ratings_default(directory), like_at=4)
     elif dataset == "ml-100k":
-        from tapestry.etl.movielens import _event_types, movielens_100k
+        from tapestry.etl.movielens import movielens_100k
 
-        tables = movielens_100k(directory)
-        tables.events = _event_types(tables.events.drop("event_type"), 4)
+        tables = movielens_100k(directory, like_at=4)
     else:
         raise ValueError(f"unknown data set {dataset!r}: use ml-1m or ml-100k")
     result = run_etl(tables, dataset, root, ETLConfig(), log=lambda *a, **k: None)

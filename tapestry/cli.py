@@ -51,13 +51,17 @@ def load_tables(args):
     directory = locate(dataset, args.data_dir)
     if args.ratings and dataset not in DATASETS:
         raise ValueError(f"--ratings applies to the MovieLens data sets only, not {dataset!r}")
+    like_at = getattr(args, "like_at", None)
+    if like_at is not None and dataset not in ("ml-1m", "ml-100k"):
+        raise ValueError(f"--like-at applies to the MovieLens data sets only, not {dataset!r}")
     if dataset == "gowalla":
         return gowalla(directory)
     if dataset in S3REC_NAMES:
         return s3rec(directory, dataset)
     if dataset == "ml-1m":
-        return movielens_1m(directory, Path(args.ratings) if args.ratings else ml1m_ratings_default(directory))
-    return movielens_100k(directory, Path(args.ratings) if args.ratings else None)
+        return movielens_1m(directory, Path(args.ratings) if args.ratings else ml1m_ratings_default(directory),
+                            like_at=like_at)
+    return movielens_100k(directory, Path(args.ratings) if args.ratings else None, like_at=like_at)
 
 
 def cmd_etl(args) -> None:
@@ -200,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "gowalla-lightgcn, s3rec-sequential, under the first of $TAPESTRY_DATASETS, "
                                       "../shared/datasets, the fetch cache that has it; `tapestry datasets list`)")
     e.add_argument("--ratings", help="ratings file override (ML-1M default: full ratings.dat if present, else partial)")
+    e.add_argument("--like-at", type=int, default=None, metavar="RATING",
+                   help="MovieLens: ratings >= RATING become `like` events, the others `view` (default: all `rating`)")
     e.add_argument("--events", help="generic event table (CSV/TSV/Parquet; plain, .gz, .xz, .bz2 or .zst)")
     e.add_argument("--items", help="generic item table")
     e.add_argument("--users", help="generic user table")

@@ -104,7 +104,8 @@ def movielens_1m(directory: Path, ratings: Path | None = None, like_at: int | No
     )
 
 
-def movielens_100k(directory: Path, ratings: Path | None = None) -> RawTables:
+def movielens_100k(directory: Path, ratings: Path | None = None, like_at: int | None = None) -> RawTables:
+    """ML-100K from its directory; `like_at` as for movielens_1m."""
     directory = Path(directory)
     if ratings is None:
         ratings = directory / "u.data"
@@ -121,7 +122,7 @@ def movielens_100k(directory: Path, ratings: Path | None = None) -> RawTables:
                                  "latin-1", "users")
     users = users.with_columns(_age_bucket(pl.col("age")).alias("age_group"))
     return RawTables(
-        events=ev.lazy().with_columns(pl.lit("rating").alias("event_type")),
+        events=_event_types(ev.lazy(), like_at),
         items=items.lazy(), users=users.lazy(),
         item_entity_columns=["genre"], user_entity_columns=["gender", "age_group", "occupation"],
         rejected=[ev_bad, it_bad, us_bad],
