@@ -24,7 +24,6 @@ ARMS = {"off": {}, "on": {"behaviour": True}, "on+head": {"behaviour": True, "be
 
 
 def load(dataset: str, root: Path):
-    import polars as pl
 
     from tapestry.config import ETLConfig
     from tapestry.etl import run_etl
@@ -88,9 +87,9 @@ def main() -> None:
                      for m in ("ndcg@10", "recall@10")} for arm in arms}
     if "off" in arms:
         for arm in arms:
-            summary[arm]["test_ndcg@10_vs_off"] = round(summary[arm]["test_ndcg@10"] / summary["off"]["test_ndcg@10"], 4)
-            summary[arm]["valid_ndcg@10_vs_off"] = round(summary[arm]["valid_ndcg@10"]
-                                                         / summary["off"]["valid_ndcg@10"], 4)
+            for split in ("valid", "test"):
+                summary[arm][f"{split}_ndcg@10_vs_off"] = round(summary[arm][f"{split}_ndcg@10"]
+                                                                / summary["off"][f"{split}_ndcg@10"], 4)
     report = {"dataset": args.dataset, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "command": " ".join(sys.argv), "labelling": "rating >= 4 -> like, else view",
               "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
