@@ -24,7 +24,6 @@ ARMS = {"off": {}, "on": {"behaviour": True}, "on+head": {"behaviour": True, "be
 
 
 def load(dataset: str, root: Path):
-
     from tapestry.config import ETLConfig
     from tapestry.etl import run_etl
     from tapestry.etl.datasets import locate
