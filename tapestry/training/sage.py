@@ -16,6 +16,14 @@ Inference: one full-graph pass over all training edges (mean aggregation over ev
 so the stored vectors are deterministic. Items without training interactions get no ID embedding; their vector
 comes from their entity values (genre, brand, ...) alone: see `embed_items` for items that arrive after `fit`.
 
+PinSage-style neighbourhoods (`neighbourhood="walks"`, opt-in): before training, seeded item->user->item random
+walks from every item over the training edges (tapestry.graph.walks); an item's T most visited items, weighted by
+visit share, are pooled into its layer-0 vector (tapestry.models.graph.importance_pool), in training and inference
+alike; the SAGE layers on top are unchanged. The walk counts include the batch's own supervision pairs (one user's
+contribution to an aggregate over all walks; PinSage has the same property). `hard_negative_ratio` > 0 draws that
+share of the negatives from the positive item's walk ranks `hard_window` minus the user's training items
+(tapestry.training.walk_steps). Items without training edges have no walks, so `embed_items` is unchanged.
+
 Sampler selection: cuGraph-PyG's GPU sampler when the model is on CUDA and `cugraph_pyg` imports, else PyG's
 CPU sampler (torch-sparse). Only `_cugraph_link_loader` differs; everything after the loader is shared.
 """
