@@ -25,28 +25,18 @@ from tapestry.models.content.graph import ContentLightGCN
 from tapestry.nn.propagation import normalized_adjacency
 from tapestry.training import data_parallel
 from tapestry.training.base import Recommender, seeded, shuffled_epoch
+from tapestry.training.lightgcn import LightGCNConfig
 from tapestry.training.loop import run_epochs
 from tapestry.training.losses import bpr_loss, sampled_softmax_loss
 
 
 @dataclass
-class LightGCNContentConfig:
-    """LightGCN's hyper-parameters (tapestry.training.lightgcn.LightGCNConfig, same defaults but the loss) plus the
-    encoder's."""
-    embedding_dim: int = 64
-    num_layers: int = 2
-    epochs: int = 20                  # at most
-    patience: int = 3                 # validation checks without gain before stopping (0: every epoch)
-    batch_size: int = 8192
-    lr: float = 2e-2
-    weight_decay: float = 1e-4        # "bpr": L2 on the batch's layer-0 ID rows
+class LightGCNContentConfig(LightGCNConfig):
+    """LightGCN's hyper-parameters (same defaults but the loss) plus the content encoder's."""
     # "softmax" (cosine, see tapestry.training.lightgcn) by default: with BPR's inner product a cold item's vector
     # (content alone, few or no neighbours) has a smaller norm than a warm one's and never reaches a top-k (planted
-    # test: 0 % of users vs 70 % with cosine).
+    # test: 0 % of users vs 70 % with cosine). entity_nodes also links cold items to their category/brand/genre nodes.
     loss: str = "softmax"
-    num_negatives: int = 2048         # "softmax": uniform negative items shared by a batch
-    temperature: float = 0.1          # "softmax": cosine / temperature
-    entity_nodes: bool = True         # link items (cold ones too) to their category/brand/genre nodes
     content: bool = True              # False: no content encoder (the ablation)
     id_dropout: float = 0.0           # share of items trained from content alone at each step (cold-start recipe)
     text_checkpoint: str = ""         # local sentence-transformers directory; "" = the hashed n-gram encoder
@@ -54,7 +44,6 @@ class LightGCNContentConfig:
     category_buckets: int = 1 << 14   # hashed `type=value` category buckets
     word_ngrams: int = 2              # words and word bigrams
     char_ngrams: tuple[int, ...] = (3,)   # character trigrams of each word (typos, morphology)
-    seed: int = 0
 
 
 class _Optimizers:
