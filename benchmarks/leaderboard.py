@@ -106,13 +106,40 @@ def _paths_of_run(model_dir: Path, data, models, reranked: tuple[str, ...], seed
     return paths
 
 
-def cmd_run(args) -> None:
+def _load(dataset: str, root: Path):
+    """(InteractionData, ETL result, k) of a data set: the split every path and the peer are measured on."""
     from tapestry.cli import load_tables
-    from tapestry.config import TrainConfig
     from tapestry.etl import run_etl
-    from tapestry.training import registry
     from tapestry.training.data import InteractionData
-    from tapestry.training.evaluate import is_multi_target, per_user_metrics
+    from tapestry.training.evaluate import is_multi_target
+
+    ns = argparse.Namespace(events=None, items=None, users=None, dataset=dataset, data_dir=None, ratings=None)
+    etl = run_etl(load_tables(ns), dataset.replace(".", "-"), root)
+    data = InteractionData.load(etl.path)
+    return data, etl, 20 if is_multi_target(data, "test") else 10
+
+
+def _add_peer(per_seed: dict, seed: int, r: dict) -> None:
+    """Record one peer run; a seed measured again replaces its earlier numbers."""
+    entry = per_seed.setdefault("rectools_sasrec", {"valid": [], "test": [], "fit": []})
+    entry["peer"] = r["params"]
+    seeds = entry.setdefault("seeds", [])
+    if seed in seeds:
+        i = seeds.index(seed)
+        for key in ("valid", "test", "fit", "epoch_seconds"):
+            del entry.setdefault(key, [])[i]
+        del seeds[i]
+    seeds.append(seed)
+    entry["valid"].append(r["valid"])
+    entry["test"].append(r["test"])
+    entry["fit"].append(r["fit_seconds"])
+    entry.setdefault("epoch_seconds", []).append(r["epoch_seconds"])
+
+
+def cmd_run(args) -> None:
+    from tapestry.config import TrainConfig
+    from tapestry.training import registry
+    from tapestry.training.evaluate import per_user_metrics
     from tapestry.training.pipeline import run_train
 
     lineup = args.lineup or DATASET_LINEUP.get(args.dataset, "default")
@@ -122,10 +149,7 @@ def cmd_run(args) -> None:
     base_params = json.loads(args.params) if args.params else (GOWALLA_PARAMS if args.dataset == "gowalla" else {})
     root = Path(args.root or tempfile.mkdtemp(prefix="tapestry-leaderboard-"))
     tenant = args.dataset.replace(".", "-")
-    ns = argparse.Namespace(events=None, items=None, users=None, dataset=args.dataset, data_dir=None, ratings=None)
-    etl = run_etl(load_tables(ns), tenant, root)
-    data = InteractionData.load(etl.path)
-    k = 20 if is_multi_target(data, "test") else 10
+    data, etl, k = _load(args.dataset, root)
     has_valid = data.valid.height > 0
     per_seed: dict[str, dict[str, list]] = {}        # path -> {"valid": [per-user dicts], "test": [...], "fit": []}
     out = Path(args.output or RESULTS / f"leaderboard-{args.dataset}.json")
@@ -155,12 +179,7 @@ def cmd_run(args) -> None:
 
             if peer.available():
                 print(f"[leaderboard] seed {seed}: RecTools SASRec peer ({args.peer_epochs} epochs)", flush=True)
-                r = peer.run(data, seed, args.peer_epochs, k)
-                entry = per_seed.setdefault("rectools_sasrec", {"valid": [], "test": [], "fit": [], "peer": r["params"]})
-                entry["valid"].append(r["valid"])
-                entry["test"].append(r["test"])
-                entry["fit"].append(r["fit_seconds"])
-                entry.setdefault("epoch_seconds", []).append(r["epoch_seconds"])
+                _add_peer(per_seed, seed, peer.run(data, seed, args.peer_epochs, k))
             else:
                 print("[leaderboard] RecTools not installed (pip install -e '.[peers]'): peer skipped", flush=True)
         done.append(seed)
@@ -178,7 +197,7 @@ def save_seeds(out: Path, seeds: list[int], per_seed: dict, models, lineup: str)
     later `run --resume` adds seeds to the same paired test instead of starting again."""
     arrays, meta = {}, {"seeds": seeds, "models": list(models), "lineup": lineup, "paths": {}}
     for name, e in per_seed.items():
-        meta["paths"][name] = {key: e[key] for key in ("fit", "epoch_seconds", "peer") if key in e}
+        meta["paths"][name] = {key: e[key] for key in ("fit", "epoch_seconds", "peer", "seeds") if key in e}
         for split in ("valid", "test"):
             for i, per_user in enumerate(e[split]):
                 for metric, values in per_user.items():
@@ -213,8 +232,10 @@ def load_seeds(out: Path, models, lineup: str) -> tuple[list[int], dict]:
     return list(meta["seeds"]), per_seed
 
 
-def _write(args, data, k, seeds, per_seed, reranked, baseline, models, seconds, lineup, etl) -> None:
-    """Summaries after every seed (a run cut short still leaves its finished seeds)."""
+def _write(args, data, k, seeds, per_seed, reranked, baseline, models, seconds, lineup, etl,
+           keep: dict | None = None) -> None:
+    """Summaries after every seed (a run cut short still leaves its finished seeds). `keep`: fields of an earlier
+    report that stay as they were (the peer-only command keeps the line-up run's command, machine and time)."""
     from tapestry.training import registry
 
     metrics = (f"ndcg@{k}", f"recall@{k}")
@@ -228,6 +249,8 @@ def _write(args, data, k, seeds, per_seed, reranked, baseline, models, seconds, 
             paths[name]["epoch_seconds"] = across_seeds(e["epoch_seconds"])
         if "peer" in e:
             paths[name]["peer_params"] = e["peer"]
+        if "seeds" in e:        # a path measured on some of the seeds only (the peer added later: `peer`)
+            paths[name]["seeds"] = list(e["seeds"])
 
     def servable(name: str) -> bool:
         """What the export can serve (a retriever, reranked or not, or a ranker over one): the same candidates as
@@ -249,7 +272,11 @@ def _write(args, data, k, seeds, per_seed, reranked, baseline, models, seconds, 
         if name == baseline:
             continue
         a = np.mean([u[metrics[0]] for u in e["test"]], axis=0)
-        b = np.mean([u[metrics[0]] for u in per_seed[baseline]["test"]], axis=0)
+        # against the baseline on the SAME seeds (the i-th per-user entry of a full path is seeds[i])
+        base_tests = per_seed[baseline]["test"]
+        if "seeds" in e:
+            base_tests = [base_tests[seeds.index(s)] for s in e["seeds"]]
+        b = np.mean([u[metrics[0]] for u in base_tests], axis=0)
         paired[name] = paired_test(a, b)
     report = {"dataset": args.dataset, "lineup": lineup, "models": list(models), "seeds": seeds, "k": k,
               "served": served, "served_chosen_on": chosen_on, "baseline": baseline,
@@ -258,6 +285,7 @@ def _write(args, data, k, seeds, per_seed, reranked, baseline, models, seconds, 
               "paths": paths, "paired": paired, "p_values": {n: t["p_value"] for n, t in paired.items()},
               "seconds": round(seconds, 1), "machine": _machine(), "command": " ".join(sys.argv),
               "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    report.update(keep or {})
     out = Path(args.output or RESULTS / f"leaderboard-{args.dataset}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
@@ -267,6 +295,38 @@ def _write(args, data, k, seeds, per_seed, reranked, baseline, models, seconds, 
     out.with_suffix(".png").write_bytes(leaderboard_png([report]))
     print(leaderboard_markdown(report), flush=True)
     print(f"[leaderboard] {out}", flush=True)
+
+
+def cmd_peer(args) -> None:
+    """Run ONLY the RecTools peer for seeds the line-up already measured (<output>.per-user.npz) and merge it into
+    the JSON / markdown / PNG: its per-seed metrics and its paired test against the baseline on the same seeds."""
+    from peers import rectools_sasrec as peer
+
+    out = Path(args.output or RESULTS / f"leaderboard-{args.dataset}.json")
+    if not out.exists():
+        raise SystemExit(f"{out} does not exist: run the line-up first (`run`)")
+    old = json.loads(out.read_text())
+    lineup, models = old["lineup"], tuple(old["models"])
+    done, per_seed = load_seeds(out, models, lineup)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    missing = [s for s in seeds if s not in done]
+    if missing:
+        raise SystemExit(f"seeds {missing} are not in {_seeds_path(out).name} (measured: {done})")
+    if not peer.available():
+        raise SystemExit("RecTools is not installed: pip install -e '.[peers]'")
+    _, reranked, baseline = LINEUPS[lineup]
+    data, etl, k = _load(args.dataset, Path(args.root or tempfile.mkdtemp(prefix="tapestry-leaderboard-")))
+    keep = {key: old[key] for key in ("command", "machine", "seconds", "created_at") if key in old}
+    for seed in seeds:
+        print(f"[leaderboard] {args.dataset} seed {seed}: RecTools SASRec peer ({args.peer_epochs} epochs)", flush=True)
+        t0 = time.perf_counter()
+        _add_peer(per_seed, seed, peer.run(data, seed, args.peer_epochs, k))
+        keep.setdefault("peer_runs", dict(old.get("peer_runs", {})))[str(seed)] = {
+            "command": " ".join(sys.argv), "machine": _machine(), "seconds": round(time.perf_counter() - t0, 1),
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        save_seeds(out, done, per_seed, models, lineup)
+        _write(args, data, k, done, per_seed, reranked, old["baseline"], models, old.get("seconds", 0.0), lineup,
+               etl, keep)
 
 
 def cmd_table(args) -> None:
@@ -318,6 +378,13 @@ def main() -> None:
     r.add_argument("--resume", action="store_true",
                    help="keep the seeds already in <output>.per-user.npz and run only the missing ones")
     r.set_defaults(fn=cmd_run)
+    q = sub.add_parser("peer", help="only the RecTools peer, for seeds already in <output>.per-user.npz")
+    q.add_argument("--dataset", required=True)
+    q.add_argument("--seeds", default="0")
+    q.add_argument("--peer-epochs", type=int, default=30)
+    q.add_argument("--root", help="artifact root for the ETL (default: a temp dir)")
+    q.add_argument("--output")
+    q.set_defaults(fn=cmd_peer)
     t = sub.add_parser("table")
     t.add_argument("files", nargs="+")
     t.add_argument("--output", default=str(RESULTS / "leaderboard.md"))

@@ -65,6 +65,8 @@ def leaderboard_markdown(report: dict) -> str:
         rel = f"{test['relative']:+.1%}" if test and test.get("relative") is not None else ""
         pval = f"{test['p_value']:.2g}" if test else ""
         label = f"**{name}**" if name == report["served"] else name
+        if p.get("seeds") and p["seeds"] != report["seeds"]:     # e.g. a peer run on some seeds only
+            label += f" (seeds {p['seeds']})"
         lines.append("| " + " | ".join([label, *(f"{p[m]['mean']:.4f} ± {p[m]['ci95']:.4f}" for m in metrics), rel,
                                          pval, f"{p.get('fit_seconds', {}).get('mean', 0):.0f}"]) + " |")
     return "\n".join(lines)

@@ -60,3 +60,34 @@ def test_union_recall_counts_a_target_found_by_any_source():
     assert row["a"] == 0.5 and row["b"] == 0.5
     assert row["union"] == 0.5            # user 0: [1, 5] misses 6; user 1: [3, 7] finds 3
     assert row["union_full"] == 1.0 and row["union_full_mean_size"] == 4.0
+
+
+def test_peer_added_on_some_seeds_is_paired_with_the_baseline_on_the_same_seeds(tmp_path):
+    import argparse
+    import json
+    import types
+
+    lb = _script("leaderboard")
+    per_user = lambda v: {"users": np.arange(4), "ndcg@10": np.array(v, float), "recall@10": np.array(v) > 0}  # noqa: E731
+    # the baseline is far better on seed 1 than on seed 0: pairing the peer (seed 1 only) with seed 0 would be wrong
+    per_seed = {"two_tower+rerank": {"valid": [per_user([0.1] * 4)] * 2, "fit": [1.0, 1.0],
+                                     "test": [per_user([0.0, 0.0, 0.0, 0.0]), per_user([1.0, 1.0, 1.0, 1.0])]}}
+    out = tmp_path / "leaderboard-x.json"
+    peer_run = {"valid": per_user([0.0] * 4), "test": per_user([1.0, 1.0, 1.0, 1.0]), "fit_seconds": 8.0,
+                "epoch_seconds": 4.0, "params": {"epochs": 2}}
+    lb._add_peer(per_seed, 1, peer_run)
+    lb._add_peer(per_seed, 1, {**peer_run, "fit_seconds": 6.0, "epoch_seconds": 3.0})  # re-measured: replaces
+    assert per_seed["rectools_sasrec"]["seeds"] == [1] and per_seed["rectools_sasrec"]["fit"] == [6.0]
+    lb.save_seeds(out, [0, 1], per_seed, ("two_tower",), "default")
+    _, loaded = lb.load_seeds(out, ("two_tower",), "default")
+    assert loaded["rectools_sasrec"]["seeds"] == [1]
+    args = argparse.Namespace(dataset="x", output=str(out))
+    etl = types.SimpleNamespace(manifest={"num_users": 5, "num_items": 11})
+    lb._write(args, None, 10, [0, 1], loaded, (), "two_tower+rerank", ("two_tower",), 1.0, "default", etl,
+              {"command": "the line-up run"})
+    report = json.loads(out.read_text())
+    peer = report["paths"]["rectools_sasrec"]
+    assert peer["seeds"] == [1] and peer["ndcg@10"]["per_seed"] == [1.0] and peer["epoch_seconds"]["mean"] == 3.0
+    assert report["paired"]["rectools_sasrec"]["relative"] == 0.0      # equal to the baseline's seed 1, not +inf
+    assert report["command"] == "the line-up run" and report["served"] == "two_tower+rerank"
+    assert "rectools_sasrec (seeds [1])" in out.with_suffix(".md").read_text()
