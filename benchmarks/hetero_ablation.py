@@ -3,6 +3,7 @@
 
     python benchmarks/hetero_ablation.py --datasets hetrec-lastfm,ml-1m --models rsage --seeds 0,1,2
     python benchmarks/hetero_ablation.py --quick            # smoke: 150 users per data set, 1 epoch (~1 min)
+    python benchmarks/hetero_ablation.py --table            # the README's Markdown table from the result JSONs
 
 Data sets (ETL'd into a temp dir with the project's adapters; graph built from the training split only):
 - `hetrec-lastfm`: HetRec 2011 Last.fm 2K (tapestry.etl.hetrec). Relations: play (user-artist, weight = plays),
@@ -13,19 +14,27 @@ Data sets (ETL'd into a temp dir with the project's adapters; graph built from t
   like, view, genre, gender, age group, occupation; leave-one-out by time; every event is a positive. Without the
   full ratings.dat (`tapestry datasets fetch ml-1m`) the partial copy in ../shared (users 1-2999) is used and
   the JSON says so.
+- `beauty`: Amazon Beauty from the S3-Rec release (tapestry.etl.s3rec): clicks plus each item's brand and fine
+  categories as `attribute` entity nodes; leave-one-out by (synthetic, order-only) time; every event a positive.
 
 Variants (the model's `graph` setting; everything else identical): `typed` (tapestry.graph.typed, all parts the
 data has), `interactions` (one user-item relation over every event: no types, entities, tags or friends), `none`
 (no edges: the model's ID embeddings and root weights, i.e. matrix factorisation trained with the same loss).
 
 Metrics: NDCG@10, Recall@10 (+ MRR, Recall@100) on valid and test, per seed; across seeds the mean and a 95 %
-t-interval; paired Wilcoxon test of per-user test NDCG@10 (averaged over seeds) of `typed` against each other
-variant, with a bootstrap interval and the relative difference (tapestry.reporting.leaderboard). One JSON per data
-set: benchmarks/results/hetero_ablation-<dataset>.json (`-quick` in the name for --quick runs).
+t-interval; paired Wilcoxon test of per-user test NDCG@10 (averaged over seeds) of each variant against
+`interactions` (and of `typed` against `none`), with a bootstrap interval and the relative difference
+(tapestry.reporting.leaderboard). One JSON per data set: benchmarks/results/hetero_ablation-<dataset>.json (`-quick`
+in the name for --quick runs).
+
+Every finished (model, variant, seed) run is kept in --cache-dir (keyed by its hyper-parameters and user cap), and
+the loops are seed-major, so a long ablation stopped half-way resumes and the seeds can be run in separate
+processes (then once more with all seeds to write the summary from the cache).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -40,7 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = ("typed", "interactions", "none")
-TARGET_EVENTS = {"hetrec-lastfm": ("play",), "ml-1m": ()}
+TARGET_EVENTS = {"hetrec-lastfm": ("play",), "ml-1m": (), "beauty": ()}
+BASELINE = "interactions"  # every variant is tested against the same model on the untyped interaction graph
 # Full-run hyper-parameters per model (the variants share them): GraphSAGE's ML-100K defaults (Last.fm's 89k plays
 # are ML-100K-sized); ML-1M has 5x the positives per epoch, so half the epochs at twice the batch. `--params`
 # overrides them, --quick shrinks them.
@@ -83,6 +93,8 @@ def load(dataset: str, root: Path, max_users: int | None, log):
     from tapestry.etl.datasets import locate
     from tapestry.training.data import InteractionData
 
+    if dataset not in TARGET_EVENTS:
+        raise ValueError(f"unknown data set {dataset!r}: use one of {', '.join(TARGET_EVENTS)}")
     directory = locate(dataset)
     if dataset == "hetrec-lastfm":
         from tapestry.etl.hetrec import hetrec_etl_config, hetrec_lastfm
@@ -93,8 +105,12 @@ def load(dataset: str, root: Path, max_users: int | None, log):
         from tapestry.etl.movielens import movielens_1m
 
         tables, cfg = movielens_1m(directory, ml1m_ratings_default(directory), like_at=4), ETLConfig()
+    elif dataset == "beauty":
+        from tapestry.etl.s3rec import s3rec
+
+        tables, cfg = s3rec(directory, "beauty"), ETLConfig()
     else:
-        raise ValueError(f"unknown data set {dataset!r}: use hetrec-lastfm or ml-1m")
+        raise AssertionError(dataset)  # TARGET_EVENTS names a data set this function does not load
     result = run_etl(_first_users(tables, max_users), dataset.replace(".", "-"), root, cfg, log=log)
     return InteractionData.load(result.path), result.manifest
 
@@ -118,8 +134,33 @@ def _relations(model) -> list:
     return getattr(model, "relations_", [])
 
 
+def _cache_file(cache_dir: Path, dataset: str, name: str, variant: str, seed: int, params: dict,
+                max_users: int | None) -> Path:
+    """One finished (model, variant, seed) run per file, keyed by everything that changes its result, so a long
+    ablation killed half-way (or split over several processes) resumes instead of starting again."""
+    key = json.dumps({"params": params, "max_users": max_users}, sort_keys=True, default=str)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+    return cache_dir / dataset / f"{name}-{variant}-seed{seed}-{digest}.json"
+
+
+def cached_run(cache: Path | None, fit) -> dict:
+    """`fit()`'s result, read from / written to `cache` (atomically) when a cache file is given."""
+    if cache is not None and cache.exists():
+        r = json.loads(cache.read_text())
+        return {**r, "_users": np.asarray(r["_users"]), "_ndcg": np.asarray(r["_ndcg"]), "cached": True}
+    r = fit()
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**r, "_users": np.asarray(r["_users"]).tolist(),
+                                   "_ndcg": np.asarray(r["_ndcg"]).tolist()}, default=float))
+        os.replace(tmp, cache)
+    return r
+
+
 def summarise(runs: dict, seeds: list[int]) -> dict:
-    """Across seeds per (model, variant), and the paired tests of `typed` against the other variants."""
+    """Across seeds per (model, variant), and the paired tests of each variant against `interactions` (and of
+    `typed` against `none`)."""
     from tapestry.reporting.leaderboard import across_seeds, paired_test
 
     out = {}
@@ -132,10 +173,34 @@ def summarise(runs: dict, seeds: list[int]) -> dict:
             users = by_seed[seeds[0]]["_users"]
             assert all(np.array_equal(by_seed[s]["_users"], users) for s in seeds)
             per_user[variant] = np.mean([by_seed[s]["_ndcg"] for s in seeds], axis=0)
-        paired = {f"typed_vs_{v}": paired_test(per_user["typed"], per_user[v])
-                  for v in by_variant if v != "typed" and "typed" in by_variant}
+        pairs = [(v, BASELINE) for v in by_variant if v != BASELINE and BASELINE in by_variant]
+        pairs += [("typed", "none")] if {"typed", "none"} <= set(by_variant) else []
+        paired = {f"{a}_vs_{b}": paired_test(per_user[a], per_user[b]) for a, b in pairs}
         out[name] = {"variants": table, "paired_test_ndcg@10": paired}
     return out
+
+
+def _mean_ci(stat: dict) -> str:
+    return f"{stat['mean']:.4f} ± {stat['ci95']:.4f}"
+
+
+def markdown_table(reports: list[dict]) -> str:
+    """One row per (data set, model, variant): test NDCG@10 and Recall@10 as mean ± 95 % half-interval over the
+    seeds, and the relative difference and paired Wilcoxon p of per-user NDCG@10 against `interactions`."""
+    lines = ["| data set | model | graph | seeds | test NDCG@10 | test Recall@10 | vs interactions | p |",
+             "|---|---|---|---|---|---|---|---|"]
+    for report in reports:
+        for name, summary in report["summary"].items():
+            for variant, row in summary["variants"].items():
+                test = summary["paired_test_ndcg@10"].get(f"{variant}_vs_{BASELINE}")
+                versus = ("—", "—")
+                if test:  # relative is None when the baseline's mean is 0
+                    versus = ("n/a" if test["relative"] is None else f"{test['relative']:+.1%}",
+                              f"{test['p_value']:.2g}")
+                lines.append(f"| {report['dataset']} | {name} | {variant} | {len(report['seeds'])} | "
+                             f"{_mean_ci(row['test_ndcg@10'])} | {_mean_ci(row['test_recall@10'])} | "
+                             f"{versus[0]} | {versus[1]} |")
+    return "\n".join(lines)
 
 
 def _params(name: str, dataset: str, quick: bool, overrides: dict) -> dict:
@@ -155,7 +220,19 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--root", help="artifact root (default: a temp dir)")
     p.add_argument("--output-dir", default=str(RESULTS))
+    p.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "tapestry-hetero-cache"),
+                   help="finished runs are kept here and reused (resume); '' disables")
+    p.add_argument("--suffix", default="", help="appended to the result file name")
+    p.add_argument("--note", default="", help="kept in the JSON (e.g. why epochs were reduced)")
+    p.add_argument("--table", nargs="*", metavar="JSON",
+                   help="print the Markdown ablation table of these result files (default: every full-run "
+                        "hetero_ablation-*.json in --output-dir) and exit")
     args = p.parse_args()
+    if args.table is not None:
+        paths = args.table or sorted(p for p in Path(args.output_dir).glob("hetero_ablation-*.json")
+                                     if "-quick" not in p.name)
+        print(markdown_table([json.loads(Path(path).read_text()) for path in paths]))
+        return
 
     import torch
 
@@ -165,15 +242,18 @@ def main() -> None:
     overrides = json.loads(args.params or "{}")
     root = Path(args.root or tempfile.mkdtemp(prefix="tapestry-hetero-"))
     log = lambda *a: print(*a, flush=True)  # noqa: E731
+    load_at_start = os.getloadavg()  # the machine is shared: fit seconds are only comparable within one run
+    cache_dir = Path(args.cache_dir) if args.cache_dir else None
     for dataset in args.datasets.split(","):
         t_data = time.perf_counter()
         data, manifest = load(dataset, root, max_users, log)
         runs = {}
         for name in models:
             params = {**_params(name, dataset, args.quick, overrides), "target_events": TARGET_EVENTS[dataset]}
-            for variant in variants:
-                for seed in seeds:
-                    r = run_one(name, variant, seed, data, params, args.device)
+            for seed in seeds:  # seed-major: a run stopped early still has whole seeds (all variants)
+                for variant in variants:
+                    cache = cache_dir and _cache_file(cache_dir, dataset, name, variant, seed, params, max_users)
+                    r = cached_run(cache, lambda: run_one(name, variant, seed, data, params, args.device))
                     runs.setdefault(name, {}).setdefault(variant, {})[seed] = r
                     log(f"[hetero] {dataset} {name} {variant} seed={seed}: test ndcg@10 {r['test']['ndcg@10']:.4f} "
                         f"recall@10 {r['test']['recall@10']:.4f} (valid ndcg@10 {r['valid']['ndcg@10']:.4f}; "
@@ -181,7 +261,8 @@ def main() -> None:
         report = {
             "dataset": dataset, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "command": " ".join(sys.argv), "quick": args.quick, "machine": _machine(),
-            "torch_threads": torch.get_num_threads(), "seeds": seeds, "variants": variants,
+            "torch_threads": torch.get_num_threads(), "loadavg_at_start": list(load_at_start),
+            "note": args.note, "seeds": seeds, "variants": variants,
             "target_events": list(TARGET_EVENTS[dataset]), "max_users": max_users,
             "etl": {"sources": manifest["sources"], "split": manifest["split"], "counts": manifest["counts"],
                     "num_users": manifest["num_users"] - 1, "num_items": manifest["num_items"] - 1},
@@ -192,7 +273,7 @@ def main() -> None:
                      for name, by_variant in runs.items()},
             "total_seconds": round(time.perf_counter() - t_data, 1),
         }
-        out = Path(args.output_dir) / f"hetero_ablation-{dataset}{'-quick' if args.quick else ''}.json"
+        out = Path(args.output_dir) / f"hetero_ablation-{dataset}{'-quick' if args.quick else ''}{args.suffix}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(report, indent=2, default=float))
