@@ -159,7 +159,7 @@ def cmd_export(args) -> None:
 
     run_export(args.tenant, args.root, max_k=args.max_k, serve=args.serve, index=args.index,
                max_batch_size=args.max_batch_size, use_ranker=args.reranker, tier=args.tier,
-               rules=args.rules)
+               rules=args.rules, sources=args.sources)
 
 
 def cmd_models(args) -> None:
@@ -253,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--rules", type=Path, help="the tenant's business rules, a JSON file (max_per, mmr_weight, "
                    "blocked_item_ids, fresh_boost, fresh_days; README 'Business rules'): checked and stored in the "
                    "export as artifacts/rules.json; none: the reranker's top K unchanged")
+    x.add_argument("--sources", help="extra candidate sources merged into retrieval, trained models of the run, "
+                   "e.g. two_tower,graph_filter (a retriever's user tower + FAISS index, or the graph filter's "
+                   "item-to-item neighbour table); default: the served encoder alone (README 'Multi-source "
+                   "candidates')")
     add_serving_commands(sub, add)
     add_monitor_command(add)
     rp = add("report", cmd_report, "one self-contained HTML page: data, metrics per model and slice, loss curves, "

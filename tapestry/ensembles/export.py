@@ -170,7 +170,7 @@ def choose_ranker(served: str, train_cfg: dict, metrics: dict, requested: str | 
 def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K, num_candidates: int | None = None,
                serve: str | None = None, index="auto", max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
                log=print, use_ranker: str | None = None, tier: str | None = None,
-               rules=None) -> ExportResult:
+               rules=None, sources=None) -> ExportResult:
     """Export the latest trained run. `serve` overrides the run's served model (any trained sequential encoder);
     the feature reranker stays the one fitted on the run's own served model. `index`: a FAISS factory string or
     tapestry.serving.ann.IndexConfig ("auto": exact below 50k items, else IVF + SQ8 with an exact re-score).
@@ -178,7 +178,9 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
     tensors without a batch dimension). `use_ranker`: "feature" or a trained ranker's registry name; default: the
     rule of `choose_ranker`. `tier`: the serving tier (tapestry.serving.tiers; default: the richest this export
     can serve). `rules`: the tenant's business rules (a rules.json path or a tapestry.serving.rules.Rules),
-    checked against the items and written as artifacts/rules.json (tapestry.serving.rules)."""
+    checked against the items and written as artifacts/rules.json (tapestry.serving.rules). `sources`: extra
+    candidate sources ("two_tower,graph_filter": trained models of the run) merged into retrieval
+    (tapestry.ensembles.sources, tapestry.serving.multi_source); default none: single-source retrieval."""
     from tapestry.inference.encoders import save_encoder, interest_vectors
     from tapestry.serving.tiers import TIERS, apply_tier, check_tier
 
@@ -205,6 +207,10 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
     # The session encoder belongs to the run's served model (it shares that model's item table).
     session = train_cfg.get("session") if served == run_served else None
     encoder, session_encoder = _served_encoders(models_dir, train_cfg, served, session)
+    from tapestry.ensembles.sources import check_sources, export_sources, parse_sources
+
+    source_names = parse_sources(sources)
+    check_sources(source_names, served, train_cfg)   # before any work is written
     reranker = FeatureReranker.load(models_dir / "rerank.npz")
     item_emb = encoder.item_embeddings().detach().cpu().float().numpy()
     with torch.no_grad():
@@ -256,6 +262,10 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
         faiss_index, index_entry = _tuned_index(encoder, item_emb, data, index, num_candidates, log)
         save_index(faiss_index, art / "items.faiss")
         np.save(art / "popularity.npy", popularity)
+        source_entries = export_sources(
+            source_names, served, item_emb, models_dir, art,
+            lambda module, emb: _tuned_index(module, emb, data, index, num_candidates, log)[0],
+            log=log) if source_names else None
         facts.save(art / ITEM_FACTS_FILE)
         if rules is not None and rules.active:
             rules.save(art / RULES_FILE)
@@ -287,12 +297,17 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
             "ranker_model": ranker_name,
             "reranker_choice": choice,
             "tier": tier,
+            **({"sources": source_entries} if source_entries else {}),
         })
         shutil.copytree(TEMPLATES, v.tmp / "model_repository",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         if max_batch_size != DEFAULT_MAX_BATCH_SIZE:   # the templates are written for the default
             set_max_batch_size(v.tmp / "model_repository", max_batch_size)
         apply_tier(v.tmp / "model_repository", tier, ranker_kind)
+        if source_entries:
+            from tapestry.serving.multi_source import apply_sources
+
+            apply_sources(v.tmp / "model_repository")
     log(f"[export] tenant={tenant} {v.path.name}: {data.num_items - 1:,} items in FAISS (dim {item_emb.shape[1]}), "
         f"{data.num_users - 1:,} users in the feature store ({time.perf_counter() - t0:.1f}s) -> {v.path}")
     return ExportResult(v.path)

@@ -12,6 +12,7 @@ import numpy as np
 from tapestry.serving.client import RecommendationResult
 from tapestry.serving.feature_lookup import FeatureLookup
 from tapestry.serving.filtering import CandidateFilter
+from tapestry.serving.multi_source import MultiSourceRetrieval
 from tapestry.serving.rerank import Rerank
 from tapestry.serving.retrieval import Retrieval
 from tapestry.serving.stage import Stage, as_str, bytes_array, export_manifest
@@ -43,8 +44,11 @@ class RecommendPipeline:
     @classmethod
     def from_artifacts(cls, artifact_dir: Path, tier: str | None = None) -> "RecommendPipeline":
         """The export's stages; its serving tier's rank stage in the rerank step (``tier``: another tier's)."""
-        rank = rank_stage_class(export_manifest(Path(artifact_dir)), tier)
-        return cls([(rank if stage is Rerank else stage).from_artifacts(Path(artifact_dir)) for stage in STAGE_ORDER])
+        manifest = export_manifest(Path(artifact_dir))
+        # The export's rank stage for the tier, and multi-source retrieval when it has extra candidate sources.
+        chosen = {Rerank: rank_stage_class(manifest, tier),
+                  Retrieval: MultiSourceRetrieval if manifest.get("sources") else Retrieval}
+        return cls([chosen.get(stage, stage).from_artifacts(Path(artifact_dir)) for stage in STAGE_ORDER])
 
     def run(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         env = dict(tensors)
