@@ -45,15 +45,24 @@ class ExportResult:
         return self.path / "artifacts"
 
 
-def _online_users(etl_dir: Path, user_attrs: np.ndarray) -> pl.DataFrame:
-    """Per known user: the full time-ordered item history (all splits: serving sees everything) and attrs."""
+def _online_users(etl_dir: Path, user_attrs: np.ndarray, event_types: list[str] | None = None) -> pl.DataFrame:
+    """Per known user: the full time-ordered item history (all splits: serving sees everything) and attrs; with
+    `event_types` (a behaviour-aware served model's vocabulary) also `history_types`, each event's type index
+    (name i is i + 1; 0: a type the model never saw), aligned with `history`."""
     events = pl.read_parquet(etl_dir / "events.parquet").with_row_index("_order")
-    hist = events.group_by("user_idx").agg(pl.col("item_idx").sort_by("timestamp", "_order").alias("history"))
+    columns = [pl.col("item_idx").sort_by("timestamp", "_order").alias("history")]
+    if event_types:
+        index = {name: i + 1 for i, name in enumerate(event_types)}
+        events = events.with_columns(pl.col("event_type").cast(pl.String)
+                                     .replace_strict(index, default=0, return_dtype=pl.Int64).alias("_type"))
+        columns.append(pl.col("_type").sort_by("timestamp", "_order").alias("history_types"))
+    hist = events.group_by("user_idx").agg(columns)
     users = pl.read_parquet(etl_dir / "user_map.parquet").join(hist, on="user_idx", how="left")
     attrs = [np.flatnonzero(user_attrs[u]).tolist() if u < len(user_attrs) else []
              for u in users["user_idx"].to_list()]
     return users.with_columns(
-        pl.col("history").fill_null(pl.lit([], dtype=pl.List(pl.Int64))),
+        *(pl.col(c).fill_null(pl.lit([], dtype=pl.List(pl.Int64)))
+          for c in ("history", "history_types") if c in hist.columns),
         pl.Series("attrs", attrs, dtype=pl.List(pl.Int64)),
     )
 
@@ -211,6 +220,9 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
 
     source_names = parse_sources(sources)
     check_sources(source_names, served, train_cfg)   # before any work is written
+    from tapestry.inference.encoders import event_vocabulary
+
+    event_types = event_vocabulary(encoder)   # a behaviour-aware encoder's vocabulary, else None
     reranker = FeatureReranker.load(models_dir / "rerank.npz")
     item_emb = encoder.item_embeddings().detach().cpu().float().numpy()
     with torch.no_grad():
@@ -252,7 +264,7 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
     with new_version(tenant, "export", root) as v:
         art = v.tmp / "artifacts"
         art.mkdir()
-        _online_users(etl_dir, reranker.tables.user_attrs).write_parquet(art / "users.parquet")
+        _online_users(etl_dir, reranker.tables.user_attrs, event_types).write_parquet(art / "users.parquet")
         data.items.write_parquet(art / "items.parquet")
         save_encoder(encoder, art / "user_encoder.pt")
         if session_encoder is not None:
@@ -280,6 +292,8 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
             "served_model": served,
             "user_encoder": "user_encoder.pt",
             "num_interests": num_interests,
+            # Behaviour-aware encoder: its event types (name i is HISTORY_TYPES index i + 1); null: items only.
+            "event_types": event_types,
             "session_model": session or None,
             "session_encoder": "session_encoder.pt" if session_encoder is not None else None,
             "etl_version": str(etl_dir),

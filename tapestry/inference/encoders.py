@@ -3,7 +3,8 @@
 Any model the export serves follows one contract (the Recommender's `serving_module()`): an nn.Module with
 `num_items`, `max_len`, `init_args` (plain constructor kwargs), `encode(seqs [B, L] left-padded) -> [B, D]` or
 `[B, K, D]` (K interest vectors) and `item_embeddings() -> [num_items, D]`, where the model's scores are the inner
-products of the two (the max over K). So one file format and one stage serve SASRec, BERT4Rec, ComiRec and SR-GNN.
+products of the two (the max over K). A behaviour-aware encoder also has `num_event_types` and `event_types` and
+takes `encode(seqs, events)`, `events` [B, L] its aligned event-type indices (0 = unknown). So one file format and one stage serve SASRec, BERT4Rec, ComiRec and SR-GNN.
 
 Only classes under `tapestry.models.` are rebuilt: a file names the class it holds, and loading must not become a way
 to import arbitrary code.
@@ -53,7 +54,20 @@ def load_encoder(path: Path) -> torch.nn.Module:
     return model.eval()
 
 
-def interest_vectors(module: torch.nn.Module, seqs: torch.Tensor) -> torch.Tensor:
-    """encode() as [B, K, D] whatever the model: single-vector encoders give K = 1."""
-    out = module.encode(seqs)
+def event_vocabulary(module: torch.nn.Module) -> list[str] | None:
+    """The event-type names a behaviour-aware encoder reads (name i is type index i + 1), or None: it reads items
+    only. A behaviour model saved before its names were recorded has indices but no names: "type<i>"."""
+    count = int(getattr(module, "num_event_types", 0) or 0)
+    if not count:
+        return None
+    names = getattr(module, "event_types", None)
+    return list(names) if names is not None else [f"type{i}" for i in range(1, count + 1)]
+
+
+def interest_vectors(module: torch.nn.Module, seqs: torch.Tensor, events: torch.Tensor | None = None
+                     ) -> torch.Tensor:
+    """encode() as [B, K, D] whatever the model: single-vector encoders give K = 1. `events` [B, L], aligned with
+    `seqs` (0 = unknown type), go to a behaviour-aware encoder (tapestry.models.sequential.behaviour_sasrec) and
+    are ignored by the others, which read items only."""
+    out = module.encode(seqs, events) if events is not None and event_vocabulary(module) else module.encode(seqs)
     return out.unsqueeze(1) if out.dim() == 2 else out

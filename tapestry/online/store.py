@@ -69,6 +69,9 @@ class OffsetConflict(RuntimeError):
 class UserRecord:
     history: np.ndarray   # int64 item indices, oldest first
     attrs: np.ndarray     # int64 user-attribute indices
+    # int64 event-type indices aligned with `history` (the export's vocabulary, 0 = unknown), or None: this store
+    # keeps no types (Redis; an export of a model that reads none), so feature_lookup treats them all as unknown.
+    types: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -161,8 +164,12 @@ class EmbeddedStore(OnlineStore):
                  tombstones: Path | None = None, offsets_path: Path | None = None):
         self.tenant = validate_tenant(tenant)
         self._meta = metadata or StoreMetadata(self.kind, tenant, "", "", _now())
-        self._users = {uid: (np.asarray(h, dtype=np.int64), np.asarray(a, dtype=np.int64))
-                       for uid, h, a in users.select("user_id", "history", "attrs").iter_rows()}
+        # users.parquet of a behaviour-aware export has `history_types` (aligned with `history`): kept beside it.
+        with_types = "history_types" in users.columns
+        cols = ("user_id", "history", "attrs", "history_types") if with_types else ("user_id", "history", "attrs")
+        self._users = {row[0]: (np.asarray(row[1], dtype=np.int64), np.asarray(row[2], dtype=np.int64),
+                                np.asarray(row[3], dtype=np.int64) if with_types else None)
+                       for row in users.select(*cols).iter_rows()}
         self._lock = threading.Lock()
         self._tombstones = Tombstones(tombstones)
         self._apply_tombstones()
@@ -207,8 +214,11 @@ class EmbeddedStore(OnlineStore):
                 raise OffsetConflict(f"{source}: committed offset is {self._offsets.get(source, 0)}, "
                                      f"expected {expected_offset}")
             for uid, items in grouped.items():
-                hist, attrs = self._users.get(uid, (_EMPTY, _EMPTY))
-                self._users[uid] = (np.concatenate([hist, np.asarray(items, dtype=np.int64)]), attrs)
+                hist, attrs, types = self._users.get(uid, (_EMPTY, _EMPTY, None))
+                items = np.asarray(items, dtype=np.int64)
+                if types is not None:   # ingested events carry no type: unknown (0), still aligned with the items
+                    types = np.concatenate([types, np.zeros(len(items), dtype=np.int64)])
+                self._users[uid] = (np.concatenate([hist, items]), attrs, types)
             if source is not None:
                 self._offsets[source] = int(offset)
                 if self._offsets_path is not None:

@@ -114,14 +114,16 @@ class RecommendClient:
 
     def recommend(
         self, tenant: str, user_id: str, k: int = 10, exclude_item_ids: Iterable[str] = (),
-        recent_item_ids: Iterable[str] | None = None,
+        recent_item_ids: Iterable[str] | None = None, event_types: Iterable[str] | None = None,
     ) -> RecommendationResult:
         """Top-k for `user_id`. `recent_item_ids`: the user's events since the last export, oldest first (for an
-        id the store does not know, e.g. an anonymous session id, they are the whole history)."""
+        id the store does not know, e.g. an anonymous session id, they are the whole history). `event_types`: one
+        event-type name per recent item (e.g. "view", "purchase"; the tenant's ETL event types), read by a
+        behaviour-aware export; None: unknown types."""
         if int(k) < 1:
             raise ValueError(f"k must be >= 1, not {k}")
         try:
-            return self._recommend(tenant, user_id, k, exclude_item_ids, recent_item_ids)
+            return self._recommend(tenant, user_id, k, exclude_item_ids, recent_item_ids, event_types)
         except RecommendError as e:
             # The served outputs changed since they were read (an A/B experiment started or stopped: ARM comes and
             # goes): read them again and ask once more.
@@ -130,9 +132,10 @@ class RecommendClient:
             before, self._outputs = self._outputs, None
             if self._served_outputs() == before:
                 raise
-            return self._recommend(tenant, user_id, k, exclude_item_ids, recent_item_ids)
+            return self._recommend(tenant, user_id, k, exclude_item_ids, recent_item_ids, event_types)
 
-    def _recommend(self, tenant, user_id, k, exclude_item_ids, recent_item_ids) -> RecommendationResult:
+    def _recommend(self, tenant, user_id, k, exclude_item_ids, recent_item_ids, event_types=None
+                   ) -> RecommendationResult:
         exclude = [str(i).encode("utf-8") for i in exclude_item_ids] or [b""]
         names = self._served_outputs()     # first: it also says whether the model is batched
         inputs = [
@@ -144,6 +147,9 @@ class RecommendClient:
         if recent_item_ids is not None:
             recent = [str(i).encode("utf-8") for i in recent_item_ids] or [b""]
             inputs.append(self._input("RECENT_ITEM_IDS", np.array(recent, dtype=np.object_), "BYTES"))
+        if event_types is not None:
+            types = [str(t).encode("utf-8") for t in event_types] or [b""]
+            inputs.append(self._input("EVENT_TYPES", np.array(types, dtype=np.object_), "BYTES"))
         if self.protocol == "http":
             outputs = [self._tc.InferRequestedOutput(n, binary_data=True) for n in names]
             kwargs = {}

@@ -22,9 +22,10 @@ from tapestry.serving.user_encoder import UserEncoder
 STAGE_ORDER = (FeatureLookup, UserEncoder, Retrieval, CandidateFilter, Rerank)
 
 
-def request_tensors(tenant: str, user_id: str, k: int, exclude_item_ids=(), recent_item_ids=None
-                    ) -> dict[str, np.ndarray]:
-    """The ensemble's request; RECENT_ITEM_IDS only when given (it is an optional input)."""
+def request_tensors(tenant: str, user_id: str, k: int, exclude_item_ids=(), recent_item_ids=None,
+                    event_types=None) -> dict[str, np.ndarray]:
+    """The ensemble's request; RECENT_ITEM_IDS and EVENT_TYPES (one type name per recent item) only when given
+    (they are optional inputs)."""
     exclude = list(exclude_item_ids) or [""]
     out = {
         "TENANT": bytes_array([tenant]),
@@ -34,6 +35,8 @@ def request_tensors(tenant: str, user_id: str, k: int, exclude_item_ids=(), rece
     }
     if recent_item_ids is not None:
         out["RECENT_ITEM_IDS"] = bytes_array(list(recent_item_ids) or [""])
+    if event_types is not None:
+        out["EVENT_TYPES"] = bytes_array(list(event_types) or [""])
     return out
 
 
@@ -57,8 +60,8 @@ class RecommendPipeline:
         return env
 
     def recommend(self, tenant: str, user_id: str, k: int = 10, exclude_item_ids=(),
-                  recent_item_ids=None) -> RecommendationResult:
-        out = self.run(request_tensors(tenant, user_id, k, exclude_item_ids, recent_item_ids))
+                  recent_item_ids=None, event_types=None) -> RecommendationResult:
+        out = self.run(request_tensors(tenant, user_id, k, exclude_item_ids, recent_item_ids, event_types))
         return RecommendationResult(
             item_ids=[as_str(x) for x in out["ITEM_IDS"]],
             scores=[float(x) for x in out["SCORES"]],

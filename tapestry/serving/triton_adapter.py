@@ -31,9 +31,10 @@ def resolve_artifact_dir(model_dir: str, params: dict) -> Path:
 def check_config(stage_cls: type[Stage], model_config: dict) -> None:
     """The model's config.pbtxt must declare every input the stage reads. Triton passes a model only its declared
     inputs, so a repository exported by an older tapestry (before every stage took TENANT) would load and then
-    refuse every request: fail at load instead, saying what to do."""
+    refuse every request: fail at load instead, saying what to do. An optional input may be undeclared: the stage
+    then never receives it and answers as for a request without it (an export older than EVENT_TYPES)."""
     declared = {i["name"] for i in model_config.get("input", [])}
-    missing = [name for name in stage_cls.inputs if name not in declared]
+    missing = [name for name in stage_cls.inputs if name not in declared and name not in stage_cls.optional_inputs]
     if missing:
         raise RuntimeError(f"model '{stage_cls.name}': config.pbtxt does not declare input(s) {missing}; the model "
                            "repository was exported by an older tapestry: run `tapestry export` again")

@@ -14,7 +14,8 @@ Two ways to use a graph model's item vectors (named by its registry name, traine
 
 `behaviour=True` (issue 19): each position also reads its event type (tapestry.models.sequential.behaviour_sasrec;
 vocabulary and alignment in tapestry.training.behaviour), and `behaviour_head > 0` adds the auxiliary loss of
-predicting the next event's type. The export refuses such a model: the serving contract carries item histories only.
+predicting the next event's type. Served too: the export records the vocabulary (the module's `event_types`) and the
+serving stages carry each history's event types beside its items (HISTORY_TYPES; tapestry.serving.user_encoder).
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ class SASRecConfig:
     item_init_from: str | None = None   # registry name of a model whose item_embeddings() start the ID table
     graph_from: str | None = None       # registry name of a model whose item_embeddings() are fused in, frozen
     fusion: str = "add"                 # "add" or "gate" (with graph_from)
-    # Issue 19: event-type embeddings beside the item embeddings (opt-in; not servable: histories carry no types).
+    # Issue 19: event-type embeddings beside the item embeddings (opt-in; served with the request's event types).
     behaviour: bool = False
     behaviour_head: float = 0.0         # weight of the auxiliary next-event-type loss (with behaviour; 0 = off)
     seed: int = 0
@@ -118,16 +119,9 @@ class SASRecRecommender(SequentialRecommender):
         if c.behaviour:
             return BehaviourSASRec(num_items, max(len(self.event_types_), 1), c.hidden_dim, c.num_blocks,
                                    c.num_heads, c.max_len, c.dropout, side_dim=side_dim,
-                                   fusion=c.fusion).to(self.device)
+                                   fusion=c.fusion, event_types=self.event_types_).to(self.device)
         return SASRec(num_items, c.hidden_dim, c.num_blocks, c.num_heads, c.max_len, c.dropout,
                       side_dim=side_dim, fusion=c.fusion).to(self.device)
-
-    def serving_module(self) -> torch.nn.Module:
-        if self.cfg.behaviour:
-            # Never serve it with the types silently dropped: its answers would differ from the evaluated model.
-            raise ValueError("this SASRec was trained with behaviour=True (event-type inputs); the served user "
-                             "encoder receives item histories only. Train it with behaviour=False to serve it")
-        return super().serving_module()
 
     @torch.no_grad()
     def encode_behaviour(self, histories: list[np.ndarray], types: list[np.ndarray],

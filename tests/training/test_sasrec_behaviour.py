@@ -1,4 +1,4 @@
-"""SASRec with behaviour=True (issue 19): the shared API, type alignment, the export refusal, and a planted case
+"""SASRec with behaviour=True (issue 19): the shared API, type alignment, the served module, and a planted case
 where the next item depends on the event type."""
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pytest
 
 from tapestry.training.behaviour import BehaviourLog, event_vocabulary, type_sequences
 from tapestry.training.data import InteractionData
@@ -33,9 +32,18 @@ class TestSASRecBehaviour(RecommenderMixin):
         assert all(np.array_equal(a, b) for a, b in zip(items, data.sequences(("train", "valid"))))
         assert all(len(i) == len(t) and (t >= 1).all() for i, t in zip(items, types))
 
-    def test_export_refuses_it_naming_the_option(self, model):
-        with pytest.raises(ValueError, match="behaviour=True"):
-            model.serving_module()
+    def test_served_module_carries_the_vocabulary_and_reads_types(self, model, data):
+        import torch
+
+        from tapestry.inference.encoders import event_vocabulary
+
+        module = model.serving_module()
+        assert event_vocabulary(module) == model.event_types_
+        history = data.sequences(("train",))[1][-5:]
+        types = model.behaviour_log_.types_for(1, data.sequences(("train",))[1])[-5:]
+        with torch.no_grad():
+            served = module.encode(torch.from_numpy(history[None]), torch.from_numpy(types[None]))
+        torch.testing.assert_close(served.cpu(), model.encode_behaviour([history], [types]).cpu())
 
 
 def test_log_gives_unknown_types_to_a_history_it_did_not_see():

@@ -24,12 +24,19 @@ from tapestry.models.sequential.sasrec import SASRec
 class BehaviourSASRec(SASRec):
     def __init__(self, num_items: int, num_event_types: int, hidden_dim: int = 64, num_blocks: int = 2,
                  num_heads: int = 1, max_len: int = 100, dropout: float = 0.2, side_dim: int = 0,
-                 fusion: str = "add"):
+                 fusion: str = "add", event_types: list[str] | None = None):
         super().__init__(num_items, hidden_dim, num_blocks, num_heads, max_len, dropout, side_dim, fusion)
         if num_event_types < 1:
             raise ValueError(f"num_event_types must be >= 1, got {num_event_types}")
+        if event_types is not None and len(event_types) > num_event_types:
+            raise ValueError(f"{len(event_types)} event-type names for {num_event_types} event types")
         self.init_args["num_event_types"] = num_event_types
         self.num_event_types = num_event_types
+        # The names of types 1..K (name event_types[i] is index i + 1), kept in init_args so a served file says
+        # which vocabulary its indices mean (the serving stage maps request names with it).
+        self.event_types = [str(t) for t in event_types] if event_types is not None else None
+        if self.event_types is not None:
+            self.init_args["event_types"] = list(self.event_types)
         # Row 0 = padding / unknown type: zero and never updated (padding_idx).
         self.event_emb = nn.Embedding(num_event_types + 1, hidden_dim, padding_idx=0)
         nn.init.xavier_normal_(self.event_emb.weight)
