@@ -79,6 +79,10 @@ class ETLConfig:
     # Polars engine of the ETL's queries: "auto" (the GPU engine, cudf-polars, when CUDA and the package are present;
     # else the CPU), "cpu" or "gpu" (an error without them). See tapestry/etl/engines.py.
     polars_engine: str = "auto"
+    # Catalogue items WITHOUT events (rows of the item table only) get item ids after the items with events
+    # (items.parquet: has_events False), so every model's item table, the export's FAISS index and the served item
+    # list hold them: a brand-new item can be retrieved from its content (tapestry.etl.catalogue). Off: unchanged.
+    cold_items: bool = False
 
 
 @dataclass

@@ -6,7 +6,10 @@ the ETL's item map; the encoders (tapestry.models.content) turn it into vectors,
 
 Index space ("catalogue index"): 0 = padding; 1 .. num_items-1 = the ETL's item_idx (items with events, the
 same rows every other model scores); num_items .. = cold items, in catalogue order. A warm item's vectors
-therefore line up with every other model's item table, and cold items extend it.
+therefore line up with every other model's item table, and cold items extend it. With ETLConfig.cold_items the
+ETL gives the cold items ids itself (the last ones, `has_events` False: tapestry.etl.catalogue): then the table
+has exactly the ETL's rows, `num_warm` marks where the cold ones start, and every model's table covers them.
+`run_etl` writes the table whenever the tenant has an item table (tapestry.etl.catalogue).
 
 Two sources:
 - `item_content_from_etl(data)`: what the ETL artifacts already hold (items.parquet titles, item_entities.parquet
@@ -42,12 +45,21 @@ class ItemContent:
     text: list[str]
     categories: list[list[str]]
     numeric: np.ndarray                 # [N, F] float32, F may be 0
-    num_warm: int                       # == the ETL's num_items: rows >= num_warm are cold items
+    num_warm: int                       # 1 + the number of items with events: rows >= num_warm are cold items
+    # The ETL's num_items (rows below it are the ETL's item ids). None: num_warm, cold items appended after the
+    # ETL's items; with ETLConfig.cold_items the ETL indexes them too (tapestry.etl.catalogue): then == len(self).
+    num_etl_items: int | None = None
 
     def __post_init__(self):
         n = len(self.item_ids)
         if not (len(self.text) == len(self.categories) == self.numeric.shape[0] == n) or self.num_warm > n:
             raise ValueError("ItemContent columns must all have one row per catalogue index")
+        if not self.num_warm <= self.etl_items <= n:
+            raise ValueError(f"num_etl_items {self.num_etl_items} must lie in [num_warm {self.num_warm}, rows {n}]")
+
+    @property
+    def etl_items(self) -> int:
+        return self.num_warm if self.num_etl_items is None else self.num_etl_items
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -85,7 +97,9 @@ def item_content_from_etl(data) -> ItemContent:
     cats: list[list[str]] = [[] for _ in range(n)]
     for idx, etype, value in data.item_entities.select("item_idx", "entity_type", "entity_value").iter_rows():
         cats[idx].append(f"{etype}={value}")
-    return ItemContent(ids, text, cats, np.zeros((n, 0), dtype=np.float32), n)
+    # With ETLConfig.cold_items the ETL's last items have no events (items.parquet: has_events False).
+    cold = int((~data.items["has_events"]).sum()) if "has_events" in data.items.columns else 0
+    return ItemContent(ids, text, cats, np.zeros((n, 0), dtype=np.float32), n - cold, n)
 
 
 def item_content_from_catalogue(data, items: pl.DataFrame | pl.LazyFrame, category_columns: list[str],
@@ -149,7 +163,7 @@ def write_item_content(etl_dir: Path, content: ItemContent) -> Path:
     fd, tmp = tempfile.mkstemp(dir=etl_dir, prefix=".item_content-", suffix=".parquet")
     os.close(fd)
     try:
-        frame.write_parquet(tmp, metadata={"num_warm": str(content.num_warm),
+        frame.write_parquet(tmp, metadata={"num_warm": str(content.num_warm), "num_etl_items": str(content.etl_items),
                                            "num_numeric": str(content.numeric.shape[1])})
         os.replace(tmp, etl_dir / CONTENT_FILE)
     except BaseException:
@@ -166,10 +180,12 @@ def load_item_content(data) -> ItemContent:
         return item_content_from_etl(data)
     meta = pl.read_parquet_metadata(path)
     frame = pl.read_parquet(path).sort("catalogue_idx")
-    if int(meta["num_warm"]) != data.num_items:
-        raise ValueError(f"{path} was built for {meta['num_warm']} ETL items, this ETL has {data.num_items}: "
+    etl_items = int(meta.get("num_etl_items", meta["num_warm"]))   # files written before cold items had ids
+    if etl_items != data.num_items:
+        raise ValueError(f"{path} was built for {etl_items} ETL items, this ETL has {data.num_items}: "
                          "rebuild it (write_item_content) after the ETL run")
     f = int(meta["num_numeric"])
     numeric = np.asarray(frame["numeric"].to_list(), dtype=np.float32).reshape(frame.height, f)
     return ItemContent(frame["item_id"].to_list(), [t or "" for t in frame["text"].to_list()],
-                       [list(c or []) for c in frame["categories"].to_list()], numeric, int(meta["num_warm"]))
+                       [list(c or []) for c in frame["categories"].to_list()], numeric, int(meta["num_warm"]),
+                       etl_items)

@@ -16,6 +16,7 @@ import polars as pl
 
 from tapestry.artifacts import atomic_write_json, new_version
 from tapestry.config import ETLConfig, validate_tenant
+from tapestry.etl.catalogue import HAS_EVENTS, etl_item_content, with_cold_items, write_etl_item_content
 from tapestry.etl.encode import IdEncoder
 from tapestry.etl.engines import collect_engine, select_polars_engine, sink_engine
 from tapestry.etl.schema import ENTITY_VALUE_SEPARATOR, ITEM_TEXT_COLUMNS, SPLIT_COLUMN, UNKNOWN_LINKED_USER
@@ -201,6 +202,9 @@ def _run(tables: RawTables, tenant: str, root: Path | None, cfg: ETLConfig, log,
         raise ValueError(f"no valid events for tenant {tenant!r}: all {input_rows} rows were quarantined")
 
     users, items = stages.fit_ids(good)
+    num_warm = len(items)     # item ids of items with events: 1 .. num_warm-1
+    if cfg.cold_items:        # catalogue items without events get the ids after them (tapestry.etl.catalogue)
+        items, _ = with_cold_items(items, tables.items)
     split_kind = FIXED if SPLIT_COLUMN in good.collect_schema().names() else LEAVE_ONE_OUT
     encoded = stages.encode_sorted(good, users, items, n_good, split_kind, scratch)
     splits = (fixed_split_sorted(encoded) if split_kind == FIXED
@@ -218,6 +222,12 @@ def _run(tables: RawTables, tenant: str, root: Path | None, cfg: ETLConfig, log,
     titles = item_table.select("item_id", pl.col(title_col).alias("title") if title_col
                                else pl.lit(None, dtype=pl.String).alias("title"))
     items_out = items.mapping.join(titles, on="item_id", how="left").select("item_idx", "item_id", "title")
+    if cfg.cold_items:
+        items_out = items_out.with_columns((pl.col("item_idx") < num_warm).alias(HAS_EVENTS))
+    # The item content table (None without an item table) and quarantine rows for its unparsable numbers.
+    content, bad_content = etl_item_content(tables, items_out, len(items), num_warm, item_entities)
+    if bad_content.height:
+        quarantine.append(_as_strings(bad_content).lazy())
 
     qlf = pl.concat(quarantine, how="diagonal_relaxed")
     q_counts = qlf.group_by("source", "reason").len().collect()
@@ -253,7 +263,8 @@ def _run(tables: RawTables, tenant: str, root: Path | None, cfg: ETLConfig, log,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "config": {"event_types": list(cfg.event_types), "min_timestamp": cfg.min_timestamp,
                        "max_timestamp": cfg.max_timestamp, "min_user_events": cfg.min_user_events,
-                       "context_columns": list(cfg.context_columns)},
+                       "context_columns": list(cfg.context_columns),
+                       **({"cold_items": True} if cfg.cold_items else {})},
             "counts": {
                 "input_rows": input_rows,
                 "valid_rows": n_good,
@@ -272,8 +283,10 @@ def _run(tables: RawTables, tenant: str, root: Path | None, cfg: ETLConfig, log,
             "num_users": len(users),
             "num_items": len(items),
             **({"user_links": {"columns": link_cols, "rows": links.height}} if links is not None else {}),
-            "catalog_items_without_events": int(item_table.filter(
-                ~pl.col("item_id").is_in(items.mapping["item_id"].implode())).height),
+            "catalog_items_without_events": int(item_table.filter(~pl.col("item_id").is_in(
+                items.mapping.filter(pl.col("item_idx") < num_warm)["item_id"].implode())).height),
+            **({"num_items_with_events": num_warm} if cfg.cold_items else {}),
+            **write_etl_item_content(out, content),
         }
         atomic_write_json(out / "manifest.json", manifest)
     manifest["version"] = v.path.name

@@ -33,16 +33,17 @@ UNKNOWN_CONTEXT_VALUE = "unknown_context_value"   # not in the tenant's declared
 UNKNOWN_LINKED_USER = "unknown_linked_user"    # a user-table link (e.g. a friend) naming no user of the events
 MISSING_ENTITY_ID = "missing_entity_id"        # an item/user table row without its id
 BAD_ENTITY_ID = "bad_entity_id"                # an item/user table id that fails the id policy below
+BAD_CONTENT_VALUE = "bad_content_value"        # a declared numeric item content column's value is not a number
 
 REASONS = (
     MALFORMED_LINE, MISSING_USER_ID, BAD_USER_ID, MISSING_ITEM_ID, BAD_ITEM_ID, MISSING_TIMESTAMP, BAD_TIMESTAMP,
     TIMESTAMP_OUT_OF_RANGE, UNKNOWN_EVENT_TYPE, BAD_WEIGHT, NONPOSITIVE_WEIGHT, BAD_SESSION_ID, BAD_SPLIT,
     BAD_QUERY, BAD_DWELL, BAD_PRICE, BAD_CONTEXT_VALUE, UNKNOWN_CONTEXT_VALUE,
-    MISSING_ENTITY_ID, BAD_ENTITY_ID, UNKNOWN_LINKED_USER,
+    MISSING_ENTITY_ID, BAD_ENTITY_ID, UNKNOWN_LINKED_USER, BAD_CONTENT_VALUE,
 )
 # Reasons that exist only for inputs carrying the optional columns above (or a declared user-link column).
 OPTIONAL_COLUMN_REASONS = (BAD_QUERY, BAD_DWELL, BAD_PRICE, BAD_CONTEXT_VALUE, UNKNOWN_CONTEXT_VALUE,
-                           UNKNOWN_LINKED_USER)
+                           UNKNOWN_LINKED_USER, BAD_CONTENT_VALUE)
 
 # The id policy (user, item, session and entity-table ids), after stripping surrounding whitespace. An id is
 # quarantined, never rewritten, because a rewritten id would no longer match what the tenant's clients send:

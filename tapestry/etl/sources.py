@@ -29,6 +29,10 @@ class RawTables:
     # Item-table columns to turn into entity nodes (None: every non-text column); user-table likewise.
     item_entity_columns: list[str] | None = None
     user_entity_columns: list[str] | None = None
+    # Item content columns (tapestry.etl.catalogue writes item_content.parquet from them): text columns (None: the
+    # table's title/name/description/text) and numeric ones (None: none); categories are item_entity_columns.
+    item_text_columns: list[str] | None = None
+    item_numeric_columns: list[str] | None = None
     # User-table columns whose values are other users' ids (`a|b`: two), e.g. friends: written as user_links.parquet
     # (relation = column name) and never entity types. None: no links.
     user_link_columns: list[str] | None = None

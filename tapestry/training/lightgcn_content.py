@@ -115,6 +115,9 @@ class LightGCNContentRecommender(Recommender):
         c = self.cfg
         content = load_item_content(data)
         self.num_users, self.num_items = data.num_users, data.num_items
+        # Negatives are drawn among items with events (1 .. num_warm-1): with ETLConfig.cold_items the ETL's last
+        # items have none, and pushing them away from every user would bury exactly what content should place.
+        num_warm = content.num_warm
         self.catalogue_ids = list(content.item_ids)
         ei, num_nodes, i_off, mask = self._graph(data, content)
         adj = normalized_adjacency(ei, num_nodes).to(self.device)
@@ -136,15 +139,15 @@ class LightGCNContentRecommender(Recommender):
                 idx = idx.to(self.device)
                 u, i = users[idx], items[idx]
                 emb = model(adj, features)
-                if c.loss == "bpr":      # uniform negatives over the warm items (1..num_items-1)
+                if c.loss == "bpr":      # uniform negatives over the warm items (1..num_warm-1)
                     # Drawn for the whole global batch, then this process's share (as LightGCN's): data-parallel
                     # runs draw the same negatives as one process.
                     share, total = data_parallel.share_of(idx)
-                    j = (torch.randint(1, self.num_items, (total,), device=self.device) + i_off)[share]
+                    j = (torch.randint(1, num_warm, (total,), device=self.device) + i_off)[share]
                     eu = emb[u]
                     return bpr_loss((eu * emb[i]).sum(-1), (eu * emb[j]).sum(-1),
                                     model.embedding.weight[torch.cat([u, i, j])], c.weight_decay), 1, len(idx)
-                j = torch.randint(1, self.num_items, (c.num_negatives,), device=self.device) + i_off
+                j = torch.randint(1, num_warm, (c.num_negatives,), device=self.device) + i_off
                 # The epoch's loss: a mean per step; the loss: a mean per edge (data parallelism weighs shares by it).
                 return sampled_softmax_loss(emb[u], emb[i], emb[j], c.temperature), 1, len(idx)
 

@@ -200,3 +200,7 @@ register(ModelSpec("lightgcn_content", "tapestry.training.lightgcn_content:Light
                    "local sentence-transformers checkpoint): catalogue items without events get vectors too",
                    quick=dict(_Q_GRAPH, num_layers=1, text_buckets=4096, category_buckets=1024),
                    role="item_encoder"))
+register(ModelSpec("content_history", "tapestry.training.content_history:ContentHistoryRecommender",
+                   "served retriever over lightgcn_content's item vectors (the mean of the history's vectors): with "
+                   "ETLConfig.cold_items, catalogue items without events are in its FAISS index and can be retrieved",
+                   quick=dict(max_len=20), role="retriever", upstream=("item_table_from",)))
