@@ -35,10 +35,11 @@ ENSEMBLE_CASES = {
     "a batch of 0 users": ([tensor(i["name"], i["datatype"], [], i["shape"][1:], batch=0) for i in OK], "got 0"),
     "K missing": (replace(OK, "K"), "missing required input(s) ['K']"),
     "TENANT missing": (replace(OK, "TENANT"), "missing required input(s) ['TENANT']"),
-    "no inputs": ([], "expected number of inputs between 4 and 5 but got 0"),   # RECENT_ITEM_IDS is optional
+    # RECENT_ITEM_IDS and EVENT_TYPES are optional
+    "no inputs": ([], "expected number of inputs between 4 and 6 but got 0"),
     "unknown extra input": (OK + [tensor("X", "INT32", [1])], "'X'"),
-    "two unknown extra inputs": (OK + [tensor("X", "INT32", [1]), tensor("Y", "INT32", [1])],
-                                 "expected number of inputs between 4 and 5 but got 6"),
+    "three unknown extra inputs": (OK + [tensor(n, "INT32", [1]) for n in ("X", "Y", "Z")],
+                                   "expected number of inputs between 4 and 6 but got 7"),
     # The stages' own checks (tapestry/serving/validate.py).
     "empty USER_ID": (recommend_inputs(user=""), "USER_ID is empty"),
     "blank USER_ID": (recommend_inputs(user="  \t "), "USER_ID is empty"),
