@@ -77,7 +77,7 @@ def test_served_pipeline_returns_a_zero_event_item_for_users_whose_history_is_co
         any_cold += bool(returned)
         hits.append(any(cold_category[i] == favourite[int(user_id[1:])] for i in returned))
     # k = the candidate count (smoke: 30), so this is what retrieval found: the feature reranker, fitted on warm
-    # items' popularity and co-occurrence, puts cold items below every warm candidate (none in a top-10: README).
+    # items' popularity and co-occurrence, puts cold items below every warm candidate (none in a feature-tier top-10 here: README).
     # 2 cold items per category among ~160 items; placed at random, one would reach ~1/3 of these lists.
     assert np.mean(hits) > 0.5, np.mean(hits)           # measured 1.0 (60 users)
     assert any_cold >= 30
@@ -91,3 +91,18 @@ def test_without_the_option_the_etl_keeps_its_items_and_writes_the_content_table
     # Appended after the ETL's items in the content table, not given ids (a few planted items drew no events).
     cold = etl.manifest["catalog_items_without_events"]
     assert etl.manifest["item_content"]["cold_items"] == cold >= PLANTED.cold_items
+
+
+def test_retrieval_tier_puts_zero_event_items_in_a_top_10(exported, tmp_path):
+    """The `retrieval` tier (no reranker: tapestry.serving.tiers) serves the retriever's order, where a content-
+    similar cold item competes with warm ones on equal terms."""
+    _, _, export, favourite = exported
+    root = export.path.parents[2]
+    tiered = run_export("shop", root, max_k=30, tier="retrieval", **QUIET)
+    cold_category = {i: int(i[1:]) % PLANTED.num_categories for i in _cold(tiered)["item_id"].to_list()}
+    pipe = RecommendPipeline.from_artifacts(tiered.artifact_dir)
+    users = pl.read_parquet(tiered.artifact_dir / "users.parquet")["user_id"].head(60).to_list()
+    hits = [any(cold_category.get(i) == favourite[int(u[1:])] for i in pipe.recommend("shop", u, k=10).item_ids)
+            for u in users]
+    # Placed at random, a favourite-category cold item would reach ~12 % of top-10 lists.
+    assert np.mean(hits) > 0.5, np.mean(hits)           # measured 1.0
