@@ -119,6 +119,18 @@ def test_apply_sources_declares_history_and_the_source_outputs(tmp_path):
     assert "MultiSourceRetrieval" in (repo / "retrieval" / "1" / "model.py").read_text()
 
 
+def test_apply_sources_keeps_an_unbatched_repository_unbatched(tmp_path):
+    from tapestry.serving.batching import set_max_batch_size
+    from tapestry.serving.tenant_repository import read_config
+
+    repo = tmp_path / "model_repository"
+    shutil.copytree(TEMPLATES, repo, ignore=shutil.ignore_patterns("__pycache__"))
+    set_max_batch_size(repo, 0)
+    apply_sources(repo)
+    config = read_config(repo / "retrieval" / "config.pbtxt")
+    assert config.max_batch_size == 0 and not any(i.allow_ragged_batch for i in config.input)
+
+
 @pytest.mark.parametrize("names, message", [(["sasrec_lightgcn"], "served model"), (["bert4rec"], "not trained"),
                                             (["lightgcn"], "not a candidate source")])
 def test_export_refuses_a_source_it_cannot_serve(names, message):
