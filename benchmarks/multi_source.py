@@ -53,6 +53,26 @@ def top_lists(model, data, split: str, depth: int, batch_size: int = 256) -> tup
     return np.concatenate(out), targets
 
 
+def served_graph_lists(model, data, split: str, depth: int, neighbours: int, recent: int) -> np.ndarray:
+    """The graph filter's lists as `tapestry export --sources` serves them: each item's top-`neighbours` table
+    (tapestry.ensembles.sources.neighbour_table), the neighbour scores of the `recent` newest distinct history items
+    summed (tapestry.serving.multi_source.NeighbourSource); [U, depth], 0-padded where fewer items are reached."""
+    from tapestry.ensembles.sources import neighbour_table
+    from tapestry.serving.multi_source import NeighbourSource
+    from tapestry.training.evaluate import HISTORY_SPLITS
+
+    ids, scores = neighbour_table(model, neighbours)
+    source = NeighbourSource("graph_filter", ids, scores, recent)
+    users = getattr(data, split)["user_idx"].to_numpy()
+    histories = data.sequences(HISTORY_SPLITS[split])
+    out = np.zeros((len(users), depth), dtype=np.int64)
+    for row, u in enumerate(users):
+        h = np.asarray(histories[u], dtype=np.int64)
+        items, _ = source.one(h, np.concatenate([h, [0]]), depth)
+        out[row, :items.size] = items
+    return out
+
+
 def round_robin(lists: list[np.ndarray], budget: int) -> list[int]:
     """One merged list of `budget` distinct items: rank 1 of every source, then rank 2, ..., duplicates skipped."""
     merged, seen = [], set()
@@ -96,6 +116,8 @@ def main() -> None:
     p.add_argument("--budgets", default="100,200")
     p.add_argument("--splits", default="valid,test")
     p.add_argument("--output", default=str(RESULTS / "multi_source.json"))
+    p.add_argument("--served-graph", metavar="M,R", help="graph_filter's lists as served (neighbour table of M per "
+                   "item, the R newest history items summed) instead of its full filter scores, e.g. 100,20")
     args = p.parse_args()
 
     from tapestry.training import registry
@@ -115,6 +137,7 @@ def main() -> None:
         if registry.get(name).role == "ranker":   # a ranker scores its retriever's candidates (load that first)
             loaded[name].bind(loaded)
     report = {"models_dir": str(models_dir), "etl": str(etl_dir), "sources": sources, "budgets": budgets,
+              "served_graph": args.served_graph,
               "merge": "round-robin by rank, duplicates skipped (union@N: N items, the budget of one source)",
               "splits": {}}
     for split in args.splits.split(","):
@@ -123,6 +146,11 @@ def main() -> None:
             continue
         tops, targets = {}, None
         for name, model in loaded.items():
+            if name == "graph_filter" and args.served_graph:
+                m, r = (int(x) for x in args.served_graph.split(","))
+                tops[name] = served_graph_lists(model, data, split, max(budgets), m, r)
+                targets = getattr(data, split)["item_idx"].to_numpy()
+                continue
             tops[name], targets = top_lists(model, data, split, max(budgets))
         report["splits"][split] = measure(tops, targets, budgets)
         report["splits"][split]["num_users"] = int(len(targets))
