@@ -20,7 +20,8 @@ DATASETS = ("ml-1m", "ml-100k")   # MovieLens: what `demo` runs on, and `etl` to
 # `etl` also reads these; the S3-Rec names are the keys of tapestry.etl.s3rec.S3REC_DATASETS (not imported here:
 # the CLI imports polars only when a command needs it).
 S3REC_NAMES = ("beauty", "sports", "toys", "yelp", "lastfm-s3rec")
-ETL_DATASETS = (*DATASETS, "gowalla", *S3REC_NAMES)   # each a tapestry.etl.datasets name (its folder, files)
+# hetrec-lastfm: plays, tag assignments (context column `tag`) and friends (user links): a typed-graph tenant.
+ETL_DATASETS = (*DATASETS, "gowalla", *S3REC_NAMES, "hetrec-lastfm")   # each a tapestry.etl.datasets name
 
 
 def ml1m_ratings_default(directory: Path) -> Path:
@@ -56,6 +57,10 @@ def load_tables(args):
         raise ValueError(f"--like-at applies to the MovieLens data sets only, not {dataset!r}")
     if dataset == "gowalla":
         return gowalla(directory)
+    if dataset == "hetrec-lastfm":
+        from tapestry.etl.hetrec import hetrec_lastfm
+
+        return hetrec_lastfm(directory)
     if dataset in S3REC_NAMES:
         return s3rec(directory, dataset)
     if dataset == "ml-1m":
@@ -64,20 +69,44 @@ def load_tables(args):
     return movielens_100k(directory, Path(args.ratings) if args.ratings else None, like_at=like_at)
 
 
+def _names(text: str | None) -> tuple[str, ...]:
+    return tuple(t.strip() for t in (text or "").split(",") if t.strip())
+
+
+def etl_config(args) -> ETLConfig:
+    """The ETLConfig of `tapestry etl`: a data set adapter's own (HetRec Last.fm: event types play/tag, context
+    column tag), else the defaults; then the flags."""
+    if getattr(args, "dataset", None) == "hetrec-lastfm" and not args.events:
+        from tapestry.etl.hetrec import hetrec_etl_config
+
+        cfg = hetrec_etl_config(polars_engine=args.polars_engine)
+    else:
+        cfg = ETLConfig(polars_engine=args.polars_engine)
+    if args.event_types:
+        cfg.event_types = tuple(t.lower() for t in _names(args.event_types))
+    if getattr(args, "context_columns", None):
+        if not args.events:
+            raise ValueError("--context-columns applies to generic tables (--events); a data set adapter declares "
+                             "its own")
+        cfg.context_columns = _names(args.context_columns)
+    return cfg
+
+
 def cmd_etl(args) -> None:
     from tapestry.etl import run_etl
 
-    cfg = ETLConfig(polars_engine=args.polars_engine)
-    if args.event_types:
-        cfg.event_types = tuple(t.strip().lower() for t in args.event_types.split(","))
+    cfg = etl_config(args)
     if args.encoding and not args.events:
         raise ValueError("--encoding applies to generic tables (--events/--items/--users); the data set adapters "
                          "know their files' encodings")
+    if getattr(args, "user_links", None) and not args.users:
+        raise ValueError("--user-links names columns of the user table: pass --users too")
     if args.events:   # in the declared encoding, and without the up-front parse check: run_etl falls back itself
         from tapestry.etl.sources import generic_tables
 
         tables = generic_tables(Path(args.events), args.items and Path(args.items), args.users and Path(args.users),
-                                encoding=args.encoding or "utf-8", check_events=False)
+                                encoding=args.encoding or "utf-8", check_events=False,
+                                user_link_columns=list(_names(args.user_links)) or None)
     else:
         tables = load_tables(args)
     if args.engine == "local":
@@ -199,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", choices=ETL_DATASETS, metavar="DATASET",
                    help="a public data set under the datasets dir: ml-1m, ml-100k (MovieLens); gowalla (LightGCN's "
                         "fixed train/test split); beauty, sports, toys, yelp, lastfm-s3rec (S3-Rec sequences, "
-                        "leave-one-out). Gowalla and S3-Rec have synthetic timestamps (order only)")
+                        "leave-one-out); hetrec-lastfm (HetRec Last.fm 2K: plays, tags, friends; fixed split). "
+                        "Gowalla, S3-Rec and Last.fm plays have synthetic timestamps (order only)")
     e.add_argument("--data-dir", help="directory of the data set's files (default: its folder, e.g. ml-1m, "
                                       "gowalla-lightgcn, s3rec-sequential, under the first of $TAPESTRY_DATASETS, "
                                       "../shared/datasets, the fetch cache that has it; `tapestry datasets list`)")
@@ -210,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--items", help="generic item table")
     e.add_argument("--users", help="generic user table")
     e.add_argument("--event-types", help="comma-separated event vocabulary (default: built-in list)")
+    e.add_argument("--context-columns", help="comma-separated context columns of the generic event table kept as "
+                                             "typed-graph nodes, e.g. device,location (ETLConfig.context_columns)")
+    e.add_argument("--user-links", help="comma-separated user-table columns whose values are user ids, e.g. "
+                                        "friends (a|b): user -> user relations of the typed graph")
     e.add_argument("--encoding", help="text encoding of the generic CSV/TSV tables, e.g. latin-1 or cp1252 "
                                       "(default: UTF-8, with or without BOM)")
     e.add_argument("--engine", choices=("local", "dask"), default="local",

@@ -237,6 +237,7 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
     # feature reranker by `choose_ranker`'s rule; its file is the inference state, however it was trained.
     from tapestry.training import registry
     from tapestry.training.base import Recommender
+    from tapestry.training.pipeline import item_vector_graphs
 
     metrics_file = models_dir / "metrics.json"
     run_metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
@@ -312,6 +313,8 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
             "reranker_choice": choice,
             "tier": tier,
             **({"sources": source_entries} if source_entries else {}),
+            # The typed relations (or default graph) behind the served item vectors (e.g. rsage's, typed graph).
+            "item_vector_graphs": item_vector_graphs(served, train_cfg, run_metrics),
         })
         shutil.copytree(TEMPLATES, v.tmp / "model_repository",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))

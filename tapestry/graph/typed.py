@@ -243,6 +243,13 @@ def behaviour_types(graph: HeteroData) -> list[tuple[str, str, str]]:
     return [tuple(et) for et in (getattr(graph, "behaviour_types", None) or [INTERACTS])]
 
 
+def relations_record(edge_types) -> dict:
+    """What metrics.json and the export manifest say about the graph a model trained over: the number of edge
+    types and each as `src/relation/dst` (reverse relations included), sorted."""
+    names = sorted("/".join(et) for et in edge_types)
+    return {"edge_types": len(names), "relations": names}
+
+
 def supervision_pairs(data, target_events: tuple[str, ...] = ()) -> torch.Tensor:
     """[2, E] (user, item) of the training events of `target_events` (every event when empty), in training order:
     the positives a link-prediction model learns, whatever graph it passes messages over."""

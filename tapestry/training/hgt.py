@@ -223,11 +223,13 @@ class HGTRecommender(Recommender):
         self._user_emb: torch.Tensor | None = None
         self._item_emb: torch.Tensor | None = None
         self._known: torch.Tensor | None = None       # users with >= 1 training interaction
+        self.relations_: list[tuple[str, str, str]] = []     # the edge types the model was trained over
 
     def fit(self, data, graph=None) -> "HGTRecommender":
         cfg = self.cfg
         graph = graph_for(data, cfg.graph, graph)
         self.num_users, self.num_items = int(graph["user"].num_nodes), int(graph["item"].num_nodes)
+        self.relations_ = list(graph.edge_types)
         ages = edge_ages(graph)[0] if cfg.time_buckets > 0 else {}
         # The default graph's positives are its interacts edges, exactly as before; otherwise the training events.
         positives = (graph[INTERACTS].edge_index if cfg.graph == "given" and not cfg.target_events
@@ -315,10 +317,12 @@ class HGTRecommender(Recommender):
 
     def _get_state(self):
         return {"num_users": self.num_users, "num_items": self.num_items, "user_emb": self._user_emb.cpu(),
-                "item_emb": self._item_emb.cpu(), "known": self._known.cpu()}
+                "item_emb": self._item_emb.cpu(), "known": self._known.cpu(),
+                "relations": [list(et) for et in self.relations_]}
 
     def _set_state(self, state):
         self.num_users, self.num_items = int(state["num_users"]), int(state["num_items"])
         self._user_emb = state["user_emb"].to(self.device)
         self._item_emb = state["item_emb"].to(self.device)
         self._known = state["known"].to(self.device)
+        self.relations_ = [tuple(et) for et in state.get("relations", [])]    # files saved before: unknown

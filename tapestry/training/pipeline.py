@@ -11,6 +11,7 @@ Output `<root>/<tenant>/models/vNNNN/` (written atomically via new_version):
     rerank.npz          FeatureReranker.save (weights + feature tables)
     config.json         dataclasses.asdict(TrainConfig) + "resolved": every model's full hyper-parameters
     metrics.json        {model: {"valid", "test", "slices": {cold_items, cold_users}, "fit_seconds", "loss_history",
+                        "graph" (graph models: {"edge_types", "relations"} they trained over),
                         "processes" (data-parallel fits, `distributed` > 1),
                         "best_epoch", "valid_history" (models that stop early on validation)}}
     etl_version.txt     the ETL version directory trained on
@@ -26,6 +27,7 @@ from pathlib import Path
 from tapestry.artifacts import atomic_write_json, atomic_write_text, latest_version, new_version
 from tapestry.config import TrainConfig, validate_tenant
 from tapestry.graph.hetero import build_hetero_graph
+from tapestry.graph.typed import relations_record
 from tapestry.training import data_parallel, registry
 from tapestry.training.base import Recommender
 from tapestry.training.data import InteractionData
@@ -170,6 +172,8 @@ def run_train(tenant: str, root: Path | None = None, cfg: TrainConfig | None = N
             metrics[name] = _evaluate_model(model, data, k)
             e.detail = f"valid {_fmt(metrics[name]['valid'])} | test {_fmt(metrics[name]['test'])}"
         metrics[name]["fit_seconds"] = round(s.seconds, 2)
+        if getattr(model, "relations_", None):   # graph models: the relations they trained over
+            metrics[name]["graph"] = relations_record(model.relations_)
         if getattr(model, "processes_", 1) > 1:
             metrics[name]["processes"] = model.processes_       # trained data-parallel on this many processes
         metrics[name]["loss_history"] = [round(float(x), 6) for x in model.loss_history_]   # the report's curves
@@ -216,6 +220,19 @@ def run_train(tenant: str, root: Path | None = None, cfg: TrainConfig | None = N
         s.detail = str(v.path)
     log(f"[train] tenant={tenant} done in {time.perf_counter() - t_all:.1f}s -> {v.path}")
     return TrainResult(v.path, metrics)
+
+
+def item_vector_graphs(served: str, train_cfg: dict, metrics: dict) -> dict:
+    """The graphs behind the served model's item vectors: {upstream model: {"via": config field, "edge_types",
+    "relations"}} for each graph model it reads (graph_from, item_init_from) that recorded its relations in
+    metrics.json; {} when it reads none. The export manifest's "item_vector_graphs"."""
+    resolved = train_cfg.get("resolved", {}).get(served, {})
+    out = {}
+    for field in ("graph_from", "item_init_from"):
+        source = resolved.get(field)
+        if source and "graph" in metrics.get(source, {}):
+            out[source] = {"via": field, **metrics[source]["graph"]}
+    return out
 
 
 def trained_config(model_dir: Path) -> dict:

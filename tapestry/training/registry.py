@@ -144,6 +144,14 @@ register(ModelSpec("sasrec_hgt", "tapestry.training.sasrec:SASRecRecommender",
                    "SASRec + HGT item vectors (typed, temporal), frozen and fused",
                    params=dict(graph_from="hgt", fusion="add"), quick=_Q_SEQ,
                    role="retriever", upstream=("item_init_from", "graph_from")))
+register(ModelSpec("sasrec_rsage", "tapestry.training.sasrec:SASRecRecommender",
+                   "SASRec + relational GraphSAGE item vectors from the typed graph (behaviours, sessions, queries, "
+                   "context, user links), frozen and fused", params=dict(graph_from="rsage", fusion="add"),
+                   quick=_Q_SEQ, role="retriever", upstream=("item_init_from", "graph_from")))
+register(ModelSpec("sasrec_hgt_typed", "tapestry.training.sasrec:SASRecRecommender",
+                   "SASRec + HGT item vectors from the typed graph, frozen and fused",
+                   params=dict(graph_from="hgt_typed", fusion="add"), quick=_Q_SEQ,
+                   role="retriever", upstream=("item_init_from", "graph_from")))
 register(ModelSpec("dlrm", "tapestry.training.dlrm:DLRMRecommender",
                    "DLRM ranker over sasrec_lightgcn's candidates: TorchRec tables (shardable: --distributed N), "
                    "multi-task heads, optional TransE loss",
