@@ -74,7 +74,8 @@ def merge_round_robin(lists: list[tuple[np.ndarray, np.ndarray]], budget: int
 
 
 class EncoderSource:
-    """Another retriever: its user tower over the request's history, its own FAISS index."""
+    """Another retriever: its user tower over the request's history, its own FAISS index (both on the CPU: the
+    served encoder's GPU placement is user_encoder's, and a second tower of this size is cheap on a core)."""
 
     kind = "encoder"
 
@@ -130,7 +131,8 @@ def load_source(artifact_dir: Path, entry: dict):
     """One manifest "sources" entry (written by tapestry.ensembles.sources) -> its source object."""
     name, kind = entry["name"], entry["kind"]
     if kind == "encoder":
-        return EncoderSource(name, load_encoder(artifact_dir / entry["encoder"]), load_index(artifact_dir / entry["index"]))
+        return EncoderSource(name, load_encoder(artifact_dir / entry["encoder"]),
+                             load_index(artifact_dir / entry["index"]))
     if kind == "neighbours":
         with np.load(artifact_dir / entry["table"]) as table:
             return NeighbourSource(name, table["neighbours"], table["scores"], entry["recent_items"])
@@ -205,8 +207,9 @@ class MultiSourceRetrieval(Retrieval):
 
 
 RETRIEVAL_MODEL = "retrieval"
-MODEL_PY = ('"""Thin Triton adapter of multi-source retrieval (written by tapestry.serving.multi_source.apply_sources); '
-            'the logic is tapestry.serving.multi_source.MultiSourceRetrieval."""\n'
+MODEL_PY = ('"""Thin Triton adapter of multi-source retrieval (written by '
+            'tapestry.serving.multi_source.apply_sources); the logic is '
+            'tapestry.serving.multi_source.MultiSourceRetrieval."""\n'
             "from tapestry.serving.multi_source import MultiSourceRetrieval\n"
             "from tapestry.serving.triton_adapter import triton_model\n\n"
             "TritonPythonModel = triton_model(MultiSourceRetrieval)\n")
