@@ -2,7 +2,8 @@
 
 `tapestry etl` (a Last.fm subset: plays, tags, friends; a synthetic multi-behaviour CSV: a funnel of event types,
 sessions, queries, device/location context, friends) -> `tapestry train --quick` with a graph model over the TYPED
-graph and SASRec fused with its item vectors -> `tapestry export` -> a REAL Triton server, HTTP and gRPC.
+graph and SASRec fused with its item vectors -> `tapestry export` -> ONE real Triton server for both tenants (as
+`tapestry serve --tenants lastfm,shop` runs it), HTTP and gRPC.
 
 The served answer must equal the in-process pipeline's, and the export manifest must name the typed relations
 behind the served item vectors (metrics.json records them per graph model).
@@ -14,10 +15,10 @@ import polars as pl
 import pytest
 
 from tapestry.cli import main
+from tapestry.serving.client import RecommendClient, ensemble_name
+from tapestry.serving.multi_tenant import serving
 from tapestry.serving.pipeline import RecommendPipeline
-from tapestry.serving.triton_server import TritonServer
 
-from .conftest import served_and_local
 from .typed_tenants import lastfm_present, lastfm_subset, synthetic_files
 
 pytestmark = pytest.mark.integration
@@ -36,47 +37,60 @@ CASES = {
 
 def _etl_args(tenant: str, tmp) -> list[str]:
     if tenant == "lastfm":
-        if not lastfm_present():
-            pytest.skip("HetRec Last.fm 2K not staged")
         return ["--dataset", "hetrec-lastfm", "--data-dir", str(lastfm_subset(tmp / "data", users=40))]
     files = synthetic_files(tmp / "data")
     return ["--events", str(files["events"]), "--items", str(files["items"]), "--users", str(files["users"]),
             "--context-columns", "device,location", "--user-links", "friends"]
 
 
-@pytest.fixture(scope="module", params=sorted(CASES))
-def served_tenant(request, tmp_path_factory):
-    tenant = request.param
-    graph_model, retriever, _ = CASES[tenant]
-    tmp = tmp_path_factory.mktemp(tenant)
-    at = ["--tenant", tenant, "--root", str(tmp / "art")]
-    main(["etl", *at, *_etl_args(tenant, tmp)])
-    main(["train", *at, "--quick", "--models", f"popularity,{graph_model},{retriever}"])
-    main(["export", *at, "--max-k", "20"])
-    export = next((tmp / "art" / tenant / "export").glob("v*"))
-    with TritonServer(export / "model_repository") as server:
-        yield tenant, export, server
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """Both tenants' exports under one artifact root, made with the CLI."""
+    root = tmp_path_factory.mktemp("typed")
+    if not lastfm_present():
+        pytest.skip("HetRec Last.fm 2K not staged")
+    for tenant, (graph_model, retriever, _) in CASES.items():
+        at = ["--tenant", tenant, "--root", str(root / "art")]
+        main(["etl", *at, *_etl_args(tenant, root / tenant)])
+        main(["train", *at, "--quick", "--models", f"popularity,{graph_model},{retriever}"])
+        main(["export", *at, "--max-k", "20"])
+    return root / "art"
 
 
-def test_the_served_item_vectors_come_from_the_typed_graph(served_tenant):
-    tenant, export, _ = served_tenant
+@pytest.fixture(scope="module")
+def server(root):
+    """ONE Triton for both tenants (what `tapestry serve --tenants lastfm,shop` runs): one start, not two."""
+    with serving(sorted(CASES), root) as s:
+        yield s
+
+
+def _export(root, tenant):
+    return next((root / tenant / "export").glob("v*"))
+
+
+@pytest.mark.parametrize("tenant", sorted(CASES))
+def test_the_served_item_vectors_come_from_the_typed_graph(root, tenant):
     graph_model, retriever, relations = CASES[tenant]
+    export = _export(root, tenant)
     manifest = json.loads((export / "artifacts" / "manifest.json").read_text())
     assert manifest["served_model"] == retriever
     record = manifest["item_vector_graphs"][graph_model]
     assert record["via"] == "graph_from"
     assert relations <= set(record["relations"]) and record["edge_types"] == len(record["relations"]) > 2
-    metrics = json.loads((next(export.parents[1].glob("models/v*")) / "metrics.json").read_text())
+    metrics = json.loads((next((root / tenant / "models").glob("v*")) / "metrics.json").read_text())
     assert metrics[graph_model]["graph"]["relations"] == record["relations"]
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_served_answer_equals_in_process_pipeline(served_tenant, protocol):
-    tenant, export, server = served_tenant
-    local = RecommendPipeline.from_artifacts(export / "artifacts")
-    users = pl.read_parquet(export / "artifacts" / "users.parquet")["user_id"].to_list()
-    for served, expected in served_and_local(server, local, protocol, tenant, [users[0], users[len(users) // 2],
-                                                                              users[-1]]):
-        assert served.strategy == expected.strategy == "personalized"
-        assert served.item_ids == expected.item_ids and len(set(served.item_ids)) == 10
-        np.testing.assert_allclose(served.scores, expected.scores, rtol=1e-5, atol=1e-6)
+@pytest.mark.parametrize("tenant", sorted(CASES))
+def test_served_answer_equals_in_process_pipeline(root, server, tenant, protocol):
+    art = _export(root, tenant) / "artifacts"
+    local = RecommendPipeline.from_artifacts(art)
+    users = pl.read_parquet(art / "users.parquet")["user_id"].to_list()
+    url = server.http_url if protocol == "http" else server.grpc_url
+    with RecommendClient(url, protocol=protocol, model_name=ensemble_name(tenant, multi_tenant=True)) as client:
+        for user in (users[0], users[len(users) // 2], users[-1]):
+            served, expected = client.recommend(tenant, user, k=10), local.recommend(tenant, user, k=10)
+            assert served.strategy == expected.strategy == "personalized"
+            assert served.item_ids == expected.item_ids and len(set(served.item_ids)) == 10
+            np.testing.assert_allclose(served.scores, expected.scores, rtol=1e-5, atol=1e-6)
