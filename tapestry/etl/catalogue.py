@@ -15,7 +15,6 @@ Two things `run_etl` does with the tenant's item table, beyond the entity rows i
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from types import SimpleNamespace
 
 import polars as pl
@@ -73,12 +72,12 @@ def bad_numbers(item_table: pl.DataFrame, numeric: tuple[str, ...]) -> pl.DataFr
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
 
 
-def etl_item_content(tables, items_out: pl.DataFrame, num_items: int, num_warm: int,
+def etl_item_content(tables, items_out: pl.DataFrame, num_items: int,
                      item_entities: pl.DataFrame) -> tuple[ItemContent | None, pl.DataFrame]:
     """(the content table for this ETL run, or None without an item table; quarantine rows for bad numbers).
 
-    `items_out`: items.parquet's rows (item_idx, item_id, title); `num_warm`: 1 + the number of items with events
-    (== num_items unless cold items were given ids)."""
+    `items_out`: items.parquet's rows (item_idx, item_id, title, and `has_events` when cold items were given ids:
+    the content table's `num_warm` then marks where they start)."""
     if tables.items is None:
         return None, pl.DataFrame()
     item_table = tables.items.collect()
@@ -86,15 +85,13 @@ def etl_item_content(tables, items_out: pl.DataFrame, num_items: int, num_warm: 
     missing = [c for c in (*text, *numeric) if c not in item_table.columns]
     if missing:
         raise ValueError(f"declared item content column(s) {missing} are not in the item table {item_table.columns}")
-    bad = bad_numbers(item_table, numeric)
+    # Rows whose id fails the policy are quarantined once, as bad ids (the entity validation), never twice.
+    bad = bad_numbers(validate_entities(item_table.lazy(), "item_id", "items")[0].collect(), numeric)
     # What item_content_from_catalogue reads of an InteractionData, before the version exists.
     etl_view = SimpleNamespace(items=items_out, num_items=num_items, item_entities=item_entities)
     content = item_content_from_catalogue(etl_view, item_table, categories, text_columns=text,
                                           numeric_columns=numeric)
-    if content.num_cold:
-        # Without ids for them, cold catalogue items are appended after the ETL's items (tapestry.etl.content).
-        return content, bad
-    return replace(content, num_warm=num_warm, num_etl_items=num_items), bad
+    return content, bad
 
 
 def write_etl_item_content(out_dir, content: ItemContent | None) -> dict:

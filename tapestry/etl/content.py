@@ -148,7 +148,10 @@ def item_content_from_catalogue(data, items: pl.DataFrame | pl.LazyFrame, catego
     for j, c in enumerate(numeric_columns):
         numeric[idx_arr, j] = rows[c].cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False) \
             .fill_null(np.nan).to_numpy()
-    return ItemContent(ids, text, cats, _standardise(numeric), data.num_items)
+    if cold.height:       # cold items appended after the ETL's items
+        return ItemContent(ids, text, cats, _standardise(numeric), data.num_items)
+    # None appended: either every catalogue item has events, or the ETL gave the cold ones ids (has_events).
+    return ItemContent(ids, text, cats, _standardise(numeric), base.num_warm, data.num_items)
 
 
 def write_item_content(etl_dir: Path, content: ItemContent) -> Path:

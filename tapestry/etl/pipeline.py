@@ -225,7 +225,7 @@ def _run(tables: RawTables, tenant: str, root: Path | None, cfg: ETLConfig, log,
     if cfg.cold_items:
         items_out = items_out.with_columns((pl.col("item_idx") < num_warm).alias(HAS_EVENTS))
     # The item content table (None without an item table) and quarantine rows for its unparsable numbers.
-    content, bad_content = etl_item_content(tables, items_out, len(items), num_warm, item_entities)
+    content, bad_content = etl_item_content(tables, items_out, len(items), item_entities)
     if bad_content.height:
         quarantine.append(_as_strings(bad_content).lazy())
 
