@@ -89,6 +89,7 @@ def etl_config(args) -> ETLConfig:
             raise ValueError("--context-columns applies to generic tables (--events); a data set adapter declares "
                              "its own")
         cfg.context_columns = _names(args.context_columns)
+    cfg.cold_items = bool(getattr(args, "cold_items", False))
     return cfg
 
 
@@ -242,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--event-types", help="comma-separated event vocabulary (default: built-in list)")
     e.add_argument("--context-columns", help="comma-separated context columns of the generic event table kept as "
                                              "typed-graph nodes, e.g. device,location (ETLConfig.context_columns)")
+    e.add_argument("--cold-items", action="store_true",
+                   help="item-table rows without events get item ids too (items.parquet has_events=false), so a "
+                        "content model can serve them (ETLConfig.cold_items; docs/content-features.md)")
     e.add_argument("--user-links", help="comma-separated user-table columns whose values are user ids, e.g. "
                                         "friends (a|b): user -> user relations of the typed graph")
     e.add_argument("--encoding", help="text encoding of the generic CSV/TSV tables, e.g. latin-1 or cp1252 "

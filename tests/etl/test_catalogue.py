@@ -75,3 +75,11 @@ def test_a_declared_content_column_the_item_table_lacks_is_a_clear_error(tmp_pat
     with pytest.raises(ValueError, match="weight_kg"):
         run_etl(_shop(numeric=("weight_kg",)), "shop", root=tmp_path, **QUIET)
     assert not (tmp_path / "shop" / "etl").exists() or not any((tmp_path / "shop" / "etl").glob("v*"))
+
+
+def test_cli_flag_sets_the_option():
+    from tapestry.cli import build_parser, etl_config
+
+    base = ["etl", "--tenant", "t", "--dataset", "ml-100k"]
+    assert etl_config(build_parser().parse_args([*base, "--cold-items"])).cold_items is True
+    assert etl_config(build_parser().parse_args(base)).cold_items is False
