@@ -135,6 +135,16 @@ def _served_encoders(models_dir: Path, train_cfg: dict, served: str, session: st
     return encoder, session_encoder
 
 
+def _shared_event_types(encoder_types: list[str] | None, ranker_types: list[str] | None, served: str,
+                        ranker: str) -> list[str] | None:
+    """The one event-type vocabulary HISTORY_TYPES is written in: the user encoder's and/or the behaviour-aware
+    ranker's (both are the training split's sorted types, so they agree unless trained on other data)."""
+    if encoder_types and ranker_types and list(encoder_types) != list(ranker_types):
+        raise ValueError(f"{served} reads event types {list(encoder_types)} but {ranker} reads "
+                         f"{list(ranker_types)}: one request cannot carry both; retrain them on the same data")
+    return list(encoder_types or ranker_types) if (encoder_types or ranker_types) else None
+
+
 def choose_ranker(served: str, train_cfg: dict, metrics: dict, requested: str | None = None,
                   log=print) -> tuple[str | None, dict]:
     """(registry name of the ranker to serve, or None for the feature reranker; the manifest's record of why).
@@ -247,6 +257,7 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
         trained = Recommender.load(models_dir / registry.get(ranker_name).filename, device="cpu")
         ranker, ranker_kind = trained.ranker, getattr(type(trained), "reranker_kind", "dlrm")
         num_candidates = num_candidates or trained.cfg.num_candidates   # the list length it was trained on
+        event_types = _shared_event_types(event_types, getattr(ranker, "event_types", None), served, ranker_name)
 
     num_candidates = num_candidates or train_cfg.get("rerank", {}).get("num_candidates", 100)
     # What explanations and rules read (tapestry.serving.item_facts); rules are checked against it before writing.
@@ -293,7 +304,7 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
             "served_model": served,
             "user_encoder": "user_encoder.pt",
             "num_interests": num_interests,
-            # Behaviour-aware encoder: its event types (name i is HISTORY_TYPES index i + 1); null: items only.
+            # A behaviour-aware encoder / fusion ranker: its event types (name i is HISTORY_TYPES index i + 1).
             "event_types": event_types,
             "session_model": session or None,
             "session_encoder": "session_encoder.pt" if session_encoder is not None else None,

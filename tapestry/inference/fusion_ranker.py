@@ -17,6 +17,9 @@ Dense features per candidate (DENSE), all roughly unit scale:
   cooc_recent      its mean over the `recent` newest history items
 Ranks come from the scores (a stable sort), not from the order the candidates arrive in. Popularity and
 co-occurrence are counted on the split the ranker's training lists were cut from (tapestry.training.fusion).
+
+A behaviour-aware ranker (init_args `num_event_types`: tapestry.models.ranking.behaviour_fusion) also reads each
+history item's event type (`history_types`, aligned with `history`; 0 = unknown; absent = all unknown).
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import torch
 
 from tapestry.artifacts import atomic_torch_save
 from tapestry.inference.dlrm_features import cooc_block
+from tapestry.models.ranking.behaviour_fusion import BehaviourFusionRanker
 from tapestry.models.ranking.fusion import FusionRanker
 
 DENSE = ("retrieval_z", "retrieval_logp", "log_rank", "reciprocal_rank", "log_popularity", "cooc_last", "cooc_recent")
@@ -43,6 +47,7 @@ class FusionFeatures:
     dense: np.ndarray        # [N, len(DENSE)] float32
     history: np.ndarray      # [<= max_history] int64, time order, no padding
     user_attrs: np.ndarray   # [U] int64 attribute ids (1-based; 0 is the module's padding)
+    history_types: np.ndarray | None = None   # aligned with `history` (behaviour-aware rankers); None = unknown
 
 
 @dataclass
@@ -52,12 +57,19 @@ class FusionBatch:
     dense: torch.Tensor       # [B, N, F]
     history: torch.Tensor     # [B, L]
     user_attrs: torch.Tensor  # [B, U]
+    history_types: torch.Tensor | None = None   # [B, L], aligned with `history`, when a list carries types
 
     def __len__(self) -> int:
         return self.cands.shape[0]
 
     def take(self, idx) -> "FusionBatch":
-        return FusionBatch(self.cands[idx], self.dense[idx], self.history[idx], self.user_attrs[idx])
+        return FusionBatch(self.cands[idx], self.dense[idx], self.history[idx], self.user_attrs[idx],
+                           None if self.history_types is None else self.history_types[idx])
+
+    def model_inputs(self) -> tuple:
+        """The module's positional inputs (the history types only when the lists carry them)."""
+        base = (self.cands, self.dense, self.history, self.user_attrs)
+        return base if self.history_types is None else (*base, self.history_types)
 
 
 def collate(lists: list[FusionFeatures]) -> FusionBatch:
@@ -69,13 +81,18 @@ def collate(lists: list[FusionFeatures]) -> FusionBatch:
     dense = np.zeros((b, n, len(DENSE)), np.float32)
     history = np.zeros((b, length), np.int64)
     attrs = np.zeros((b, u), np.int64)
+    typed = any(f.history_types is not None for f in lists)
+    types = np.zeros((b, length), np.int64) if typed else None
     for i, f in enumerate(lists):
         cands[i, :len(f.cands)] = f.cands
         dense[i, :len(f.cands)] = f.dense
         if len(f.history):
             history[i, length - len(f.history):] = f.history
+            if f.history_types is not None:
+                types[i, length - len(f.history):] = f.history_types
         attrs[i, :len(f.user_attrs)] = f.user_attrs
-    return FusionBatch(*(torch.from_numpy(a) for a in (cands, dense, history, attrs)))
+    return FusionBatch(*(torch.from_numpy(a) for a in (cands, dense, history, attrs)),
+                       None if types is None else torch.from_numpy(types))
 
 
 def list_features(scores: np.ndarray, log_pop: np.ndarray, cands: np.ndarray, cooc: sp.csr_matrix | None = None,
@@ -104,7 +121,8 @@ class FusionReranker:
                  cooc: sp.csr_matrix | None = None, recent: int = 20):
         self.init_args = dict(init_args)
         self.cooc, self.recent = cooc, int(recent)
-        self.model = FusionRanker(**self.init_args)
+        behaviour = "num_event_types" in self.init_args
+        self.model = (BehaviourFusionRanker if behaviour else FusionRanker)(**self.init_args)
         self.model.load_state_dict(state)
         self.model.eval()
         self.log_pop = np.asarray(log_pop, np.float32)
@@ -118,14 +136,26 @@ class FusionReranker:
     def max_history(self) -> int:
         return int(self.init_args["max_history"])
 
+    @property
+    def event_types(self) -> list[str] | None:
+        """A behaviour-aware ranker's event-type names (name i is type index i + 1), else None."""
+        return getattr(self.model, "event_types", None) if hasattr(self.model, "num_event_types") else None
+
     def features(self, candidates: np.ndarray, retrieval_scores: np.ndarray, history: np.ndarray,
-                 user_attrs: np.ndarray) -> FusionFeatures:
+                 user_attrs: np.ndarray, history_types: np.ndarray | None = None) -> FusionFeatures:
+        """`history_types` (aligned with `history`) are kept for a behaviour-aware ranker, dropped otherwise."""
         cands = np.asarray(candidates, np.int64)
         hist = np.asarray(history, np.int64)
-        hist = hist[hist > 0][-max(self.max_history, self.recent):]
+        real = hist > 0
+        window = max(self.max_history, self.recent)
+        types = None
+        if self.event_types is not None:
+            types = (np.zeros(len(hist), np.int64) if history_types is None
+                     else np.asarray(history_types, np.int64))[real][-window:]
+        hist = hist[real][-window:]
         attrs = np.flatnonzero(np.asarray(user_attrs) > 0).astype(np.int64) + 1
         dense = list_features(retrieval_scores, self.log_pop, cands, self.cooc, hist[-self.recent:])
-        return FusionFeatures(cands, dense, hist, attrs)
+        return FusionFeatures(cands, dense, hist, attrs, types)
 
     @torch.no_grad()
     def logits(self, batch: FusionBatch, chunk: int = 256) -> torch.Tensor:
@@ -133,8 +163,7 @@ class FusionReranker:
         out = []
         for s in range(0, len(batch), chunk):
             part = batch.take(slice(s, s + chunk))
-            out.append(self.model(part.cands, part.dense, part.history, part.user_attrs)
-                       .masked_fill(part.cands <= 0, float("-inf")))
+            out.append(self.model(*part.model_inputs()).masked_fill(part.cands <= 0, float("-inf")))
         return torch.cat(out) if out else torch.zeros(0, batch.cands.shape[1])
 
     def score_many(self, features: list[FusionFeatures]) -> list[np.ndarray]:

@@ -3,7 +3,8 @@
 The reranker is whatever the export's manifest names ("reranker": "feature", "dlrm", ...; loaded through
 tapestry.inference.rerankers). Every kind takes (candidates, retrieval scores, history, user attributes); one that
 reads order (`ordered_history`: the DLRM, the fusion reranker) gets the time-ordered HISTORY window, the others the SEEN
-set.
+set. A behaviour-aware fusion reranker also gets HISTORY_TYPES (optional, aligned with HISTORY: each event's type
+index, feature_lookup's; absent = unknown types); the other rerankers do not read it.
 
 After scoring, the tenant's business rules (tapestry.serving.rules: blocked items, caps per brand/genre, MMR
 diversity, a fresh-item boost; from the export's rules.json, none by default) pick the K items, and each gets a
@@ -27,7 +28,9 @@ from tapestry.serving.stage import (STRATEGIES, RequestError, Stage, bytes_array
 
 class Rerank(Stage):
     name = "rerank"
-    inputs = ("TENANT", "FILTERED", "FILTERED_SCORES", "HISTORY", "SEEN", "USER_ATTRS", "USER_KIND", "K")
+    inputs = ("TENANT", "FILTERED", "FILTERED_SCORES", "HISTORY", "SEEN", "USER_ATTRS", "USER_KIND", "K",
+              "HISTORY_TYPES")
+    optional_inputs = frozenset({"HISTORY_TYPES"})
     outputs = ("ITEM_IDS", "SCORES", "TITLES", "STRATEGY", "REASONS")
 
     def __init__(self, tenant: str, reranker: Reranker, item_ids: list[str], titles: list[str], max_k: int,
@@ -41,6 +44,8 @@ class Rerank(Stage):
         self.max_k = max_k
         self.rules = RuleRanker(rules, facts, item_ids) if rules is not None and rules.active else None
         self.explainer = Explainer(facts, item_ids, titles)
+        # Event-type names of a behaviour-aware reranker (the fusion reranker with behaviour=True), else None.
+        self.event_types = getattr(reranker, "event_types", None)
 
     @classmethod
     def from_artifacts(cls, artifact_dir: Path) -> "Rerank":
@@ -84,15 +89,31 @@ class Rerank(Stage):
         if not np.isfinite(scores).all():  # -inf only marks the filter's placeholder (item 0), never a real item
             raise RequestError("FILTERED_SCORES must be finite for every real candidate")
         read = history if self.reranker.ordered_history else seen
-        return k, cands, scores, read, user_attrs, kind, history
+        return k, cands, scores, read, user_attrs, kind, history, self._types(t, history)
+
+    def _types(self, t: dict[str, np.ndarray], history: np.ndarray) -> np.ndarray | None:
+        """HISTORY_TYPES for a behaviour-aware reranker (zeros when absent), checked; None for the others."""
+        if self.event_types is None:
+            return None
+        if t.get("HISTORY_TYPES") is None:
+            return np.zeros_like(history)
+        types = v.tensor(t, "HISTORY_TYPES", "int", min_size=0, max_size=self.max_len).astype(np.int64, copy=False)
+        v.same_size("HISTORY_TYPES", types, "HISTORY", history)
+        bad = types[(types < 0) | (types > len(self.event_types))]
+        if bad.size:
+            raise RequestError(f"HISTORY_TYPES holds {bad.size} event type index(es) outside "
+                               f"0..{len(self.event_types)} (this export's event types), e.g. {int(bad[0])}")
+        return types
 
     def batch(self, rows: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Exception]:
         """The reranker scores every row's candidates in one call (the DLRM: one forward for all the lists)."""
         out, passed = checked_rows(rows, self._request)
         if not passed:
             return out
-        feats = [self.reranker.features(cands, scores, read, attrs) for _, (_, cands, scores, read, attrs, *_) in passed]
-        for (i, (k, cands, _, _, _, kind, history)), final in zip(passed, self.reranker.score_many(feats)):
+        feats = [self.reranker.features(cands, scores, read, attrs)
+                 if types is None else self.reranker.features(cands, scores, read, attrs, types)
+                 for _, (_, cands, scores, read, attrs, _, _, types) in passed]
+        for (i, (k, cands, _, _, _, kind, history, _)), final in zip(passed, self.reranker.score_many(feats)):
             order = (np.argsort(-final, kind="stable")[:k] if self.rules is None
                      else self.rules.top(cands, final, k))
             if order.size == 0:

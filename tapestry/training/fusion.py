@@ -27,6 +27,10 @@ in-sample).
 
 `score` = the served path: the served retriever's top `num_candidates` unseen items, reranked; -inf elsewhere,
 so the shared full-ranking evaluation measures exactly what the rerank stage serves.
+
+`behaviour=True` (issue 19): each history token also carries its event type (tapestry.models.ranking.behaviour_fusion;
+the vocabulary and the per-user type log of tapestry.training.behaviour, as SASRec's behaviour option). Every list
+(training, validation, `score`) gets its history's types from that log; served, the rerank stage reads HISTORY_TYPES.
 """
 from __future__ import annotations
 
@@ -38,9 +42,11 @@ import numpy as np
 import torch
 
 from tapestry.inference.fusion_ranker import DENSE, LOGP, LOGP_SCALE, FusionReranker, collate
+from tapestry.models.ranking.behaviour_fusion import BehaviourFusionRanker
 from tapestry.models.ranking.fusion import FusionRanker, listwise_loss
 from tapestry.training import data_parallel
 from tapestry.training.base import Recommender, plain, seeded, shuffled_epoch
+from tapestry.training.behaviour import BehaviourLog, event_vocabulary
 from tapestry.training.fusion_lists import (build_lists, cross_fit, ndcg_at_10, tail_split, topk_unseen,
                                             training_positions)
 
@@ -82,6 +88,7 @@ class FusionConfig:
     item_lr: float | None = None
     item_init: bool = True               # the id table starts from the list retriever's item table (else random)
     weight_decay: float = 0.0
+    behaviour: bool = False              # history tokens also read their event type (issue 19)
     seed: int = 0
 
 
@@ -98,6 +105,8 @@ class FusionRecommender(Recommender):
         self.ranker: FusionReranker | None = None
         self.report: dict = {}
         self._upstream: dict[str, Recommender] = {}
+        self.event_types_: list[str] = []           # behaviour vocabulary (index i + 1 = event_types_[i])
+        self.behaviour_log_: BehaviourLog | None = None
 
     def bind(self, upstream: dict[str, Recommender]) -> None:
         self._upstream = dict(upstream)          # the cross-fitted retriever is bound to the same inputs
@@ -131,6 +140,11 @@ class FusionRecommender(Recommender):
             raise ValueError("fusion selects its epoch on the validation split; this data set has none")
         t_all = time.perf_counter()
         self.num_items = data.num_items
+        types_of = None
+        if c.behaviour:   # every list's history types come from the user's logged events (all splits)
+            self.event_types_ = event_vocabulary(data)
+            self.behaviour_log_ = BehaviourLog.from_data(data, self.event_types_)
+            types_of = self._types_of
         base = tail_split(data, c.positions) if c.cross_fit else data
         tables = build_rerank_tables(base)          # popularity and co-occurrence: no training target counted
         self._attrs = tables.user_attrs
@@ -150,7 +164,8 @@ class FusionRecommender(Recommender):
 
         seqs = data.sequences(("train",))
         users, prefixes, targets, futures = training_positions(seqs, c.positions, c.mask_future)
-        train = build_lists(lister, ranker, c.num_candidates, users, prefixes, targets, tables.user_attrs, futures)
+        train = build_lists(lister, ranker, c.num_candidates, users, prefixes, targets, tables.user_attrs, futures,
+                            types_of)
         r = self.report = {"training_positions": len(users), "train_lists": len(train.feats),
                            "train_positions_retrieval_ndcg@10": train.retrieval_ndcg / max(len(users), 1)}
         if c.cross_fit:   # how optimistic the served retriever is where it was trained: the leak avoided
@@ -160,7 +175,7 @@ class FusionRecommender(Recommender):
         # Validation lists: the served retriever given the training history, as the evaluation builds them.
         vu = data.valid["user_idx"].to_numpy().astype(np.int64)
         val = build_lists(self.retriever, ranker, c.num_candidates, vu, [seqs[u] for u in vu],
-                          data.valid["item_idx"].to_list(), tables.user_attrs)
+                          data.valid["item_idx"].to_list(), tables.user_attrs, types_of=types_of)
         r["valid_retrieval_ndcg@10"] = val.retrieval_ndcg / len(vu)
         n_valid = len(vu)
         if c.valid_train_share > 0:
@@ -202,9 +217,12 @@ class FusionRecommender(Recommender):
             ids = np.flatnonzero(row) + 1
             attrs[i, :len(ids)] = ids
         graph = self.graph_vectors
-        module = FusionRanker(self.num_items, c.dim, c.num_heads, c.history_len, entity.shape[1], width,
-                              0 if graph is None else graph.shape[1], tables.user_attrs.shape[1], len(DENSE),
-                              tuple(c.mlp), c.dropout)
+        kwargs = dict(dim=c.dim, num_heads=c.num_heads, max_history=c.history_len, num_attr_values=entity.shape[1],
+                      attr_width=width, graph_dim=0 if graph is None else graph.shape[1],
+                      num_user_attrs=tables.user_attrs.shape[1], num_dense=len(DENSE), mlp=tuple(c.mlp),
+                      dropout=c.dropout)
+        module = (BehaviourFusionRanker(self.num_items, max(len(self.event_types_), 1), self.event_types_, **kwargs)
+                  if c.behaviour else FusionRanker(self.num_items, **kwargs))
         init = None
         if c.item_init:
             init = lister.item_embeddings().detach().cpu().float().numpy()
@@ -236,13 +254,14 @@ class FusionRecommender(Recommender):
         best, best_state, best_epoch, stale, history = -1.0, None, 0, 0, []
         self.epoch_seconds_ = []
         dev = lambda b: dataclasses.replace(b, **{f: getattr(b, f).to(self.device)  # noqa: E731
-                                                   for f in ("cands", "dense", "history", "user_attrs")})
+                                                   for f in ("cands", "dense", "history", "user_attrs",
+                                                             "history_types") if getattr(b, f) is not None})
         with seeded(self.device, c.seed):
             for epoch in range(1, c.epochs + 1):
                 t0 = time.perf_counter()
                 def batch_loss(idx):        # a mean over the lists `idx` (this process's share under DDP)
                     b = dev(train.take(idx))
-                    return listwise_loss(module(b.cands, b.dense, b.history, b.user_attrs), b.cands,
+                    return listwise_loss(module(*b.model_inputs()), b.cands,
                                          train_pos[idx].to(self.device), ignore[idx].to(self.device)), len(idx)
 
                 # The shared minibatch loop: DDP under torchrun (tapestry.training.data_parallel); rank 0 validates.
@@ -288,8 +307,8 @@ class FusionRecommender(Recommender):
         total, parts = 0.0, []
         for s in range(0, len(val), chunk):
             b = val.take(slice(s, s + chunk))
-            logits = module(b.cands.to(self.device), b.dense.to(self.device), b.history.to(self.device),
-                            b.user_attrs.to(self.device)).masked_fill(b.cands.to(self.device) <= 0, float("-inf"))
+            logits = module(*(x.to(self.device) for x in b.model_inputs())).masked_fill(
+                b.cands.to(self.device) <= 0, float("-inf"))
             parts.append(ndcg_at_10(logits.cpu(), val_pos[s:s + chunk]))
             total += float(parts[-1].sum())
         return torch.cat(parts) if per_list else total
@@ -307,23 +326,36 @@ class FusionRecommender(Recommender):
         for (cands, scores), u, hist in zip(topk_unseen(self.retriever, users, list(histories),
                                                         self.cfg.num_candidates), users, histories):
             ua = attrs[u] if 0 < u < len(attrs) else np.zeros(attrs.shape[1], np.float32)
-            feats.append(self.ranker.features(cands, scores, np.asarray(hist, np.int64), ua))
+            hist = np.asarray(hist, np.int64)
+            feats.append(self.ranker.features(cands, scores, hist, ua) if not self.cfg.behaviour
+                         else self.ranker.features(cands, scores, hist, ua, self._types_of(int(u), hist)))
             cands_all.append(cands)
         for row, (cands, final) in enumerate(zip(cands_all, self.ranker.score_many(feats))):
             out[row, torch.from_numpy(cands)] = torch.from_numpy(final)
         return out
+
+    def _types_of(self, user: int, history: np.ndarray) -> np.ndarray:
+        """The event types of `history` when it is a prefix of the user's logged events, else unknown (0)."""
+        return self.behaviour_log_.types_for(user, history)
 
     def _user_attrs(self) -> np.ndarray:
         """The user-attribute multi-hot the served path reads (the rerank tables' columns; saved with the model)."""
         return self._attrs
 
     def _get_state(self):
-        return {"num_items": self.num_items, "ranker": self.ranker.payload(), "user_attrs": torch.from_numpy(self._attrs),
-                "report": plain(self.report)}
+        state = {"num_items": self.num_items, "ranker": self.ranker.payload(),
+                 "user_attrs": torch.from_numpy(self._attrs), "report": plain(self.report)}
+        if self.cfg.behaviour:
+            state["event_types"] = list(self.event_types_)
+            state["behaviour_log"] = self.behaviour_log_.state()
+        return state
 
     def _set_state(self, state):
         self.num_items = int(state["num_items"])
         self.ranker = FusionReranker.from_payload(state["ranker"])
         self._attrs = state["user_attrs"].numpy()
         self.report = state.get("report", {})
+        if self.cfg.behaviour:
+            self.event_types_ = [str(t) for t in state["event_types"]]
+            self.behaviour_log_ = BehaviourLog.from_state(state["behaviour_log"])
 

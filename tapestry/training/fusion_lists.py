@@ -126,9 +126,10 @@ class ListSet:
 
 
 def build_lists(retriever, ranker: FusionReranker, n: int, users, histories, targets, user_attrs,
-                futures=None) -> ListSet:
+                futures=None, types_of=None) -> ListSet:
     """The retriever's top `n` unseen items for each (user, history); a list is kept when its target is among them.
-    A list's `ignore` marks the candidates that are the user's later items (`futures`)."""
+    A list's `ignore` marks the candidates that are the user's later items (`futures`). `types_of(user, history)`:
+    the history's event types, for a behaviour-aware ranker."""
     feats, positive, kept, ignore, retrieval_ndcg = [], [], [], [], 0.0
     futures = futures if futures is not None else [()] * len(users)
     for (cands, scores), u, hist, t, later in zip(topk_unseen(retriever, users, histories, n), users, histories,
@@ -137,7 +138,8 @@ def build_lists(retriever, ranker: FusionReranker, n: int, users, histories, tar
         if not hit.size:
             continue
         retrieval_ndcg += 1.0 / np.log2(hit[0] + 2.0) if hit[0] < 10 else 0.0
-        feats.append(ranker.features(cands, scores, hist, user_attrs[u]))
+        feats.append(ranker.features(cands, scores, hist, user_attrs[u]) if types_of is None
+                     else ranker.features(cands, scores, hist, user_attrs[u], types_of(int(u), hist)))
         positive.append(int(hit[0]))
         kept.append(int(u))
         ignore.append(np.isin(cands, np.asarray(later, np.int64)))

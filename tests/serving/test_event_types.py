@@ -164,3 +164,43 @@ def test_an_export_older_than_event_types_still_loads():
     check_config(FeatureLookup, {"input": [{"name": n} for n in ("TENANT", "USER_ID", "EXCLUDE_ITEM_IDS")]})
     with pytest.raises(RuntimeError, match=r"does not declare input\(s\) \['HISTORY'\]"):
         check_config(UserEncoder, {"input": [{"name": n} for n in ("TENANT", "USER_KIND")]})
+
+
+# ---- rerank: a behaviour-aware fusion reranker reads HISTORY_TYPES -----------------------------------------------
+def _fusion_rerank():
+    from tapestry.inference.fusion_ranker import FusionReranker
+    from tapestry.models.ranking.behaviour_fusion import BehaviourFusionRanker
+    from tapestry.serving.rerank import Rerank
+
+    torch.manual_seed(0)
+    module = BehaviourFusionRanker(6, 3, VOCAB, dim=8, num_heads=2, max_history=4, num_dense=7, mlp=(8,),
+                                   dropout=0.0)
+    with torch.no_grad():
+        module.event_emb.weight[1:].normal_(std=1.0)      # untrained but large: the types must move the scores
+    ranker = FusionReranker(module.init_args, module.state_dict(), np.zeros(6, np.float32), 1)
+    return Rerank("acme", ranker, ITEM_IDS, [""] * 6, max_k=3, max_len=4)
+
+
+def _rerank_row(types=None):
+    row = {"TENANT": TENANT, "FILTERED": np.array([2, 3, 5]), "FILTERED_SCORES": np.array([3.0, 2.0, 1.0], np.float32),
+           "HISTORY": np.array([0, 1, 4]), "SEEN": np.array([0, 1, 4]), "USER_ATTRS": np.zeros(1, np.float32),
+           "USER_KIND": np.array([USER_KNOWN], np.int32), "K": np.array([3], np.int32)}
+    if types is not None:
+        row["HISTORY_TYPES"] = np.array(types, np.int64)
+    return row
+
+
+def test_the_fusion_rerank_stage_reads_history_types():
+    rerank = _fusion_rerank()
+    assert rerank.event_types == VOCAB
+    viewed = rerank(_rerank_row([0, 3, 3]))["SCORES"]
+    bought = rerank(_rerank_row([0, 3, 2]))["SCORES"]
+    assert not np.allclose(viewed, bought)
+    np.testing.assert_array_equal(rerank(_rerank_row())["SCORES"], rerank(_rerank_row([0, 0, 0]))["SCORES"])
+    with pytest.raises(RequestError, match=r"HISTORY_TYPES holds 1 event type index\(es\) outside 0..3"):
+        rerank(_rerank_row([0, 3, 7]))
+    # The fusion reranker round-trips through its file with the vocabulary.
+    from tapestry.inference.fusion_ranker import FusionReranker
+
+    again = FusionReranker.from_payload(rerank.reranker.payload())
+    assert again.event_types == VOCAB and type(again.model).__name__ == "BehaviourFusionRanker"

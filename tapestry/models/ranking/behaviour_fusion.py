@@ -4,8 +4,8 @@
 a type unseen in training (its vector is fixed at zero, so unknown types add nothing and the module then equals the
 plain FusionRanker with the same weights). Candidates have no event type (they are what the user might do next).
 
-A subclass, so the plain FusionRanker's state_dict and `tapestry.inference.fusion_ranker` stay as they were. Module
-only so far: the fusion trainer and the served reranker do not feed history types yet (see README, issue 19).
+A subclass, so the plain FusionRanker's state_dict and `tapestry.inference.fusion_ranker` stay as they were. Trained
+by `fusion` with `behaviour=True` (tapestry.training.fusion) and served by the rerank stage, which reads HISTORY_TYPES.
 """
 from __future__ import annotations
 
@@ -16,12 +16,17 @@ from tapestry.models.ranking.fusion import FusionRanker, masked_mean
 
 
 class BehaviourFusionRanker(FusionRanker):
-    def __init__(self, num_items: int, num_event_types: int, **kwargs):
+    def __init__(self, num_items: int, num_event_types: int, event_types: list[str] | None = None, **kwargs):
         super().__init__(num_items, **kwargs)
         if num_event_types < 1:
             raise ValueError(f"num_event_types must be >= 1, got {num_event_types}")
         self.init_args["num_event_types"] = num_event_types
         self.num_event_types = num_event_types
+        # The names of types 1..K, so a served file says which vocabulary its indices mean (the export checks it
+        # against the user encoder's).
+        self.event_types = [str(t) for t in event_types] if event_types is not None else None
+        if self.event_types is not None:
+            self.init_args["event_types"] = list(self.event_types)
         self.event_emb = nn.Embedding(num_event_types + 1, self.dim, padding_idx=0)
         nn.init.normal_(self.event_emb.weight, std=0.1 * self.dim ** -0.5)
         with torch.no_grad():
