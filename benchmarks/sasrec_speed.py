@@ -5,7 +5,9 @@ dropout, batch size and optimiser (Adam, lr 1e-3); one thread each, in one proce
 sequence lengths. Both train on each user's last `max_len + 1` training items. An EPOCH is one pass over the
 training users: tapestry's is timed around its epoch function, RecTools' by a Lightning callback around its
 epoch (neither includes validation). Reports seconds per epoch (median of the timed epochs) and the ratio
-tapestry / RecTools (the issue's target is <= 0.5).
+tapestry / RecTools (the issue's target is <= 0.5) for each tapestry variant: `tapestry_reference` (the loss as
+it was: F.cross_entropy over the materialised logits), `tapestry` (the fused chunked softmax, float32: the
+default) and `tapestry_bf16` (its bfloat16 products, SASRecConfig.softmax_dtype).
 
     python benchmarks/sasrec_speed.py --dataset ml-1m --epochs 3 --max-lens 50,200
 
@@ -40,12 +42,26 @@ def _data(dataset: str):
     return InteractionData.load(etl.path)
 
 
-def time_tapestry(data, max_len: int, args) -> list[float]:
+# tapestry variants: the loss as it was before the fused softmax (F.cross_entropy over the materialised logits),
+# the fused chunked softmax in float32 (the default) and in bfloat16 (SASRecConfig.softmax_dtype).
+VARIANTS = {"tapestry_reference": None, "tapestry": "float32", "tapestry_bf16": "bfloat16"}
+
+
+def _reference_ce(h, table, targets, chunk=None, dtype=None):
+    import torch.nn.functional as F
+
+    return F.cross_entropy(h @ table.T, targets)
+
+
+def time_tapestry(data, max_len: int, args, variant: str = "tapestry") -> list[float]:
     """Seconds of each epoch of tapestry's SASRec training loop (the function `fit` calls once per epoch)."""
+    from tapestry.training import sasrec as sasrec_module
     from tapestry.training.sasrec import SASRecConfig, SASRecRecommender
 
+    dtype = VARIANTS[variant]
     cfg = SASRecConfig(hidden_dim=args.dim, num_blocks=args.blocks, num_heads=args.heads, max_len=max_len,
-                       dropout=args.dropout, batch_size=args.batch_size, lr=args.lr, loss="softmax", seed=0)
+                       dropout=args.dropout, batch_size=args.batch_size, lr=args.lr, loss="softmax", seed=0,
+                       softmax_dtype=dtype or "float32")
     rec = SASRecRecommender(cfg)
     rec.num_items = data.num_items
     windows = rec._training_windows(data.sequences(("train",)))
@@ -54,10 +70,16 @@ def time_tapestry(data, max_len: int, args) -> list[float]:
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.98))
     rec.loss_used_ = "softmax"
     times = []
-    for _ in range(args.epochs):
-        t0 = time.perf_counter()
-        rec._train_epoch(model, opt, windows)
-        times.append(time.perf_counter() - t0)
+    fused = sasrec_module.full_softmax_ce
+    if dtype is None:           # the pre-fusion loss, swapped in for this measurement only
+        sasrec_module.full_softmax_ce = _reference_ce
+    try:
+        for _ in range(args.epochs):
+            t0 = time.perf_counter()
+            rec._train_epoch(model, opt, windows)
+            times.append(time.perf_counter() - t0)
+    finally:
+        sasrec_module.full_softmax_ce = fused
     return times
 
 
@@ -107,6 +129,8 @@ def main() -> None:
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--variants", default="tapestry_reference,tapestry,tapestry_bf16",
+                   help=f"tapestry variants timed beside RecTools: {', '.join(VARIANTS)}")
     p.add_argument("--output")
     p.add_argument("--label", default="", help="note stored in the JSON (e.g. 'after the fix')")
     args = p.parse_args()
@@ -114,17 +138,19 @@ def main() -> None:
     load = [round(x, 2) for x in os.getloadavg()]
     data = _data(args.dataset)
     rows = {}
+    names = ["rectools", *args.variants.split(",")]
     for i, max_len in enumerate(int(x) for x in args.max_lens.split(",")):
-        order = ("tapestry", "rectools") if i % 2 == 0 else ("rectools", "tapestry")   # alternate: load drifts
+        order = names if i % 2 == 0 else names[::-1]     # alternate: the machine's load drifts
         row = {"order": list(order)}
         for name in order:
-            fn = time_tapestry if name == "tapestry" else time_rectools
-            row[name] = summary(fn(data, max_len, args))
+            times = time_rectools(data, max_len, args) if name == "rectools" else time_tapestry(data, max_len, args,
+                                                                                              name)
+            row[name] = summary(times)
             print(f"[sasrec_speed] max_len {max_len} {name}: {row[name]}", flush=True)
-        row["ratio_tapestry_over_rectools"] = round(row["tapestry"]["seconds_per_epoch"]
-                                                    / row["rectools"]["seconds_per_epoch"], 4)
+        row["ratio_over_rectools"] = {n: round(row[n]["seconds_per_epoch"] / row["rectools"]["seconds_per_epoch"], 4)
+                                      for n in names[1:]}
         rows[str(max_len)] = row
-        print(f"[sasrec_speed] max_len {max_len}: ratio {row['ratio_tapestry_over_rectools']}", flush=True)
+        print(f"[sasrec_speed] max_len {max_len}: ratios {row['ratio_over_rectools']}", flush=True)
     import rectools
 
     report = {"dataset": args.dataset, "split": "leave-one-out train split",
@@ -133,6 +159,9 @@ def main() -> None:
               "config": {"dim": args.dim, "blocks": args.blocks, "heads": args.heads, "dropout": args.dropout,
                          "batch_size": args.batch_size, "lr": args.lr, "optimizer": "adam", "loss": "full softmax CE",
                          "epochs_timed": args.epochs},
+              "variants": {"tapestry_reference": "F.cross_entropy over the materialised logits (the loss before the fused one)",
+                           "tapestry": "fused chunked full softmax, float32 (the default)",
+                           "tapestry_bf16": "fused chunked full softmax, bfloat16 products (softmax_dtype)"},
               "by_max_len": rows, "target": "tapestry / rectools <= 0.5",
               "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                           "load_average_at_start": load, "python": platform.python_version(),
