@@ -23,16 +23,19 @@ from .typed_tenants import lastfm_present, lastfm_subset, synthetic_files
 
 pytestmark = pytest.mark.integration
 
-# tenant -> (graph model, served retriever over its item vectors, relations the typed graph must have had)
+# tenant -> (graph model, served retriever over its item vectors, relations the typed graph must have had).
+# Last.fm's rsage reads the typed graph WITH mediated nodes: "user U tagged artist A with tag T" is one event node.
 CASES = {
     "lastfm": ("rsage", "sasrec_rsage",
                {"user/play/item", "item/rev_play/user", "user/tag/item", "user/with_tag/tag", "item/with_tag/tag",
-                "user/friends/user"}),
+                "user/friends/user", "event/by/user", "event/on/item", "event/with_tag/tag"}),
     "shop": ("hgt_typed", "sasrec_hgt_typed",
              {"user/view/item", "user/click/item", "user/purchase/item", "user/starts/session",
               "session/contains/item", "user/issues/query", "query/leads_to/item", "user/with_device/device",
               "item/with_location/location", "item/has_brand/brand", "user/friends/user"}),
 }
+
+PARAMS = {"lastfm": json.dumps({"rsage": {"graph": "typed_mediated"}})}
 
 
 def _etl_args(tenant: str, tmp) -> list[str]:
@@ -52,7 +55,8 @@ def root(tmp_path_factory):
     for tenant, (graph_model, retriever, _) in CASES.items():
         at = ["--tenant", tenant, "--root", str(root / "art")]
         main(["etl", *at, *_etl_args(tenant, root / tenant)])
-        main(["train", *at, "--quick", "--models", f"popularity,{graph_model},{retriever}"])
+        main(["train", *at, "--quick", "--models", f"popularity,{graph_model},{retriever}",
+              *(["--params", PARAMS[tenant]] if tenant in PARAMS else [])])
         main(["export", *at, "--max-k", "20"])
     return root / "art"
 

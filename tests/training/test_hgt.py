@@ -62,6 +62,12 @@ class TestHGTTyped(RecommenderMixin):
     def test_training_loss_goes_down(self, model):
         assert model.loss_history_[-1] < 0.9 * model.loss_history_[0]
 
+    def test_records_its_relations_through_save_and_load(self, model, tmp_path):
+        # metrics.json and the export manifest name them (training.pipeline.item_vector_graphs)
+        assert {("user", "purchase", "item"), ("session", "contains", "item")} <= set(model.relations_)
+        model.save(tmp_path / "hgt.pt")
+        assert HGTRecommender.load(tmp_path / "hgt.pt", device="cpu").relations_ == model.relations_
+
 
 @needs_cuda
 class TestHGTTypedGPU(TestHGTTyped):
