@@ -27,13 +27,13 @@ def _drop_generation(r, k: _Keys, gen: str, chunk: int = 1000) -> None:
     attrs = k.gen(gen) + "attrs"
     batch = []
     for uid, _ in r.hscan_iter(attrs, count=chunk):
-        batch.append(k.user(gen, uid.decode()))
+        batch.extend((k.user(gen, uid.decode()), k.types(gen, uid.decode())))
         if len(batch) >= chunk:
             r.delete(*batch)
             batch = []
     if batch:
         r.delete(*batch)
-    r.delete(attrs, k.gen(gen) + "meta")
+    r.delete(attrs, k.gen(gen) + "meta", k.typed(gen))
     r.zrem(k.generations, gen)
 
 
@@ -53,13 +53,21 @@ def load_export_into_redis(artifact_dir: Path, url: str, chunk_users: int = 500,
     created = time.time()
     gen = f"g{time.strftime('%Y%m%dT%H%M%S', time.gmtime(created))}-{secrets.token_hex(4)}"
     r.zadd(k.generations, {gen: created})
-    users = pl.read_parquet(artifact_dir / "users.parquet", columns=["user_id", "history", "attrs"])
+    users = pl.read_parquet(artifact_dir / "users.parquet")
+    # An export of a behaviour-aware model has each history's event types (`history_types`): kept beside it.
+    typed = "history_types" in users.columns
+    if typed:
+        r.set(k.typed(gen), "1")
+    else:
+        users = users.with_columns(pl.lit(None, dtype=pl.List(pl.Int64)).alias("history_types"))
     pipe, n = r.pipeline(transaction=False), 0
-    for uid, hist, attrs in users.iter_rows():
+    for uid, hist, attrs, types in users.select("user_id", "history", "attrs", "history_types").iter_rows():
         if uid in tombstones.ids:
             continue
         if hist:
             pipe.rpush(k.user(gen, uid), *hist)
+            if typed:
+                pipe.rpush(k.types(gen, uid), *types)
         pipe.hset(k.gen(gen) + "attrs", uid, ",".join(str(a) for a in attrs))
         n += 1
         if n % chunk_users == 0:
@@ -72,7 +80,7 @@ def load_export_into_redis(artifact_dir: Path, url: str, chunk_users: int = 500,
     r.set(k.pointer, gen)                          # the flip: readers move to the complete new generation at once
     late = tombstones.refresh()                    # erased while we loaded: `tapestry erase` hit the old generation
     for uid in late:
-        r.delete(k.user(gen, uid))
+        r.delete(k.user(gen, uid), k.types(gen, uid))
         r.hdel(k.gen(gen) + "attrs", uid)
     # Older generations (the previous load, or one a killed loader abandoned); a newer concurrent load's is kept.
     for old in r.zrangebyscore(k.generations, "-inf", created):

@@ -38,7 +38,8 @@ if not gen then return {} end
 local prefix = ARGV[1] .. gen .. ':'
 local attrs = redis.call('HGET', prefix .. 'attrs', ARGV[2])
 if not attrs then return {gen} end
-return {gen, attrs, redis.call('LRANGE', prefix .. 'user:' .. ARGV[2], 0, -1)}
+return {gen, attrs, redis.call('LRANGE', prefix .. 'user:' .. ARGV[2], 0, -1),
+        redis.call('LRANGE', prefix .. 'types:' .. ARGV[2], 0, -1)}
 """
 
 
@@ -55,6 +56,14 @@ class _Keys:
 
     def user(self, gen: str, uid: str) -> str:
         return f"{self.ns}{gen}:user:{uid}"
+
+    def types(self, gen: str, uid: str) -> str:
+        """The user's event-type indices, aligned with user(): only in a generation loaded with types."""
+        return f"{self.ns}{gen}:types:{uid}"
+
+    def typed(self, gen: str) -> str:
+        """Present when the generation holds event types (an export of a behaviour-aware model)."""
+        return f"{self.ns}{gen}:typed"
 
     def offset(self, source: str) -> str:
         return f"{self.ns}ingest:offset:{source}"
@@ -142,6 +151,7 @@ class RedisStore(OnlineStore):
         self._faults = _faults()
         self._read = self._redis.register_script(_READ_USER)
         self._etl, self._gen, self._meta = None, None, None
+        self._typed = False       # the adopted generation keeps event types beside the items
         self._call(self._open, etl_version)
 
     def _open(self, etl_version: str | None) -> None:
@@ -172,6 +182,7 @@ class RedisStore(OnlineStore):
                                 f"process serves ETL version {etl_identity(self._etl)!r}: restart it on an export "
                                 "of that ETL version")
         self._gen, self._meta = gen, meta
+        self._typed = bool(self._redis.exists(self._k.typed(gen)))
         return True
 
     def _call(self, fn, *args, **kwargs):
@@ -216,11 +227,15 @@ class RedisStore(OnlineStore):
             return self._record(res)
         raise RuntimeError(f"the Redis online store of tenant {self.tenant!r} kept switching generations")
 
-    @staticmethod
-    def _record(res) -> UserRecord | None:
+    def _record(self, res) -> UserRecord | None:
         if len(res) == 1:
             return None
-        return UserRecord(np.array(res[2]).astype(np.int64) if res[2] else _EMPTY, _ints(res[1]))
+        history = np.array(res[2]).astype(np.int64) if res[2] else _EMPTY
+        types = None
+        if self._typed and len(res) > 3:   # aligned with the items (appends push type 0); else all unknown
+            types = np.array(res[3]).astype(np.int64) if res[3] else _EMPTY
+            types = types if len(types) == len(history) else None
+        return UserRecord(history, _ints(res[1]), types)
 
     def get_many(self, user_ids: list[str]) -> list[UserRecord | None]:
         """One round trip for every id (a pipeline of the same atomic read); an answer from another generation
@@ -273,6 +288,8 @@ class RedisStore(OnlineStore):
                     p.multi()
                     for uid, items in grouped.items():
                         p.rpush(self._k.user(gen, uid), *items)
+                        if self._typed:     # an ingested event has no type: unknown (0), aligned with its item
+                            p.rpush(self._k.types(gen, uid), *([0] * len(items)))
                         p.hsetnx(self._k.gen(gen) + "attrs", uid, "")   # a new user: known, no attributes
                     if source is not None:
                         p.set(self._k.offset(source), int(offset))
@@ -299,7 +316,7 @@ class RedisStore(OnlineStore):
                         return False
                     gen = gen.decode()
                     p.multi()
-                    p.delete(self._k.user(gen, user_id))
+                    p.delete(self._k.user(gen, user_id), self._k.types(gen, user_id))
                     p.hdel(self._k.gen(gen) + "attrs", user_id)
                     return bool(p.execute()[1])
                 except WatchError:

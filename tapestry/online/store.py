@@ -15,7 +15,8 @@ Two implementations, one contract (tests/online/test_store.py runs the same test
 - RedisStore(url, tenant): keys under `tapestry:{tenant}:` only (the tenant is validated before it becomes part of
   a key; nothing ever scans across tenants). A load writes a new generation, `tapestry:{t}:{gen}:user:{uid}` (a
   list of item indices) + `tapestry:{t}:{gen}:attrs` (a hash: uid -> "3,7", its presence = a known user) +
-  `tapestry:{t}:{gen}:meta`, then flips the pointer `tapestry:{t}:current` to it in one SET: a reader, which
+  `tapestry:{t}:{gen}:meta` (+ for an export with event types, `tapestry:{t}:{gen}:types:{uid}`, a list aligned
+  with the user's, and the marker `tapestry:{t}:{gen}:typed`), then flips the pointer `tapestry:{t}:current` to it in one SET: a reader, which
   resolves the pointer and reads the user in one server-side script, sees the old load or the new one, never
   half of one. Ingest appends and their source offset commit in one MULTI/EXEC, WATCHing the pointer (a flip in
   between retries the batch on the new generation) and the offset key (a second ingest of the same source fails
@@ -69,8 +70,8 @@ class OffsetConflict(RuntimeError):
 class UserRecord:
     history: np.ndarray   # int64 item indices, oldest first
     attrs: np.ndarray     # int64 user-attribute indices
-    # int64 event-type indices aligned with `history` (the export's vocabulary, 0 = unknown), or None: this store
-    # keeps no types (Redis; an export of a model that reads none), so feature_lookup treats them all as unknown.
+    # int64 event-type indices aligned with `history` (the export's vocabulary, 0 = unknown; an ingested event's is
+    # 0), or None: the export has no types (its models read none), so feature_lookup treats them all as unknown.
     types: np.ndarray | None = None
 
 

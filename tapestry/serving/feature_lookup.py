@@ -13,10 +13,10 @@ an error; `""` entries are placeholders and not counted.
 
 EVENT_TYPES (optional, one entry per RECENT_ITEM_IDS entry): each recent event's type by name (`view`, `purchase`:
 the tenant's ETL event types, case-insensitive) for a behaviour-aware export (manifest "event_types"). HISTORY_TYPES,
-aligned with HISTORY, carries the type indices on: the stored ones (users.parquet `history_types`) then the
-recent ones. A missing EVENT_TYPES, a "" entry, an event ingested into the store after the export and a store that
-keeps no types (Redis) all give the unknown type 0 (what the model reads for a type it never saw), so a client that
-sends no types keeps working. A name outside the vocabulary, or a length that does not match RECENT_ITEM_IDS, is a
+aligned with HISTORY, carries the type indices on: the stored ones (users.parquet `history_types`, kept beside
+the items by the embedded and the Redis store) then the recent ones. A missing EVENT_TYPES, a "" entry and an event
+ingested into the store after the export all give the unknown type 0 (what the model reads for a type it never
+saw), so a client that sends no types keeps working. A name outside the vocabulary, or a length that does not match RECENT_ITEM_IDS, is a
 request error; an export whose model reads no types ignores the names.
 
 USER_KIND says what was found: a stored user (KNOWN: the served sequential encoder reads the history), an unknown
