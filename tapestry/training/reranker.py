@@ -37,7 +37,16 @@ def build_rerank_tables(data, smoothing: float = 5.0) -> RerankTables:
 
     pop = data.item_popularity()
     lp = np.log1p(pop)
-    log_pop = ((lp - lp[1:].mean()) / (lp[1:].std() + 1e-6)).astype(np.float32)
+    # Catalogue items without any event (ETLConfig.cold_items: items.parquet has_events false) have no popularity
+    # and no co-occurrence to speak of, which is not evidence against them: they get the neutral value (the mean
+    # popularity, zero lift) so the retriever's score and their entities place them. Warm items' statistics
+    # exclude them, so the option leaves warm items' features unchanged.
+    cold = np.zeros(n_items, dtype=bool)
+    if "has_events" in data.items.columns:
+        cold[data.items.filter(~pl.col("has_events"))["item_idx"].to_numpy()] = True
+    warm_lp = lp[1:][~cold[1:]]
+    log_pop = ((lp - warm_lp.mean()) / (warm_lp.std() + 1e-6)).astype(np.float32)
+    log_pop[cold] = 0.0
 
     ua = data.user_entities.with_columns((pl.col("entity_type") + "=" + pl.col("entity_value")).alias("k"))
     attr_names = sorted(ua["k"].unique().to_list())
@@ -49,10 +58,11 @@ def build_rerank_tables(data, smoothing: float = 5.0) -> RerankTables:
     interactions = sp.csr_matrix(
         (np.ones(tr.height), (tr["user_idx"].to_numpy(), tr["item_idx"].to_numpy())), shape=(n_users, n_items))
     counts = np.asarray((sp.csr_matrix(user_attrs).T @ interactions).todense(), dtype=np.float64)
-    p_item = (pop + smoothing) / (pop.sum() + smoothing * n_items)
+    p_item = (pop + smoothing) / (pop.sum() + smoothing * (n_items - int(cold.sum())))
     p_item_given_attr = (counts + smoothing * p_item) / (counts.sum(axis=1, keepdims=True) + smoothing)
     demo_lift = np.log(p_item_given_attr / p_item).astype(np.float32)
     demo_lift[:, 0] = 0.0
+    demo_lift[:, cold] = 0.0
     return RerankTables(item_entity.astype(np.float32), log_pop, demo_lift, user_attrs, attr_names)
 
 

@@ -4,7 +4,7 @@ Planted tenant (tapestry.etl.synthetic_multi): every user prefers one category; 
 use its category's own words; cold items carry their category in their words only (no category column in the
 content here). The ETL (ETLConfig.cold_items) gives them ids; lightgcn_content gives them vectors from their text;
 `content_history` (the mean of the history's vectors) is served; the export's FAISS index holds them; the in-process
-serving pipeline returns a cold item of the user's favourite category for most users.
+serving pipeline's top-10 holds a cold item of the user's favourite category for most users.
 """
 from __future__ import annotations
 
@@ -69,18 +69,16 @@ def test_served_pipeline_returns_a_zero_event_item_for_users_whose_history_is_co
     cold_category = {i: int(i[1:]) % PLANTED.num_categories for i in cold["item_id"].to_list()}
     pipe = RecommendPipeline.from_artifacts(export.artifact_dir)
     users = pl.read_parquet(export.artifact_dir / "users.parquet").head(60)
-    hits, any_cold = [], 0
+    hits = []
     for user_id in users["user_id"].to_list():
-        result = pipe.recommend("shop", user_id, k=30)
+        result = pipe.recommend("shop", user_id, k=10)
         assert result.strategy == "personalized"
         returned = [i for i in result.item_ids if i in cold_category]
-        any_cold += bool(returned)
         hits.append(any(cold_category[i] == favourite[int(user_id[1:])] for i in returned))
-    # k = the candidate count (smoke: 30), so this is what retrieval found: the feature reranker, fitted on warm
-    # items' popularity and co-occurrence, puts cold items below every warm candidate (none in a feature-tier top-10 here: README).
-    # 2 cold items per category among ~160 items; placed at random, one would reach ~1/3 of these lists.
+    # The feature reranker (the export's default tier) sees a cold item's popularity and demographic lift as neutral
+    # (tapestry.training.reranker), not as the worst; before that, none reached a top-10 here (0 of 60 users).
+    # 2 cold items per category among ~176 items; placed at random, one would reach ~11 % of top-10 lists.
     assert np.mean(hits) > 0.5, np.mean(hits)           # measured 1.0 (60 users)
-    assert any_cold >= 30
 
 
 def test_without_the_option_the_etl_keeps_its_items_and_writes_the_content_table_beside_them(tmp_path):
