@@ -2,8 +2,8 @@
 the served top-10 holds a cold item of the user's favourite category.
 
 The planted tenant of tests/ensembles/test_export_cold_items.py (text-only content, ETLConfig.cold_items,
-lightgcn_content's vectors served by `content_history`), exported at the `retrieval` tier (no reranker: the feature
-reranker ranks cold items below warm ones).
+lightgcn_content's vectors served by `content_history`), exported as by default (the feature reranker, which reads
+a cold item's popularity and demographic lift as neutral).
 """
 import dataclasses
 
@@ -37,7 +37,7 @@ def cold_export(tmp_path_factory):
     run_train("shop", root, TrainConfig.smoke(models=("popularity", "lightgcn_content", "content_history"),
                                               serve="content_history", session="",
                                               params={"lightgcn_content": CONTENT}), **QUIET)
-    return run_export("shop", root, max_k=30, tier="retrieval", **QUIET)
+    return run_export("shop", root, max_k=30, **QUIET)
 
 
 @pytest.fixture(scope="module")
