@@ -1,4 +1,5 @@
-"""A two-tower student distilled from a stronger scorer (the hybrid SASRec, or the DLRM ranker over its candidates).
+"""A two-tower student distilled from a stronger scorer (the hybrid SASRec, or a ranker over its candidates: the DLRM
+or the fusion reranker, "Head B").
 
 Why: the serving path is ANN retrieval over the item tower's vectors, then filtering and reranking. Whatever the
 retriever misses the reranker never sees, so the retriever should surface the items the strong model would rank
@@ -11,8 +12,11 @@ How (all of it in `fit`):
    prefixes per training user — the full train history, plus earlier cut-offs when > 1 — once, batched, under
    no_grad. Per user rather than per (prefix, next item) example: ML-1M has ~480k examples and scoring each with a
    transformer would cost more than the whole student fit. Items already in the prefix and index 0 are masked (the
-   serving filter drops them too); the top `teacher_top` items and their scores are kept. Scores of -inf (the DLRM
-   ranker scores only its retriever's candidates) mark slots that are not part of the list.
+   serving filter drops them too); the top `teacher_top` items and their scores are kept. Scores of -inf (a ranker,
+   `dlrm` or `fusion`, scores only its retriever's candidates) mark slots that are not part of the list: with a
+   ranker teacher the list is its retriever's top `num_candidates`, reordered (teacher_top = 100 = both rankers'
+   default num_candidates keeps all of it). The fusion ranker's scores are log-probabilities over its list, so
+   temperature 1 reproduces its own softmax.
 2. Each step adds, to the two-tower's in-batch log-Q loss on a batch of training examples (imported from
    tapestry.training.two_tower), a distillation loss on a batch of teacher lists: the soft cross-entropy between
    softmax(teacher scores / distill_temperature) over the list and the student's temperature-scaled logits
@@ -23,7 +27,9 @@ How (all of it in `fit`):
    needs. On the tiny test data "batch" agreed more with the teacher's top-10.
 
 With the DLRM teacher, validation metrics are optimistic: the DLRM ranker is fitted on the validation split and its
-scores at the end of the train history encode the validation items. The test split stays honest.
+scores at the end of the train history encode the validation items. The fusion ranker trains on training positions
+only (valid_train_share = 0 by default) and uses validation to pick its epoch, as every model here does. The test
+split stays honest. ML-1M numbers: benchmarks/distill.py (results/distill-ml-1m.json).
 """
 from __future__ import annotations
 
@@ -40,7 +46,8 @@ from tapestry.training.two_tower import TwoTowerConfig, TwoTowerRecommender
 
 @dataclass
 class DistilledTwoTowerConfig(TwoTowerConfig):
-    teacher: str = "sasrec_lightgcn"    # registry name of the teacher, trained earlier in the same run
+    teacher: str = "sasrec_lightgcn"    # registry name of the teacher, trained earlier in the same run ("fusion",
+                                        # "dlrm": a ranker over its retriever's candidates)
     teacher_top: int = 100              # items of the teacher's list per prefix
     alpha: float = 0.5                  # weight of the distillation loss; 1 - alpha on the hard next-item loss
     distill_temperature: float = 1.0    # on the teacher's scores (SASRec logits and DLRM log-probs: 1 is natural)

@@ -170,7 +170,8 @@ register(ModelSpec("two_tower", "tapestry.training.two_tower:TwoTowerRecommender
                    "with log-Q correction", quick=dict(embedding_dim=16, epochs=1),
                    role="retriever"))
 register(ModelSpec("two_tower_distill", "tapestry.training.distill:DistilledTwoTowerRecommender",
-                   "two-tower student distilled from a stronger scorer (teacher: hybrid SASRec, or its DLRM ranker)",
+                   "two-tower student distilled from a stronger scorer (teacher: hybrid SASRec, or a ranker over its "
+                   "candidates: dlrm or fusion)",
                    params=dict(teacher="sasrec_lightgcn"), quick=dict(embedding_dim=16, epochs=1),
                    role="retriever", upstream=("teacher",)))
 register(ModelSpec("comirec", "tapestry.training.comirec:ComiRecRecommender",
