@@ -89,7 +89,8 @@ def main() -> None:
                                                                          "epochs", "patience", "hidden_dim")}
     report = {"dataset": args.dataset, "model": "sasrec_lightgcn (graph_from=lightgcn, fusion=add)",
               "protocol": "leave-one-out, full ranking; choice on validation NDCG@10, test read once for it",
-              "seeds": seeds, "sasrec_defaults": defaults, "override": override, "arms": {a: ARMS[a] for a in arms}, "summary": summary,
+              "seeds": seeds, "sasrec_defaults": defaults, "override": override, "arms": {a: ARMS[a] for a in arms},
+              "summary": summary,
               "chosen_on_validation": chosen, "test_of_chosen": test, "runs": runs,
               "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                           "load_average_at_start": load, "python": platform.python_version(),
