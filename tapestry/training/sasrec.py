@@ -4,8 +4,8 @@ Training: for every user with >= 2 training events, the last `max_len + 1` items
 item) pairs; the loss is cross-entropy over ALL items at every real position. On CPU that is a [positions, D] x
 [D, num_items] product per batch; padded positions are dropped before it, so the cost follows the number of
 real events, not batch * max_len; the product, log-sum-exp and gradient run in cache-sized chunks without
-materialising the logits (tapestry.training.softmax_ce). A full softmax converges in far fewer epochs than the paper's BCE with one
-sampled negative, which is what fits a useful model into a few CPU minutes.
+materialising the logits (tapestry.training.softmax_ce). A full softmax converges in far fewer epochs than the
+paper's BCE with one sampled negative, which is what fits a useful model into a few CPU minutes.
 
 Two ways to use a graph model's item vectors (named by its registry name, trained earlier in the same run):
 - `item_init_from`: the ID table STARTS from them (rescaled to the table's init scale: their directions carry
