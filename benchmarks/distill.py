@@ -96,7 +96,8 @@ def _fit_or_load(name: str, registry_name: str, params: dict, fitted: dict, data
     return model, info
 
 
-def run_seed(seed: int, data, graph, root: Path, variants: list[str], log, trained: Path | None = None) -> dict:
+def run_seed(seed: int, data, graph, root: Path, variants: list[str], log, trained: Path | None = None,
+             deadline: float | None = None) -> dict:
     """{name: {"valid": per-user, "info": ...}} of the base models and students; models stay in "model"."""
     cache = root / f"seed{seed}"
     cache.mkdir(parents=True, exist_ok=True)
@@ -105,11 +106,17 @@ def run_seed(seed: int, data, graph, root: Path, variants: list[str], log, train
         model, info = _fit_or_load(name, name, {"seed": seed}, fitted, data, graph, cache, log, trained)
         fitted[name] = model
         out[name] = {"model": model, "info": info}
+    slowest = 0.0
     for name in variants:
         teacher, overrides = VARIANTS[name]
+        if deadline is not None and slowest and time.time() + 1.2 * slowest > deadline:
+            log(f"[distill] {name}: skipped, it would end past --deadline (a student took {slowest:.0f}s)")
+            continue
+        t0 = time.time()
         model, info = _fit_or_load(name, "two_tower_distill", {"seed": seed, "teacher": teacher, **overrides},
                                    fitted, data, graph, cache, log)
         out[name] = {"model": model, "info": info, "teacher": teacher, "overrides": overrides}
+        slowest = max(slowest, time.time() - t0)
     return out
 
 
@@ -123,6 +130,8 @@ def main() -> None:
     p.add_argument("--models-dirs", help="comma-separated models dirs of a leaderboard run, one per seed in --seeds "
                    "order (e.g. /tmp/lb-ml1m/ml-1m/models/v0001): its base models are loaded, not refitted, so the "
                    "baseline is the committed leaderboard's own two-tower")
+    p.add_argument("--deadline", help="HH:MM UTC: a student variant (after the first) that would end later is "
+                   "skipped (the machine is shared; the JSON records what ran)")
     p.add_argument("--quick", action="store_true", help="smoke-sized: registry quick settings, not for numbers")
     args = p.parse_args()
     log = lambda *a: print(*a, flush=True)  # noqa: E731
@@ -167,13 +176,19 @@ def main() -> None:
             spec = registry.get(name)
             registry.MODELS[name] = dataclasses.replace(spec, params={**spec.params, **spec.quick})
     variants = [v for v in args.variants.split(",") if v]
+    deadline = None
+    if args.deadline:
+        import calendar
+
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        deadline = calendar.timegm(time.strptime(f"{day} {args.deadline}", "%Y-%m-%d %H:%M"))
     out_path = Path(args.output or RESULTS / f"distill-{args.dataset}.json")
     valid: dict[str, list] = {}
     test: dict[str, list] = {}
     info: dict[str, list] = {}
     for seed in seeds:
         log(f"[distill] {args.dataset} seed {seed}")
-        runs = run_seed(seed, data, graph, root, variants, log, trained.get(seed))
+        runs = run_seed(seed, data, graph, root, variants, log, trained.get(seed), deadline)
         for name, r in runs.items():
             valid.setdefault(name, []).append(per_user(r["model"], data, "valid"))
             info.setdefault(name, []).append(r["info"])
@@ -181,7 +196,7 @@ def main() -> None:
         seed_runs = runs
     # The choice, on validation only: per teacher, the variant with the best mean validation Recall@100.
     chosen = {}
-    for name in variants:
+    for name in [v for v in variants if v in valid]:
         teacher = VARIANTS[name][0]
         score = np.mean([v["recall@100"].mean() for v in valid[name]])
         if teacher not in chosen or score > chosen[teacher][1]:
@@ -189,7 +204,8 @@ def main() -> None:
     read_test = ["two_tower", *BASE_MODELS[1:2], "fusion", *[n for n, _ in chosen.values()]]
     # Test, read once for the final configurations (the last seed's models are in memory; earlier seeds reload).
     for seed in seeds:
-        runs = seed_runs if seed == seeds[-1] else run_seed(seed, data, graph, root, variants, log, trained.get(seed))
+        runs = seed_runs if seed == seeds[-1] else run_seed(seed, data, graph, root, [v for v in variants if v in valid],
+                                                            log, trained.get(seed))
         for name in read_test:
             test.setdefault(name, []).append(per_user(runs[name]["model"], data, "test"))
     report_paths = {}
@@ -214,6 +230,9 @@ def main() -> None:
               "protocol": "leave-one-out, full ranking over all items",
               "choice": "per teacher, the variant with the best mean validation Recall@100; test read once after",
               "chosen": {t: n for t, (n, _) in chosen.items()}, "paths": report_paths,
+              "variants_skipped": [v for v in variants if v not in valid],
+              "note": "a ranker (fusion) scores only its retriever's top num_candidates = 100 items: its Recall@100 "
+                      "is its retriever's (sasrec_lightgcn); the teacher lists hold those 100 items",
               "paired_recall@100_vs_two_tower": paired, "target_plus_3pct": target,
               "registry_params": {n: registry.get(n).params for n in (*BASE_MODELS, "two_tower_distill")},
               "seconds": round(time.perf_counter() - t_start, 1),
