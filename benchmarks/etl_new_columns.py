@@ -161,14 +161,16 @@ def _git_state() -> str:
                                                   else "")
 
 
-def summarise(runs: list[dict]) -> dict:
-    """Per stage: each variant's mean events/s (wall and per CPU second) over its repetitions, and the ratios
-    new_columns / basic, overall and per repetition (the two runs of a repetition ran back to back)."""
+def summarise(runs: list[dict], csv_bytes: dict[str, int]) -> dict:
+    """Per stage: each variant's mean events/s (wall and per CPU second) and input MB/s over its repetitions, and
+    the ratios new_columns / basic, overall and per repetition (the two runs of a repetition ran back to back)."""
     out = {}
     for stage in dict.fromkeys(r["stage"] for r in runs):
         of = {v: [r for r in runs if r["stage"] == stage and r["variant"] == v] for v in VARIANTS}
         mean = {v: {m: round(statistics.mean(r[m] for r in rs)) for m in ("events_per_s", "events_per_cpu_s")}
                 | {"peak_anon_mb": max(r["peak_anon_mb"] for r in rs)} for v, rs in of.items()}
+        for v, m in mean.items():   # input bytes per second: does a byte of the wider table cost more?
+            m["csv_mb_per_s"] = round(m["events_per_s"] * csv_bytes[v] / of[v][0]["rows"] / 1e6, 1)
         out[stage] = {
             "mean": mean,
             "ratio_events_per_s": round(mean["new_columns"]["events_per_s"] / mean["basic"]["events_per_s"], 3),
@@ -226,7 +228,7 @@ def main() -> None:
                 "six behaviours, query, dwell, price, device/location context columns); each run a subprocess, "
                 "ABBA order; validate = CSV -> validated Parquet; run_etl = the whole `tapestry etl`; ratio = "
                 "new_columns / basic events per second (target >= 0.8)",
-        "summary": summarise(runs), "runs": runs,
+        "summary": summarise(runs, {v: p.stat().st_size for v, p in paths.items()}), "runs": runs,
     }
     args.output_dir.mkdir(parents=True, exist_ok=True)
     path = args.output_dir / f"etl_new_columns-{args.rows}.json"
