@@ -91,3 +91,12 @@ def test_peer_added_on_some_seeds_is_paired_with_the_baseline_on_the_same_seeds(
     assert report["paired"]["rectools_sasrec"]["relative"] == 0.0      # equal to the baseline's seed 1, not +inf
     assert report["command"] == "the line-up run" and report["served"] == "two_tower+rerank"
     assert "rectools_sasrec (seeds [1])" in out.with_suffix(".md").read_text()
+
+
+def test_ml_1m_runs_the_sasrec_settings_chosen_on_validation_unless_params_are_given():
+    lb = _script("leaderboard")
+    assert lb.base_params("ml-1m", None)["sasrec_lightgcn"] == {"max_len": 200, "optimizer": "adamw",
+                                                               "weight_decay": 0.01}
+    assert lb.base_params("ml-1m", '{"sasrec_lightgcn": {"max_len": 50}}') == {"sasrec_lightgcn": {"max_len": 50}}
+    assert lb.base_params("beauty", None) == {}
+    assert "lightgcn" in lb.base_params("gowalla", None)
