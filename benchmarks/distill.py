@@ -1,7 +1,9 @@
 """The distilled two-tower student against the plain two-tower, on ML-1M (issue 17 item 3: the fusion reranker as
 the teacher; target: the student's Recall@100 >= the plain two-tower's + 3 %).
 
-    /tmp/cpurun .venv/bin/python benchmarks/distill.py --seeds 0
+    /tmp/cpurun .venv/bin/python benchmarks/distill.py --seeds 0                 # fits every model
+    /tmp/cpurun .venv/bin/python benchmarks/distill.py --seeds 0 --models-dirs /tmp/lb-ml1m/ml-1m/models/v0001 \
+        --variants distill_fusion,distill_sasrec_lightgcn,distill_fusion_a0.8 --deadline 20:38   # the committed run
 
 Per seed, in one process and in this order: LightGCN, the hybrid SASRec (sasrec_lightgcn), the plain two-tower, the
 fusion reranker over sasrec_lightgcn's candidates, then the students (`two_tower_distill` with the two-tower's own
