@@ -190,8 +190,8 @@ def test_a_redis_outage_is_answered_without_the_store_and_resumed_from(root, ser
     supervisor.start()
     try:
         with Load(server, list(expected)) as load:
-            stopped_at = time.monotonic()
-            redis.stop()
+            redis.stop()                    # returns once the process has exited (a persistent one saves first)
+            stopped_at = time.monotonic()   # after, not before: a busy machine's save took > 0.5 s in CI
             time.sleep(3.0)
             redis.start()
             back_at = time.monotonic()
@@ -199,7 +199,8 @@ def test_a_redis_outage_is_answered_without_the_store_and_resumed_from(root, ser
     finally:
         supervisor.stop()
     during = [r for r in load.records if stopped_at + 0.5 < r[0] < back_at]
-    assert during and all(strategy and strategy.startswith("fallback") for *_, strategy in during), during[:3]
+    answered_from_store = [r for r in during if not (r[-1] and r[-1].startswith("fallback"))]
+    assert during and not answered_from_store, (stopped_at, answered_from_store[:3])
     assert all(strategy is not None for *_, strategy in load.records)          # no request failed
     # Bounds, not speed claims (benchmarks/chaos.py measures those): the store's timeouts add well under 1 s, and
     # a busy 2-core machine (a parallel Triton test) adds seconds; a request that waited for Redis would hit 10 s.
