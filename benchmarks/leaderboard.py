@@ -21,6 +21,7 @@ other settings must pass them again (e.g. `--params '{}'` for the line-up defaul
 
     python benchmarks/leaderboard.py peer --dataset ml-1m --seeds 0 --peer-epochs 3   # only the RecTools peer,
                                                       # for seeds already in the file; merged into JSON/md/png
+    python benchmarks/leaderboard.py merge A.json B.json --peer-from OLD.json   # seeds run in separate processes
 
 Writes benchmarks/results/leaderboard-<dataset>.json, .md and .png.
 """
@@ -345,6 +346,70 @@ def cmd_peer(args) -> None:
                etl, keep)
 
 
+def _peer_runs(entry: dict) -> dict[int, dict]:
+    """{seed: one peer run as _add_peer takes it} from a stored peer entry."""
+    return {seed: {"params": entry.get("peer"), "valid": entry["valid"][j], "test": entry["test"][j],
+                   "fit_seconds": entry["fit"][j], "epoch_seconds": entry["epoch_seconds"][j]}
+            for j, seed in enumerate(entry["seeds"])}
+
+
+def join_runs(runs: list[tuple[list[int], dict]]) -> tuple[list[int], dict]:
+    """(seeds, per_seed) of load_seeds results on disjoint seeds, joined in seed order (the i-th per-user entry of
+    every full path is seeds[i], as _write's paired test expects); the peer keeps its own seed list."""
+    seeds = sorted(s for done, _ in runs for s in done)
+    if len(seeds) != len(set(seeds)):
+        raise SystemExit(f"the files measure overlapping seeds {seeds}: merge disjoint runs only")
+    per_seed: dict[str, dict] = {}
+    for seed in seeds:
+        done, part = next((d, ps) for d, ps in runs if seed in d)
+        i = done.index(seed)
+        for name, e in part.items():
+            if "seeds" in e:
+                if seed in e["seeds"]:
+                    _add_peer(per_seed, seed, _peer_runs(e)[seed])
+                continue
+            entry = per_seed.setdefault(name, {"valid": [], "test": [], "fit": []})
+            if e["valid"]:
+                entry["valid"].append(e["valid"][i])
+            entry["test"].append(e["test"][i])
+            entry["fit"].append(e["fit"][i])
+    return seeds, per_seed
+
+
+def cmd_merge(args) -> None:
+    """One leaderboard from runs of the same line-up on disjoint seeds (run side by side in separate processes,
+    each with its own --output): the served path chosen again on validation over all seeds, the paired test on
+    all seeds. `--peer-from` copies the RecTools peer's runs from another file of the same data set and split (the
+    peer does not depend on tapestry's model settings)."""
+    parts = [Path(p) for p in args.files]
+    reports = [json.loads(p.read_text()) for p in parts]
+    lineup, models = reports[0]["lineup"], tuple(reports[0]["models"])
+    if any(r["dataset"] != reports[0]["dataset"] for r in reports):
+        raise SystemExit("the files are of different data sets")
+    seeds, per_seed = join_runs([load_seeds(p, models, lineup) for p in parts])
+    keep = {"command": [r["command"] for r in reports], "machine": [r["machine"] for r in reports],
+            "created_at": max(r["created_at"] for r in reports), "merged_from": [p.name for p in parts]}
+    if args.peer_from:
+        src = Path(args.peer_from)
+        old = json.loads(src.read_text())
+        if old["dataset"] != reports[0]["dataset"]:
+            raise SystemExit(f"{src} is of {old['dataset']}, not {reports[0]['dataset']}")
+        _, theirs = load_seeds(src, tuple(old["models"]), old["lineup"])
+        if "rectools_sasrec" not in theirs:
+            raise SystemExit(f"{src} has no RecTools peer runs")
+        for seed, run in _peer_runs(theirs["rectools_sasrec"]).items():
+            if seed in seeds:
+                _add_peer(per_seed, seed, run)
+        keep.update(peer_runs=old.get("peer_runs", {}), peer_from=src.name)
+    _, reranked, baseline = LINEUPS[lineup]
+    args.dataset = reports[0]["dataset"]
+    data, etl, k = _load(args.dataset, Path(tempfile.mkdtemp(prefix="tapestry-leaderboard-")))
+    out = Path(args.output or RESULTS / f"leaderboard-{args.dataset}.json")
+    save_seeds(out, seeds, per_seed, models, lineup)
+    _write(args, data, k, seeds, per_seed, reranked, reports[0]["baseline"], models,
+           sum(r.get("seconds", 0.0) for r in reports), lineup, etl, keep)
+
+
 def cmd_table(args) -> None:
     reports = [json.loads(Path(p).read_text()) for p in args.files]
     text = "\n\n".join(leaderboard_markdown(r) for r in reports)
@@ -402,6 +467,11 @@ def main() -> None:
     q.add_argument("--root", help="artifact root for the ETL (default: a temp dir)")
     q.add_argument("--output")
     q.set_defaults(fn=cmd_peer)
+    g = sub.add_parser("merge", help="join runs of the same line-up on disjoint seeds into one leaderboard")
+    g.add_argument("files", nargs="+", help="leaderboard JSONs (each with its .per-user.npz beside it)")
+    g.add_argument("--peer-from", help="a leaderboard JSON of the same data set whose RecTools peer runs to copy")
+    g.add_argument("--output")
+    g.set_defaults(fn=cmd_merge)
     t = sub.add_parser("table")
     t.add_argument("files", nargs="+")
     t.add_argument("--output", default=str(RESULTS / "leaderboard.md"))

@@ -100,3 +100,19 @@ def test_ml_1m_runs_the_sasrec_settings_chosen_on_validation_unless_params_are_g
     assert lb.base_params("ml-1m", '{"sasrec_lightgcn": {"max_len": 50}}') == {"sasrec_lightgcn": {"max_len": 50}}
     assert lb.base_params("beauty", None) == {}
     assert "lightgcn" in lb.base_params("gowalla", None)
+
+
+def test_leaderboard_join_runs_orders_seeds_keeps_the_peer_and_refuses_overlap():
+    lb = _script("leaderboard")
+    per_user = lambda v: {"users": np.arange(2), "ndcg@10": np.array(v, float), "recall@10": np.array(v) > 0}  # noqa: E731
+    seed2 = {"two_tower": {"valid": [per_user([0.2, 0.2])], "test": [per_user([0.0, 2.0])], "fit": [2.0]}}
+    seed0 = {"two_tower": {"valid": [per_user([0.0, 0.0])], "test": [per_user([0.0, 0.0])], "fit": [0.5]}}
+    lb._add_peer(seed0, 0, {"valid": per_user([0.1, 0.1]), "test": per_user([1.0, 0.0]), "fit_seconds": 3.0,
+                            "epoch_seconds": 1.0, "params": {"epochs": 3}})
+    seeds, joined = lb.join_runs([([2], seed2), ([0], seed0)])
+    assert seeds == [0, 2]
+    assert joined["two_tower"]["fit"] == [0.5, 2.0]                       # the i-th entry is seeds[i]
+    assert joined["two_tower"]["test"][1]["ndcg@10"].tolist() == [0.0, 2.0]
+    assert joined["rectools_sasrec"]["seeds"] == [0] and joined["rectools_sasrec"]["peer"] == {"epochs": 3}
+    with pytest.raises(SystemExit, match="overlapping"):
+        lb.join_runs([([0], seed0), ([0, 2], seed2)])
