@@ -5,8 +5,10 @@ PESSIMISTICALLY: every other candidate scoring >= the target is ranked ahead of 
 the same score therefore gets the worst rank, never an inflated one (optimistic ties would hand a constant model a
 perfect score).
 
-A target that is itself masked (e.g. a repeat of a history item while seen items are excluded) cannot be
-recommended, so it counts as a miss: it is ranked after every candidate.
+A target that is not a candidate (masked, e.g. a repeat of a history item while seen items are excluded, or left
+out of a ranker's short list: -inf / NaN) cannot be recommended, so it counts as a miss: it gets rank N (the number
+of items), after every item. Not the number of candidates: with a list shorter than k that rank would be < k and
+the miss would count as a hit.
 """
 from __future__ import annotations
 
@@ -25,9 +27,8 @@ def ranks_from_scores(scores: torch.Tensor, targets, mask: torch.Tensor | None =
     rows = torch.arange(scores.shape[0], device=scores.device)
     target_score = scores[rows, targets].unsqueeze(1)
     target_ok = candidate[rows, targets]
-    cand_count = candidate.sum(1)
     ahead = (candidate & (scores >= target_score)).sum(1) - target_ok.long()   # >= : pessimistic ties
-    return torch.where(target_ok, ahead, cand_count).long()
+    return torch.where(target_ok, ahead, torch.full_like(ahead, scores.shape[1])).long()
 
 
 def _ranks(ranks) -> torch.Tensor:

@@ -34,8 +34,17 @@ def test_mask_removes_candidates_and_masked_target_is_a_miss():
     scores = torch.tensor([[NEG, 0.9, 0.5, 0.7, 0.1]])
     mask = torch.tensor([[True, True, False, False, False]])
     assert ranks_from_scores(scores, [2], mask).tolist() == [1]    # only 0.7 ahead once item 1 is masked
-    # The target itself masked: ranked after all 3 remaining candidates.
-    assert ranks_from_scores(scores, [1], mask).tolist() == [3]
+    # The target itself masked: ranked after every item (rank N = 5), a miss at any k <= N.
+    assert ranks_from_scores(scores, [1], mask).tolist() == [5]
+
+
+def test_a_target_left_out_of_a_short_list_is_a_miss_not_a_hit():
+    # A ranker scored 2 candidates of 5 items (the rest -inf); the target is not among them. Ranked after the
+    # 2 candidates it would be rank 2 < k = 3: a false hit. It must be a miss at every k <= N.
+    scores = torch.tensor([[0.9, 0.8, NEG, NEG, NEG]])
+    ranks = ranks_from_scores(scores, [3])
+    assert ranks.tolist() == [5]
+    assert recall_at_k(ranks, 3) == 0.0 and ndcg_at_k(ranks, 5) == 0.0
 
 
 def test_nan_scores_are_not_candidates():
