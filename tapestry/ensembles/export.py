@@ -186,6 +186,29 @@ def choose_ranker(served: str, train_cfg: dict, metrics: dict, requested: str | 
     return chosen, record
 
 
+def cold_items_entry(items: pl.DataFrame, served: str, log=print) -> dict | None:
+    """The manifest's note on catalogue items without events (ETLConfig.cold_items), None when there are none.
+    They are in the FAISS index whatever the served retriever; only one whose registry entry says
+    `retrieves_cold_items` (content_history) gives them vectors from their content. For any other their rows are
+    untrained: served, they are noise in the candidates, so the export says so loudly (not refused: the items stay
+    valid ids for rules, filters and a later content-aware export)."""
+    from tapestry.etl.catalogue import HAS_EVENTS
+    from tapestry.training import registry
+
+    if HAS_EVENTS not in items.columns:
+        return None
+    count = int((~items[HAS_EVENTS]).sum())
+    if count == 0:
+        return None
+    retrievable = served in registry.MODELS and registry.get(served).retrieves_cold_items
+    if not retrievable:
+        content = [n for n, s in registry.MODELS.items() if s.retrieves_cold_items]
+        log(f"[export] WARNING: {count:,} catalogue items have no events and {served} has no content vectors for "
+            f"them: they are in the FAISS index with untrained rows and cannot be retrieved on merit. Serve a "
+            f"content-aware retriever ({', '.join(content)}) to retrieve them, or run the ETL without --cold-items.")
+    return {"count": count, "retrievable": bool(retrievable)}
+
+
 def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K, num_candidates: int | None = None,
                serve: str | None = None, index="auto", max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
                log=print, use_ranker: str | None = None, tier: str | None = None,
@@ -272,6 +295,7 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
     if rules is not None:
         RuleRanker(rules, facts, [""] * data.num_items)
     tier = check_tier(tier, ranker_kind)   # `full` without a DLRM / fusion reranker: refused before writing
+    cold = cold_items_entry(data.items, served, log)
 
     with new_version(tenant, "export", root) as v:
         art = v.tmp / "artifacts"
@@ -326,6 +350,7 @@ def run_export(tenant: str, root: Path | None = None, max_k: int = DEFAULT_MAX_K
             **({"sources": source_entries} if source_entries else {}),
             # The typed relations (or default graph) behind the served item vectors (e.g. rsage's, typed graph).
             "item_vector_graphs": item_vector_graphs(served, train_cfg, run_metrics),
+            **({"cold_items": cold} if cold else {}),
         })
         shutil.copytree(TEMPLATES, v.tmp / "model_repository",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))

@@ -38,6 +38,9 @@ class ModelSpec:
     # Config fields that name another registry model, read through `bind` (trained earlier in the same run). A
     # ranker's first one names the retriever whose candidates it reranks.
     upstream: tuple[str, ...] = ()
+    # A retriever whose item table gives catalogue items WITHOUT events (ETLConfig.cold_items) vectors from their
+    # content; every other retriever's rows for them are untrained, so the export warns when it serves one.
+    retrieves_cold_items: bool = False
 
     def recommender_class(self):
         module, _, attr = self.target.partition(":")
@@ -212,4 +215,5 @@ register(ModelSpec("lightgcn_content", "tapestry.training.lightgcn_content:Light
 register(ModelSpec("content_history", "tapestry.training.content_history:ContentHistoryRecommender",
                    "served retriever over lightgcn_content's item vectors (the mean of the history's vectors): with "
                    "ETLConfig.cold_items, catalogue items without events are in its FAISS index and can be retrieved",
-                   quick=dict(max_len=20), role="retriever", upstream=("item_table_from",)))
+                   quick=dict(max_len=20), role="retriever", upstream=("item_table_from",),
+                   retrieves_cold_items=True))

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from tapestry.ensembles import run_export
+from tapestry.ensembles.export import cold_items_entry
 from tapestry.etl import run_etl
 from tapestry.etl.synthetic_multi import MULTI_ETL_CONFIG, MultiBehaviourConfig, multi_behaviour_tables
 from tapestry.config import TrainConfig
@@ -61,6 +62,19 @@ def test_cold_items_are_in_the_served_item_table_and_the_faiss_index(exported):
         np.testing.assert_allclose(index.reconstruct(idx), table[idx].numpy(), rtol=1e-5, atol=1e-6)
     manifest = json.loads((export.artifact_dir / "manifest.json").read_text())
     assert manifest["served_model"] == "content_history"
+    assert manifest["cold_items"] == {"count": PLANTED.cold_items, "retrievable": True}
+
+
+def test_the_export_warns_when_the_served_retriever_has_no_content_vectors_for_cold_items():
+    items = pl.DataFrame({"item_idx": [1, 2, 3], "has_events": [True, False, False]})
+    logs = []
+    assert cold_items_entry(items, "sasrec", log=logs.append) == {"count": 2, "retrievable": False}
+    assert len(logs) == 1 and "WARNING: 2 catalogue items have no events" in logs[0] and "content_history" in logs[0]
+    logs.clear()
+    assert cold_items_entry(items, "content_history", log=logs.append) == {"count": 2, "retrievable": True}
+    assert logs == []
+    assert cold_items_entry(items.drop("has_events"), "sasrec", log=logs.append) is None
+    assert cold_items_entry(items.with_columns(has_events=True), "sasrec", log=logs.append) is None and logs == []
 
 
 def test_served_pipeline_returns_a_zero_event_item_for_users_whose_history_is_content_similar(exported):
