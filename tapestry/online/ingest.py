@@ -100,6 +100,15 @@ def catalogue(artifact_dir: Path) -> dict[str, int]:
     return {iid: int(idx) for iid, idx in items.iter_rows() if idx > 0}
 
 
+def event_type_index(artifact_dir: Path) -> dict[str, int]:
+    """The export's event-type names -> the index its models read (name i of manifest `event_types` is i + 1), so
+    an ingested event keeps its type in a behaviour-aware tenant's store; {} when the export reads no types. A type
+    the ETL accepts but the served vocabulary lacks is unknown (0), as at training."""
+    manifest = Path(artifact_dir) / "manifest.json"
+    names = json.loads(manifest.read_text()).get("event_types") if manifest.exists() else None
+    return {name.lower(): i + 1 for i, name in enumerate(names or [])}   # the ETL lower-cases types
+
+
 def etl_config(etl_version: str, tenant_root: Path) -> ETLConfig:
     """The validation settings the ETL version was built with (event vocabulary, timestamp window)."""
     for d in (Path(etl_version), tenant_root / "etl" / Path(etl_version).name):
@@ -165,8 +174,9 @@ def _header(raw: bytes, source) -> list[str]:
 class _Batcher:
     def __init__(self, tenant: str, store: OnlineStore, header: list[str], items: dict[str, int], cfg: ETLConfig,
                  tombstones: Tombstones, qpath: Path, source: str | None, committed: int, stats: IngestStats,
-                 stop: Callable[[], bool] = lambda: False, log=print):
+                 stop: Callable[[], bool] = lambda: False, log=print, types: dict[str, int] | None = None):
         self.tenant, self.store, self.header, self.items, self.cfg = tenant, store, header, items, cfg
+        self.types = types or {}
         self.stop, self.log = stop, log
         self.tombstones, self.qpath, self.source = tombstones, qpath, source
         self.committed, self.stats = committed, stats
@@ -205,12 +215,12 @@ class _Batcher:
             good, bad = pl.collect_all(list(validate_events(frame.lazy(), self.cfg)))
             for offset, reason in bad.select(ROW, "reason").iter_rows():
                 quarantine.append(self._record(offset, reason, rows[offset], b""))
-            for offset, uid, iid in good.select(ROW, "user_id", "item_id").iter_rows():
+            for offset, uid, iid, kind in good.select(ROW, "user_id", "item_id", "event_type").iter_rows():
                 idx = self.items.get(iid)
                 if idx is None:
                     quarantine.append(self._record(offset, UNKNOWN_ITEM, rows[offset], b""))
                 else:
-                    events.append((uid, idx))
+                    events.append((uid, idx, self.types.get(kind, 0)))
         quarantine.sort(key=lambda r: r["offset"])
         append_jsonl(self.qpath, [r for r in quarantine if r["offset"] not in self.already])
         end = batch[-1][1]
@@ -268,7 +278,8 @@ def _ingest(tenant, source, store, root, follow, batch_size, poll_interval, stop
             os.lseek(fd, committed, os.SEEK_SET)
             lines = _read_lines(fd, committed, follow and not stdin, poll_interval, stop)
         b = _Batcher(tenant, store, header, items, cfg, Tombstones(tdir / TOMBSTONES),
-                     quarantine_path(tenant, root), key, committed, stats, stop, log)
+                     quarantine_path(tenant, root), key, committed, stats, stop, log,
+                     event_type_index(meta.export_version))
         batch: list[tuple[int, int, bytes]] = []
         for line in lines:
             if line is not _IDLE:

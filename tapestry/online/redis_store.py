@@ -286,10 +286,10 @@ class RedisStore(OnlineStore):
                             raise OffsetConflict(f"{source}: committed offset is {current}, expected "
                                                  f"{expected_offset}: another ingest of this source is running")
                     p.multi()
-                    for uid, items in grouped.items():
+                    for uid, (items, kinds) in grouped.items():
                         p.rpush(self._k.user(gen, uid), *items)
-                        if self._typed:     # an ingested event has no type: unknown (0), aligned with its item
-                            p.rpush(self._k.types(gen, uid), *([0] * len(items)))
+                        if self._typed:     # aligned with the items (an event without a type: unknown, 0)
+                            p.rpush(self._k.types(gen, uid), *kinds)
                         p.hsetnx(self._k.gen(gen) + "attrs", uid, "")   # a new user: known, no attributes
                     if source is not None:
                         p.set(self._k.offset(source), int(offset))

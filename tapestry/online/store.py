@@ -70,8 +70,9 @@ class OffsetConflict(RuntimeError):
 class UserRecord:
     history: np.ndarray   # int64 item indices, oldest first
     attrs: np.ndarray     # int64 user-attribute indices
-    # int64 event-type indices aligned with `history` (the export's vocabulary, 0 = unknown; an ingested event's is
-    # 0), or None: the export has no types (its models read none), so feature_lookup treats them all as unknown.
+    # int64 event-type indices aligned with `history` (the export's vocabulary, 0 = unknown; ingest maps each event's
+    # type name to it), or None: the export has no types (its models read none), so feature_lookup treats them all
+    # as unknown.
     types: np.ndarray | None = None
 
 
@@ -115,11 +116,14 @@ def export_tenant_dir(artifact_dir: Path, tenant: str) -> Path | None:
         else None
 
 
-def group_by_user(events: Iterable[tuple[str, int]]) -> dict[str, list[int]]:
-    """(user id, item index) pairs -> per user, the items in arrival order."""
-    out: dict[str, list[int]] = {}
-    for uid, item in events:
-        out.setdefault(uid, []).append(int(item))
+def group_by_user(events: Iterable[tuple]) -> dict[str, tuple[list[int], list[int]]]:
+    """(user id, item index[, event type index]) events -> per user, (items, types) in arrival order. The type is
+    the export's vocabulary index (name i of manifest `event_types` is i + 1); 0, unknown, when not given."""
+    out: dict[str, tuple[list[int], list[int]]] = {}
+    for event in events:
+        items, types = out.setdefault(event[0], ([], []))
+        items.append(int(event[1]))
+        types.append(int(event[2]) if len(event) > 2 else 0)
     return out
 
 
@@ -139,9 +143,10 @@ class OnlineStore(ABC):
         return [self.get(uid) for uid in user_ids]
 
     @abstractmethod
-    def append(self, events: Iterable[tuple[str, int]], source: str | None = None, offset: int | None = None,
+    def append(self, events: Iterable[tuple], source: str | None = None, offset: int | None = None,
                expected_offset: int | None = None) -> None:
-        """Append item indices to users' histories (a new user id gets a new entry, without attributes) and, with
+        """Append (user id, item index[, event type index]) events to users' histories (a new user id gets a new
+        entry, without attributes; a store of a behaviour-aware export keeps the types aligned) and, with
         `source`, commit `offset` for it together with the appends. With `expected_offset`, raise OffsetConflict
         (and apply nothing) unless the source's committed offset is still that value."""
 
@@ -166,7 +171,7 @@ class EmbeddedStore(OnlineStore):
         self.tenant = validate_tenant(tenant)
         self._meta = metadata or StoreMetadata(self.kind, tenant, "", "", _now())
         # users.parquet of a behaviour-aware export has `history_types` (aligned with `history`): kept beside it.
-        with_types = "history_types" in users.columns
+        self._typed = with_types = "history_types" in users.columns
         cols = ("user_id", "history", "attrs", "history_types") if with_types else ("user_id", "history", "attrs")
         self._users = {row[0]: (np.asarray(row[1], dtype=np.int64), np.asarray(row[2], dtype=np.int64),
                                 np.asarray(row[3], dtype=np.int64) if with_types else None)
@@ -214,11 +219,11 @@ class EmbeddedStore(OnlineStore):
             if source is not None and expected_offset is not None and self._offsets.get(source, 0) != expected_offset:
                 raise OffsetConflict(f"{source}: committed offset is {self._offsets.get(source, 0)}, "
                                      f"expected {expected_offset}")
-            for uid, items in grouped.items():
-                hist, attrs, types = self._users.get(uid, (_EMPTY, _EMPTY, None))
+            for uid, (items, kinds) in grouped.items():
+                hist, attrs, types = self._users.get(uid, (_EMPTY, _EMPTY, _EMPTY if self._typed else None))
                 items = np.asarray(items, dtype=np.int64)
-                if types is not None:   # ingested events carry no type: unknown (0), still aligned with the items
-                    types = np.concatenate([types, np.zeros(len(items), dtype=np.int64)])
+                if types is not None:   # aligned with the items (an event without a type: unknown, 0)
+                    types = np.concatenate([types, np.asarray(kinds, dtype=np.int64)])
                 self._users[uid] = (np.concatenate([hist, items]), attrs, types)
             if source is not None:
                 self._offsets[source] = int(offset)

@@ -152,9 +152,9 @@ def test_an_item_only_export_ignores_type_names():
 def test_the_embedded_store_keeps_types_aligned_through_appends():
     store = EmbeddedStore("acme", _users())
     assert store.get("u1").types.tolist() == [3, 3, 2]
-    store.append([("u1", 5), ("u3", 1)])
+    store.append([("u1", 5), ("u3", 1), ("u3", 2, 1)])
     assert store.get("u1").history.tolist() == [3, 1, 2, 5] and store.get("u1").types.tolist() == [3, 3, 2, 0]
-    assert store.get("u3").types is None                  # a new user: no stored types (all unknown)
+    assert store.get("u3").types.tolist() == [0, 1]       # a new user of a typed store: types from the first event
     assert EmbeddedStore("acme", _users(with_types=False)).get("u1").types is None
 
 
