@@ -401,7 +401,7 @@ def cmd_merge(args) -> None:
             if seed in seeds:
                 _add_peer(per_seed, seed, run)
         keep.update(peer_runs=old.get("peer_runs", {}), peer_from=src.name)
-    _, reranked, baseline = LINEUPS[lineup]
+    reranked = LINEUPS[lineup][1]      # the baseline is the runs' own (reports[0])
     args.dataset = reports[0]["dataset"]
     data, etl, k = _load(args.dataset, Path(tempfile.mkdtemp(prefix="tapestry-leaderboard-")))
     out = Path(args.output or RESULTS / f"leaderboard-{args.dataset}.json")
